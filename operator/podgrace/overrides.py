@@ -1,0 +1,102 @@
+"""Per-Deployment `podgrace.dev/...` annotations, parsed into typed overrides with specific errors."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from podgrace.constants import (
+    ANN_CONTAINERS,
+    ANN_DRAIN,
+    ANN_EXISTING_PRESTOP,
+    ANN_GRACE,
+    ANN_MODE,
+    ANN_PRESTOP_SLEEP,
+    ANN_PROFILE,
+    ANNOTATION_PREFIX,
+    KNOWN_ANNOTATIONS,
+    MAX_DRAIN_SECONDS,
+    MAX_GRACE_SECONDS,
+    MAX_SLEEP_SECONDS,
+)
+from podgrace.models import ExistingPreStop, Mode
+
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+
+
+@dataclass(frozen=True)
+class Overrides:
+    profile: str | None = None
+    mode: Mode = Mode.ENFORCE
+    pre_stop_sleep_seconds: int | None = None
+    drain_seconds: int | None = None
+    termination_grace_period_seconds: int | None = None
+    containers: frozenset[str] | None = None
+    existing_pre_stop: ExistingPreStop | None = None
+    errors: tuple[str, ...] = field(default=())
+
+    @property
+    def opted_in(self) -> bool:
+        return self.profile is not None
+
+
+def parse(annotations: dict[str, str]) -> Overrides:
+    """Parse podgrace's annotations. Errors are collected, not raised: the caller reports them all."""
+    errors: list[str] = []
+    profile = annotations.get(ANN_PROFILE)
+    if profile is not None:
+        profile = profile.strip()
+        if not _DNS_SUBDOMAIN.match(profile):
+            errors.append(f"{ANN_PROFILE}: {profile!r} is not a valid ShutdownProfile name")
+    mode = Mode.ENFORCE
+    raw_mode = annotations.get(ANN_MODE)
+    if raw_mode is not None:
+        try:
+            mode = Mode(raw_mode.strip())
+        except ValueError:
+            errors.append(f"{ANN_MODE}: {raw_mode!r} is not one of enforce, audit")
+    existing = None
+    raw_existing = annotations.get(ANN_EXISTING_PRESTOP)
+    if raw_existing is not None:
+        try:
+            existing = ExistingPreStop(raw_existing.strip())
+        except ValueError:
+            errors.append(f"{ANN_EXISTING_PRESTOP}: {raw_existing!r} is not one of keep, replace")
+    containers = None
+    raw_containers = annotations.get(ANN_CONTAINERS)
+    if raw_containers is not None:
+        names = [n.strip() for n in raw_containers.split(",") if n.strip()]
+        bad = [n for n in names if not _DNS_LABEL.match(n)]
+        if not names:
+            errors.append(f"{ANN_CONTAINERS}: expected a comma-separated list of container names")
+        elif bad:
+            errors.append(f"{ANN_CONTAINERS}: {', '.join(repr(b) for b in bad)} not valid container names")
+        containers = frozenset(names)
+    unknown = sorted(k for k in annotations if k.startswith(ANNOTATION_PREFIX) and k not in KNOWN_ANNOTATIONS)
+    errors.extend(f"{k}: unknown podgrace annotation" for k in unknown)
+    return Overrides(
+        profile=profile,
+        mode=mode,
+        pre_stop_sleep_seconds=_seconds(annotations, ANN_PRESTOP_SLEEP, 0, MAX_SLEEP_SECONDS, errors),
+        drain_seconds=_seconds(annotations, ANN_DRAIN, 0, MAX_DRAIN_SECONDS, errors),
+        termination_grace_period_seconds=_seconds(annotations, ANN_GRACE, 1, MAX_GRACE_SECONDS, errors),
+        containers=containers,
+        existing_pre_stop=existing,
+        errors=tuple(errors),
+    )
+
+
+def _seconds(annotations: dict[str, str], key: str, low: int, high: int, errors: list[str]) -> int | None:
+    raw = annotations.get(key)
+    if raw is None:
+        return None
+    text = raw.strip()
+    if not re.fullmatch(r"\d{1,6}", text):
+        errors.append(f"{key}: {raw!r} is not a whole number of seconds")
+        return None
+    value = int(text)
+    if not low <= value <= high:
+        errors.append(f"{key}: {value} is out of range {low}..{high}")
+        return None
+    return value

@@ -1,0 +1,351 @@
+"""The planner: a Deployment's pod template + a ShutdownProfile + cluster capabilities -> desired settings.
+
+Pure: no I/O. The operator, `podgrace render` and `podgrace audit` all call `plan`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from podgrace import hooks, overrides
+from podgrace.assess import assess
+from podgrace.capabilities import Capabilities
+from podgrace.constants import ANN_CONTAINERS, ANN_PROFILE
+from podgrace.findings import Code, Finding
+from podgrace.models import (
+    ContainerView,
+    ExistingPreStop,
+    Mode,
+    Ownership,
+    PreStop,
+    PreStopKind,
+    Role,
+    ShutdownProfile,
+    ShutdownProfileSpec,
+    Workload,
+)
+from podgrace.timing import Expectation, grace_with_margin, required_grace, signal_delays
+
+
+class Outcome(StrEnum):
+    MANAGED = "managed"  # opted in, enforce: podgrace owns the settings below
+    AUDIT = "audit"  # opted in, audit mode: findings only, podgrace owns nothing
+    NOT_OPTED_IN = "not-opted-in"  # podgrace owns nothing (a revert if it owned something)
+    INVALID = "invalid"  # bad input: leave the workload exactly as it is
+
+
+@dataclass(frozen=True)
+class ContainerSettings:
+    name: str
+    rule: str
+    role: Role
+    signal_delay_seconds: int
+    drain_seconds: int
+    pre_stop: dict[str, Any] | None = None  # podgrace's preStop handler; None: podgrace leaves preStop alone
+    stop_signal: str | None = None  # lifecycle.stopSignal podgrace owns
+
+
+@dataclass(frozen=True)
+class Plan:
+    workload: str
+    outcome: Outcome
+    profile: str | None = None
+    containers: tuple[ContainerSettings, ...] = ()
+    termination_grace_period_seconds: int | None = None  # None: podgrace does not own it
+    os_name: str | None = None
+    required_grace_seconds: int = 0
+    force: bool = False  # replacing a user's hook takes the field from its manager
+    findings_before: tuple[Finding, ...] = ()  # risks as the workload is now
+    findings_after: tuple[Finding, ...] = ()  # risks once the plan is applied
+    decisions: tuple[Finding, ...] = ()  # Warnings: what podgrace left as the user had it
+    errors: tuple[Finding, ...] = field(default=())
+
+    @property
+    def owns_anything(self) -> bool:
+        return bool(self.containers or self.termination_grace_period_seconds or self.os_name)
+
+
+def plan(
+    workload: Workload,
+    profiles: Mapping[str, ShutdownProfile],
+    capabilities: Capabilities,
+) -> Plan:
+    parsed = overrides.parse(workload.annotations)
+    if parsed.errors:
+        return Plan(
+            workload.key,
+            Outcome.INVALID,
+            profile=parsed.profile,
+            errors=tuple(Finding(Code.INVALID_ANNOTATION, None, e) for e in parsed.errors),
+        )
+    if parsed.profile is None:
+        expectations = detect_expectations(workload, profiles)
+        return Plan(workload.key, Outcome.NOT_OPTED_IN, findings_before=assess(workload, expectations))
+    profile = profiles.get(parsed.profile)
+    if profile is None:
+        known = ", ".join(sorted(profiles)) or "none"
+        message = f"{ANN_PROFILE}: ShutdownProfile {parsed.profile!r} does not exist (known: {known})"
+        return Plan(
+            workload.key,
+            Outcome.INVALID,
+            profile=parsed.profile,
+            errors=(Finding(Code.UNKNOWN_PROFILE, None, message),),
+        )
+    if parsed.containers is not None:
+        missing = sorted(parsed.containers - {c.name for c in workload.containers})
+        if missing:
+            message = f"{ANN_CONTAINERS}: the pod has no container named {', '.join(missing)}"
+            return Plan(
+                workload.key,
+                Outcome.INVALID,
+                profile=profile.name,
+                errors=(Finding(Code.INVALID_ANNOTATION, None, message),),
+            )
+    expectations = profile_expectations(workload, profile.spec, parsed)
+    before = assess(workload, expectations)
+    if parsed.mode is Mode.AUDIT:
+        return Plan(
+            workload.key, Outcome.AUDIT, profile=profile.name, findings_before=before, findings_after=before
+        )
+    if not expectations:
+        decision = Finding(
+            Code.NO_MATCHING_CONTAINERS,
+            None,
+            f"no container matches a rule of ShutdownProfile {profile.name!r}",
+        )
+        return Plan(workload.key, Outcome.MANAGED, profile=profile.name, decisions=(decision,))
+    return _enforce(workload, profile, parsed, expectations, capabilities, before)
+
+
+def _enforce(
+    workload: Workload,
+    profile: ShutdownProfile,
+    parsed: overrides.Overrides,
+    expectations: tuple[Expectation, ...],
+    capabilities: Capabilities,
+    before: tuple[Finding, ...],
+) -> Plan:
+    delays = signal_delays(expectations)
+    containers = {c.name: c for c in workload.containers}
+    ownership = workload.ownership
+    policy = parsed.existing_pre_stop or profile.spec.existing_pre_stop
+    os_allows_signal = workload.os_name in (None, "linux")
+    settings: list[ContainerSettings] = []
+    decisions: list[Finding] = []
+    force = False
+    for e in expectations:
+        container = containers[e.container]
+        delay = delays[e.container]
+        stop_signal = None
+        if e.signal is not None and capabilities.stop_signal and os_allows_signal:
+            stop_signal = e.signal.value
+            if _foreign_stop_signal(container, ownership, stop_signal):
+                stop_signal = None
+                decisions.append(
+                    Finding(
+                        Code.STOP_SIGNAL_KEPT,
+                        e.container,
+                        f"lifecycle.stopSignal {container.stop_signal} is set by its owner and kept",
+                    )
+                )
+        desired_hook = _hook(e, delay, stop_signal is not None, capabilities)
+        pre_stop: dict[str, Any] | None = desired_hook
+        if _users_hook(container, ownership, desired_hook):
+            if policy is ExistingPreStop.REPLACE:
+                force = True
+                if container.pre_stop.kind is not PreStopKind.EXEC and desired_hook is not None:
+                    # SSA cannot drop the user's other handler type; an exec form takes over the field.
+                    pre_stop = _exec_form(e, delay, stop_signal is not None)
+            else:
+                pre_stop = None
+                decisions.append(
+                    Finding(
+                        Code.USER_HOOK_KEPT,
+                        e.container,
+                        f"the container's own preStop hook is kept (existingPreStop: keep); podgrace's "
+                        f"needs {delay}s before the stop signal",
+                    )
+                )
+        settings.append(
+            ContainerSettings(
+                e.container,
+                e.rule,
+                e.role,
+                delay,
+                e.drain_seconds,
+                pre_stop=pre_stop,
+                stop_signal=stop_signal,
+            )
+        )
+    required = required_grace(expectations, delays)
+    grace = _grace(workload, parsed, required, profile.spec.grace_period_margin_seconds, decisions)
+    os_name = "linux" if any(s.stop_signal for s in settings) else None
+    result = Plan(
+        workload.key,
+        Outcome.MANAGED,
+        profile=profile.name,
+        containers=tuple(settings),
+        termination_grace_period_seconds=grace,
+        os_name=os_name,
+        required_grace_seconds=required,
+        force=force,
+        findings_before=before,
+        decisions=tuple(sorted(decisions)),
+    )
+    after = assess(apply_to_workload(workload, result), expectations)
+    return Plan(**{**result.__dict__, "findings_after": after})
+
+
+def _hook(
+    e: Expectation, delay: int, native_signal: bool, capabilities: Capabilities
+) -> dict[str, Any] | None:
+    if e.signal is not None and not native_signal:
+        return hooks.signal_and_wait(delay, e.signal, e.drain_seconds)
+    if delay == 0:
+        return None
+    return hooks.native_sleep(delay) if capabilities.native_sleep else hooks.exec_sleep(delay)
+
+
+def _exec_form(e: Expectation, delay: int, native_signal: bool) -> dict[str, Any]:
+    if e.signal is not None and not native_signal:
+        return hooks.signal_and_wait(delay, e.signal, e.drain_seconds)
+    return hooks.exec_sleep(delay)
+
+
+def _users_hook(container: ContainerView, ownership: Ownership, desired: dict[str, Any] | None) -> bool:
+    """Whether the container's current preStop belongs to somebody else (and differs from ours)."""
+    current = container.pre_stop
+    if current.kind is PreStopKind.NONE or (desired is not None and current.raw == desired):
+        return False
+    if ownership.known:
+        return (
+            container.name in ownership.foreign_pre_stop or container.name not in ownership.podgrace_pre_stop
+        )
+    return not hooks.analyze(current).podgrace_form
+
+
+def _foreign_stop_signal(container: ContainerView, ownership: Ownership, desired: str) -> bool:
+    if container.stop_signal is None or container.stop_signal == desired:
+        return False
+    if ownership.known:
+        return (
+            container.name in ownership.foreign_stop_signal
+            or container.name not in ownership.podgrace_stop_signal
+        )
+    return True
+
+
+def _grace(
+    workload: Workload, parsed: overrides.Overrides, required: int, margin: int, decisions: list[Finding]
+) -> int | None:
+    wanted = grace_with_margin(required, margin)
+    current = workload.termination_grace_period_seconds
+    ownership = workload.ownership
+    pinned_by_owner = current is not None and (
+        ownership.foreign_grace if ownership.known else current != parsed.termination_grace_period_seconds
+    )
+    if pinned_by_owner and current is not None:
+        if current < required:
+            decisions.append(
+                Finding(
+                    Code.GRACE_PINNED,
+                    None,
+                    f"terminationGracePeriodSeconds {current} is set by the Deployment's owner and kept, "
+                    f"but the pod needs {required}s",
+                )
+            )
+        return None
+    if parsed.termination_grace_period_seconds is not None:
+        pinned = parsed.termination_grace_period_seconds
+        if pinned < required:
+            decisions.append(
+                Finding(
+                    Code.GRACE_PINNED,
+                    None,
+                    f"the grace period annotation pins {pinned}s, but the pod needs {required}s",
+                )
+            )
+        return pinned
+    return wanted
+
+
+def profile_expectations(
+    workload: Workload, spec: ShutdownProfileSpec, parsed: overrides.Overrides
+) -> tuple[Expectation, ...]:
+    matched: list[tuple[str, str]] = []  # (container, rule)
+    for container in workload.containers:
+        if parsed.containers is not None and container.name not in parsed.containers:
+            continue
+        rule = spec.match(container.name, container.image)
+        if rule is not None:
+            matched.append((container.name, rule.name))
+    containers_of_rule: dict[str, list[str]] = {}
+    for container_name, rule_name in matched:
+        containers_of_rule.setdefault(rule_name, []).append(container_name)
+    expectations = []
+    for container_name, rule_name in matched:
+        rule = spec.rule(rule_name)
+        after = tuple(c for upstream in rule.stop_after for c in containers_of_rule.get(upstream, []))
+        expectations.append(
+            Expectation(
+                container=container_name,
+                rule=rule.name,
+                role=rule.role,
+                propagation_seconds=_pick(parsed.pre_stop_sleep_seconds, rule.pre_stop_sleep_seconds),
+                drain_seconds=_pick(parsed.drain_seconds, rule.drain_seconds),
+                signal=rule.effective_signal,
+                after=after,
+            )
+        )
+    return tuple(expectations)
+
+
+def _pick(override: int | None, default: int) -> int:
+    return default if override is None else override
+
+
+def detect_expectations(
+    workload: Workload, profiles: Mapping[str, ShutdownProfile]
+) -> tuple[Expectation, ...]:
+    """Expectations for a workload that has not opted in: the first profile, in name order, that matches a
+    container of a known web role (nginx, php-fpm, Apache) and the most of them. Generic containers are not
+    assessed: from a manifest alone they cannot be told apart from workers and sidecars."""
+    best: tuple[Expectation, ...] = ()
+    no_overrides = overrides.Overrides()
+    for name in sorted(profiles):
+        found = tuple(
+            e
+            for e in profile_expectations(workload, profiles[name].spec, no_overrides)
+            if e.role is not Role.GENERIC
+        )
+        if len(found) > len(best):
+            best = found
+    return best
+
+
+def apply_to_workload(workload: Workload, result: Plan) -> Workload:
+    """The workload as it will be once podgrace's settings are applied (for assessing the outcome)."""
+    by_name = {s.name: s for s in result.containers}
+    containers = []
+    for container in workload.containers:
+        s = by_name.get(container.name)
+        if s is None:
+            containers.append(container)
+            continue
+        pre_stop = PreStop.from_api({"preStop": s.pre_stop}) if s.pre_stop is not None else container.pre_stop
+        containers.append(
+            container.model_copy(
+                update={"pre_stop": pre_stop, "stop_signal": s.stop_signal or container.stop_signal}
+            )
+        )
+    grace = result.termination_grace_period_seconds or workload.termination_grace_period_seconds
+    return workload.model_copy(
+        update={
+            "containers": tuple(containers),
+            "termination_grace_period_seconds": grace,
+            "os_name": result.os_name or workload.os_name,
+        }
+    )
