@@ -1,0 +1,5 @@
+import sys
+
+from bench.termination.cli import main
+
+sys.exit(main())

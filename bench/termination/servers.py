@@ -1,0 +1,336 @@
+"""Configs and container commands for the real servers, and HAProxy in front of the pods.
+
+Ports (all on 127.0.0.1): pod i -> nginx 18000+i, php-fpm 19000+i, apache 17000+i, generic 15000+i.
+The load balancer listens on 14000; the shared upstream of nginx-only pods (the "slow backend" outside the
+pod, as in the article) on 14999.
+
+Every container runs as PID 1 of its own PID + mount namespace:
+    unshare --pid --fork --mount-proc --kill-child -- /bin/sh -c '<mount tmpfs /run, bind configs>; exec "$@"'
+The config is bind-mounted over the server's standard path (/etc/nginx/nginx.conf, ...), /run is a private
+tmpfs, so hooks such as `nginx -s quit` find the config and pid file exactly as in a container image.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+LB_PORT = 14000
+UPSTREAM_PORT = 14999
+PORT_BASE = {"generic": 15000, "apache": 17000, "nginx": 18000, "php-fpm": 19000}
+# which container of a pod the load balancer sends HTTP to (first present wins); a php-fpm-only pod is
+# reached over FastCGI (HAProxy fcgi-app), like an ingress with backend-protocol FCGI.
+FRONT_ORDER = ("nginx", "apache", "generic", "php-fpm")
+
+LAB_DIR = Path(__file__).resolve().parent
+APP_DIR = LAB_DIR / "app"
+
+NGINX_BIN = "/usr/sbin/nginx"
+PHP_FPM_BIN = "/usr/sbin/php-fpm8.2"
+APACHE_BIN = "/usr/sbin/apache2"
+HAPROXY_BIN = "/usr/sbin/haproxy"
+APACHE_MODULES = "/usr/lib/apache2/modules"
+
+
+def port_for(runtime: str, pod_index: int) -> int:
+    return PORT_BASE[runtime] + pod_index
+
+
+def front_runtime(runtimes: list[str]) -> str:
+    for r in FRONT_ORDER:
+        if r in runtimes:
+            return r
+    raise ValueError(f"no servable container among {runtimes}")
+
+
+@dataclass
+class ContainerSpec:
+    pod: str
+    name: str
+    runtime: str
+    port: int
+    argv: list[str]  # the server command (PID 1 of the container)
+    binds: list[tuple[str, str]] = field(default_factory=list)  # (host file, path inside the container)
+    env: dict[str, str] = field(default_factory=dict)
+    log: Path | None = None
+
+    def unshare_argv(self) -> list[str]:
+        steps = ["set -e", "mount -t tmpfs -o mode=0755 tmpfs /run", "mkdir -p /run/apache2 /run/lock"]
+        steps += [f"mount --bind {shlex.quote(src)} {shlex.quote(dst)}" for src, dst in self.binds]
+        steps.append('exec "$@"')
+        return [
+            "unshare",
+            "--pid",
+            "--fork",
+            "--mount-proc",
+            "--kill-child",
+            "--",
+            "/bin/sh",
+            "-c",
+            "; ".join(steps),
+            f"{self.pod}-{self.name}",
+            *self.argv,
+        ]
+
+
+# ------------------------------------------------------------------------------------------------ nginx
+
+
+def nginx_conf(pod: str, index: int, workdir: Path, upstream: str) -> str:
+    """upstream: 'fastcgi' (php-fpm in the same pod) or 'proxy' (the shared slow backend)."""
+    port = port_for("nginx", index)
+    if upstream == "fastcgi":
+        location = f"""
+        location ~ \\.php$ {{
+            include /etc/nginx/fastcgi_params;
+            fastcgi_param SCRIPT_FILENAME {APP_DIR}/app.php;
+            fastcgi_param POD_NAME {pod};
+            fastcgi_pass 127.0.0.1:{port_for("php-fpm", index)};
+            fastcgi_read_timeout 120s;
+        }}"""
+    else:
+        location = f"""
+        location / {{
+            proxy_pass http://127.0.0.1:{UPSTREAM_PORT};
+            proxy_read_timeout 120s;
+            proxy_set_header X-Pod {pod};
+        }}"""
+    return f"""# podgrace lab: nginx of {pod}
+user www-data;
+worker_processes 2;
+pid /run/nginx.pid;
+error_log {workdir}/{pod}-nginx-error.log notice;
+events {{ worker_connections 2048; }}
+http {{
+    access_log off;
+    keepalive_timeout 5s;
+    server {{
+        listen 127.0.0.1:{port} backlog=511;
+        server_name {pod};
+        add_header X-Pod {pod} always;{location}
+    }}
+}}
+"""
+
+
+def nginx_container(pod: str, name: str, index: int, workdir: Path, upstream: str) -> ContainerSpec:
+    conf = workdir / f"{pod}-{name}-nginx.conf"
+    conf.write_text(nginx_conf(pod, index, workdir, upstream))
+    return ContainerSpec(
+        pod,
+        name,
+        "nginx",
+        port_for("nginx", index),
+        [NGINX_BIN, "-g", "daemon off;"],
+        binds=[(str(conf), "/etc/nginx/nginx.conf")],
+        log=workdir / f"{pod}-nginx-error.log",
+    )
+
+
+# ------------------------------------------------------------------------------------------------ php-fpm
+
+
+def php_fpm_conf(pod: str, index: int, workdir: Path, workers: int, process_control_timeout: int) -> str:
+    pct = (
+        f"process_control_timeout = {process_control_timeout}\n"
+        if process_control_timeout > 0
+        else "; process_control_timeout unset (0): QUIT is followed at once by TERM of busy workers\n"
+    )
+    return f"""; podgrace lab: php-fpm of {pod}
+[global]
+pid = /run/php-fpm.pid
+error_log = {workdir}/{pod}-php-fpm.log
+log_level = notice
+daemonize = no
+{pct}
+[www]
+user = www-data
+group = www-data
+listen = 127.0.0.1:{port_for("php-fpm", index)}
+listen.backlog = 511
+pm = static
+pm.max_children = {workers}
+request_terminate_timeout = 0
+catch_workers_output = yes
+clear_env = yes
+env[POD_NAME] = {pod}
+php_admin_value[max_execution_time] = 0
+"""
+
+
+def php_fpm_container(
+    pod: str, name: str, index: int, workdir: Path, workers: int, process_control_timeout: int
+) -> ContainerSpec:
+    conf = workdir / f"{pod}-{name}-php-fpm.conf"
+    conf.write_text(php_fpm_conf(pod, index, workdir, workers, process_control_timeout))
+    return ContainerSpec(
+        pod,
+        name,
+        "php-fpm",
+        port_for("php-fpm", index),
+        [PHP_FPM_BIN, "-F"],
+        binds=[(str(conf), "/etc/php/8.2/fpm/php-fpm.conf")],
+        log=workdir / f"{pod}-php-fpm.log",
+    )
+
+
+# ------------------------------------------------------------------------------------------------ apache
+
+
+def apache_conf(pod: str, index: int, workdir: Path, workers: int) -> str:
+    mods = ["mpm_prefork", "authz_core", "mime", "dir", "env", "headers"]
+    loads = "\n".join(f"LoadModule {m}_module {APACHE_MODULES}/mod_{m}.so" for m in mods)
+    return f"""# podgrace lab: Apache (prefork + mod_php) of {pod}
+ServerRoot /etc/apache2
+ServerName {pod}.lab
+DefaultRuntimeDir /run/apache2
+PidFile /run/apache2/apache2.pid
+Mutex file:/run/apache2 default
+{loads}
+LoadModule php_module {APACHE_MODULES}/libphp8.2.so
+User www-data
+Group www-data
+Listen 127.0.0.1:{port_for("apache", index)}
+ListenBacklog 511
+ErrorLog {workdir}/{pod}-apache-error.log
+LogLevel notice
+KeepAlive Off
+Timeout 120
+StartServers {workers}
+MinSpareServers {workers}
+MaxSpareServers {workers}
+ServerLimit {workers}
+MaxRequestWorkers {workers}
+MaxConnectionsPerChild 0
+TypesConfig /etc/mime.types
+DocumentRoot {APP_DIR}
+SetEnv POD_NAME {pod}
+Header always set X-Pod {pod}
+<Directory />
+    Require all denied
+</Directory>
+<Directory {APP_DIR}>
+    Require all granted
+</Directory>
+<FilesMatch "\\.php$">
+    SetHandler application/x-httpd-php
+</FilesMatch>
+"""
+
+
+def apache_container(pod: str, name: str, index: int, workdir: Path, workers: int) -> ContainerSpec:
+    conf = workdir / f"{pod}-{name}-apache2.conf"
+    conf.write_text(apache_conf(pod, index, workdir, workers))
+    env = {
+        # what Debian's apache2ctl exports from /etc/apache2/envvars
+        "APACHE_RUN_USER": "www-data",
+        "APACHE_RUN_GROUP": "www-data",
+        "APACHE_RUN_DIR": "/run/apache2",
+        "APACHE_PID_FILE": "/run/apache2/apache2.pid",
+        "APACHE_LOCK_DIR": "/run/lock",
+        "APACHE_LOG_DIR": str(workdir),
+        "APACHE_CONFDIR": "/etc/apache2",
+        "LANG": "C",
+    }
+    return ContainerSpec(
+        pod,
+        name,
+        "apache",
+        port_for("apache", index),
+        [APACHE_BIN, "-DFOREGROUND"],
+        binds=[(str(conf), "/etc/apache2/apache2.conf")],
+        env=env,
+        log=workdir / f"{pod}-apache-error.log",
+    )
+
+
+# ------------------------------------------------------------------------------------------------ generic
+
+
+def generic_container(pod: str, name: str, index: int, workdir: Path) -> ContainerSpec:
+    port = port_for("generic", index)
+    return ContainerSpec(
+        pod,
+        name,
+        "generic",
+        port,
+        [sys.executable, "-u", str(APP_DIR / "generic_server.py"), "--port", str(port), "--pod", pod],
+        log=workdir / f"{pod}-{name}-generic.log",
+    )
+
+
+def upstream_argv() -> list[str]:
+    return [sys.executable, "-u", str(APP_DIR / "generic_server.py"), "--port", str(UPSTREAM_PORT), "--pod", "upstream"]
+
+
+# ------------------------------------------------------------------------------------------------ haproxy
+
+
+def haproxy_conf(workdir: Path, servers: list[tuple[str, int]], fastcgi: bool) -> str:
+    """No retries, no redispatch, no health checks: every failure reaches the client."""
+    lines = [
+        "global",
+        "    maxconn 8192",
+        f"    stats socket {workdir}/haproxy.sock mode 600 level admin",
+        "    log stdout format raw local0",
+        "",
+        "defaults",
+        "    mode http",
+        "    log global",
+        "    retries 0",
+        "    option http-server-close",
+        "    http-reuse never",
+        "    timeout connect 3s",
+        "    timeout client 120s",
+        "    timeout server 120s",
+        "    timeout queue 5s",
+        "",
+    ]
+    if fastcgi:
+        lines += [
+            "fcgi-app php",
+            f"    docroot {APP_DIR}",
+            "    index app.php",
+            "",
+        ]
+    lines += [
+        "frontend fe",
+        f"    bind 127.0.0.1:{LB_PORT}",
+        "    capture request header X-Req len 24",
+        '    log-format "REQ %[capture.req.hdr(0)] %s %ST %tsc %Tc %Tr %Ta"',
+        "    default_backend pods",
+        "",
+        "backend pods",
+        "    balance roundrobin",
+    ]
+    if fastcgi:
+        lines.append("    use-fcgi-app php")
+    for name, port in servers:
+        proto = " proto fcgi" if fastcgi else ""
+        lines.append(f"    server {name} 127.0.0.1:{port}{proto}")
+    return "\n".join(lines) + "\n"
+
+
+@dataclass(frozen=True)
+class LbRecord:
+    req: str
+    server: str
+    status: int
+    term: str  # HAProxy termination state, e.g. "----", "SC--", "SH--"
+
+
+def parse_haproxy_log(text: str) -> dict[str, LbRecord]:
+    out: dict[str, LbRecord] = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) < 5 or parts[0] != "REQ":
+            continue
+        req = parts[1].strip("{}")
+        try:
+            status = int(parts[3])
+        except ValueError:
+            status = -1
+        out[req] = LbRecord(req, parts[2], status, parts[4])
+    return out
