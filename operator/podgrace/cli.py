@@ -74,6 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--no-standalone", action="store_true", help="use Kopf peering (needs its CRDs)")
     run.add_argument("--workers", type=int, default=20, help="concurrent reconciles (default 20)")
+    run.add_argument(
+        "--stop-signals",
+        choices=["auto", "true", "false"],
+        default="auto",
+        help="use lifecycle.stopSignal: auto detects it with a server-side dry-run (default auto)",
+    )
     run.add_argument("--verbose", action="store_true")
     return parser
 

@@ -26,6 +26,7 @@ class Code(StrEnum):
     INVALID_ANNOTATION = "InvalidAnnotation"
     UNKNOWN_PROFILE = "UnknownProfile"
     INVALID_PROFILE = "InvalidProfile"
+    APPLY_FAILED = "ApplyFailed"
 
 
 RISKS = frozenset(
@@ -38,7 +39,7 @@ RISKS = frozenset(
         Code.PHP_FPM_BEFORE_DRAIN,
     }
 )
-ERRORS = frozenset({Code.INVALID_ANNOTATION, Code.UNKNOWN_PROFILE, Code.INVALID_PROFILE})
+ERRORS = frozenset({Code.INVALID_ANNOTATION, Code.UNKNOWN_PROFILE, Code.INVALID_PROFILE, Code.APPLY_FAILED})
 
 
 @dataclass(frozen=True, order=True)

@@ -1,0 +1,100 @@
+"""Kubernetes Events on Deployments, posted once per distinct message.
+
+A resync or an operator restart must not repeat Warnings that are already there, so a Warning is
+posted only when neither this process nor the API server (an Event with the same object, reason and
+message) has it yet.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+from collections import OrderedDict
+from collections.abc import Mapping
+from typing import Any
+
+from podgrace.constants import FIELD_MANAGER
+from podgrace.kube import Api, ApiError
+from podgrace.metrics import Metrics
+
+log = logging.getLogger(__name__)
+NORMAL = "Normal"
+WARNING = "Warning"
+_SEEN_LIMIT = 50_000
+
+
+class EventRecorder:
+    def __init__(self, api: Api, metrics: Metrics, *, instance: str = "podgrace") -> None:
+        self._api = api
+        self._metrics = metrics
+        self._instance = instance
+        self._seen: OrderedDict[tuple[str, str, str, str], None] = OrderedDict()
+
+    async def post(self, obj: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
+        metadata = obj.get("metadata") or {}
+        uid = str(metadata.get("uid") or "")
+        namespace = str(metadata.get("namespace") or "default")
+        key = (uid, type_, reason, message)
+        if key in self._seen:
+            self._seen.move_to_end(key)
+            return
+        try:
+            if type_ == WARNING and await self._exists(namespace, uid, reason, message):
+                self._remember(key)
+                return
+            await self._api.create_event(namespace, self._event(obj, type_, reason, message))
+        except ApiError as error:
+            # Events are best effort: failing to post one must not fail the reconcile.
+            log.warning(
+                "could not post %s event %s on %s/%s: %s",
+                type_,
+                reason,
+                namespace,
+                metadata.get("name"),
+                error,
+            )
+            return
+        self._remember(key)
+        self._metrics.writes.labels("event").inc()
+        if type_ == WARNING:
+            self._metrics.warnings.labels(reason).inc()
+
+    def _remember(self, key: tuple[str, str, str, str]) -> None:
+        self._seen[key] = None
+        while len(self._seen) > _SEEN_LIMIT:
+            self._seen.popitem(last=False)
+
+    async def _exists(self, namespace: str, uid: str, reason: str, message: str) -> bool:
+        if not uid:
+            return False
+        events = await self._api.list_events(namespace, f"involvedObject.uid={uid},reason={reason}")
+        return any(e.get("message") == message for e in events)
+
+    def _event(self, obj: Mapping[str, Any], type_: str, reason: str, message: str) -> dict[str, Any]:
+        metadata = obj.get("metadata") or {}
+        now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {
+                "generateName": f"{metadata.get('name', 'podgrace')}.",
+                "namespace": metadata.get("namespace"),
+            },
+            "involvedObject": {
+                "apiVersion": obj.get("apiVersion"),
+                "kind": obj.get("kind"),
+                "name": metadata.get("name"),
+                "namespace": metadata.get("namespace"),
+                "uid": metadata.get("uid"),
+                "resourceVersion": metadata.get("resourceVersion"),
+            },
+            "type": type_,
+            "reason": reason,
+            "message": message[:1024],
+            "source": {"component": FIELD_MANAGER},
+            "reportingComponent": FIELD_MANAGER,
+            "reportingInstance": self._instance,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }

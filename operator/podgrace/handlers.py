@@ -1,0 +1,78 @@
+"""Kopf handlers: thin adapters from Kopf's callbacks to the reconciler. Parse, delegate, report."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import kopf
+
+from podgrace import overrides
+from podgrace.constants import GROUP, PROFILE_PLURAL, VERSION
+from podgrace.runtime import current
+
+log = logging.getLogger(__name__)
+
+
+@kopf.on.startup()
+async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+    runtime = current()
+    # podgrace posts its own, de-duplicated Events; Kopf's per-handler events would be noise and writes.
+    settings.posting.enabled = False
+    # The CRD is installed by the chart before the operator; no need to watch CRDs or namespaces.
+    settings.scanning.disabled = True
+    settings.batching.worker_limit = runtime.options.workers
+    settings.watching.connect_timeout = 30
+    settings.watching.server_timeout = 600
+    settings.networking.request_timeout = 60
+    await runtime.start()
+
+
+@kopf.on.cleanup()
+async def cleanup(**_: Any) -> None:
+    await current().stop()
+
+
+@kopf.on.login()
+def login(**_: Any) -> kopf.ConnectionInfo:
+    return current().connection
+
+
+@kopf.index("apps", "v1", "deployments")
+def workloads_by_profile(body: kopf.Body, **_: Any) -> dict[str, tuple[str, str]] | None:
+    profile = (body.metadata.annotations or {}).get("podgrace.dev/profile")
+    if not profile:
+        return None
+    return {profile.strip(): (str(body.metadata.namespace), str(body.metadata.name))}
+
+
+@kopf.on.event("apps", "v1", "deployments")
+async def deployment_event(type: str, body: kopf.Body, **kwargs: Any) -> None:
+    runtime = current()
+    runtime.index = kwargs["workloads_by_profile"]
+    reconciler = runtime.reconciler
+    assert reconciler is not None
+    key = f"{body.metadata.namespace}/{body.metadata.name}"
+    before = reconciler.metrics.profile_of(key)
+    if type == "DELETED":
+        reconciler.forget_deployment(body)
+    else:
+        await reconciler.reconcile_deployment(body)
+    after = overrides.parse(dict(body.metadata.annotations or {})).profile if type != "DELETED" else None
+    if before != after:
+        runtime.dirty_profiles.update(p for p in (before, after) if p)
+
+
+@kopf.on.event(GROUP, VERSION, PROFILE_PLURAL)
+async def profile_event(type: str, body: kopf.Body, **kwargs: Any) -> None:
+    runtime = current()
+    runtime.index = kwargs["workloads_by_profile"]
+    reconciler = runtime.reconciler
+    assert reconciler is not None
+    name = str(body.metadata.name)
+    if type == "DELETED":
+        runtime.profile_bodies.pop(name, None)
+        reconciler.forget_profile(name)
+        return
+    runtime.profile_bodies[name] = body
+    await reconciler.reconcile_profile(body, runtime.users_of(name))

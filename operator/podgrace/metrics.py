@@ -1,0 +1,111 @@
+"""Prometheus metrics, with controller-runtime's meanings under a `podgrace_` prefix.
+
+Label values are bounded: controller and result are fixed sets, findings and reasons are `findings.Code`,
+and profiles are the cluster's ShutdownProfiles (a handful).
+"""
+
+from __future__ import annotations
+
+import platform
+from collections import Counter
+from collections.abc import Iterable
+
+from prometheus_client import CollectorRegistry, Gauge, Histogram
+from prometheus_client import Counter as PromCounter
+
+from podgrace import __version__
+from podgrace.findings import RISKS, Code
+
+DEPLOYMENT = "deployment"
+PROFILE = "shutdownprofile"
+
+# controller-runtime's default reconcile-time buckets.
+RECONCILE_BUCKETS = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0,
+    1.25, 1.5, 1.75, 2.0, 2.5, 3.0, 3.5, 4.0, 4.5, 5, 6, 7, 8, 9, 10, 15, 20, 25, 30, 40, 50, 60,
+)  # fmt: skip
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        from prometheus_client import REGISTRY
+
+        self.registry = registry if registry is not None else REGISTRY
+        r = self.registry
+        self.reconcile_total = PromCounter(
+            "podgrace_reconcile_total", "Reconciliations by controller and result.", ["controller", "result"],
+            registry=r,
+        )  # fmt: skip
+        self.reconcile_errors = PromCounter(
+            "podgrace_reconcile_errors_total",
+            "Reconciliations that ended in an error.",
+            ["controller"],
+            registry=r,
+        )
+        self.reconcile_time = Histogram(
+            "podgrace_reconcile_time_seconds", "Time per reconciliation.", ["controller"],
+            buckets=RECONCILE_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.writes = PromCounter(
+            "podgrace_writes_total", "API write requests podgrace made, by kind.", ["kind"], registry=r
+        )
+        self.managed = Gauge(
+            "podgrace_managed_workloads",
+            "Deployments opted in to each ShutdownProfile.",
+            ["profile"],
+            registry=r,
+        )
+        self.at_risk = Gauge(
+            "podgrace_workloads_at_risk", "Deployments that may drop requests, by finding.", ["finding"],
+            registry=r,
+        )  # fmt: skip
+        self.profile_ready = Gauge(
+            "podgrace_profile_ready",
+            "1 when the ShutdownProfile is valid and Ready.",
+            ["profile"],
+            registry=r,
+        )
+        self.warnings = PromCounter(
+            "podgrace_warnings_total", "Warning Events posted, by reason.", ["reason"], registry=r
+        )
+        self.build_info = Gauge(
+            "podgrace_build_info", "podgrace's version.", ["version", "python_version"], registry=r
+        )
+        self.build_info.labels(__version__, platform.python_version()).set(1)
+        for controller in (DEPLOYMENT, PROFILE):
+            for result in ("success", "error", "requeue"):
+                self.reconcile_total.labels(controller, result)
+            self.reconcile_errors.labels(controller)
+        for code in sorted(RISKS):
+            self.at_risk.labels(code.value).set(0)
+        self._workloads: dict[str, tuple[str | None, frozenset[Code]]] = {}
+        self._profiles_seen: set[str] = set()
+
+    def observe_workload(self, key: str, profile: str | None, risks: Iterable[Code]) -> None:
+        """Record a Deployment's current profile and risks; the gauges are recounted from all of them."""
+        entry = (profile, frozenset(c for c in risks if c in RISKS))
+        if self._workloads.get(key) == entry:
+            return
+        if entry == (None, frozenset()):
+            self._workloads.pop(key, None)
+        else:
+            self._workloads[key] = entry
+        self._recount()
+
+    def profile_of(self, key: str) -> str | None:
+        entry = self._workloads.get(key)
+        return entry[0] if entry is not None else None
+
+    def forget_workload(self, key: str) -> None:
+        if self._workloads.pop(key, None) is not None:
+            self._recount()
+
+    def _recount(self) -> None:
+        profiles = Counter(p for p, _ in self._workloads.values() if p is not None)
+        risks = Counter(code for _, codes in self._workloads.values() for code in codes)
+        # A profile nobody uses any more drops to 0 rather than vanishing, so rate() and alerts see it.
+        self._profiles_seen |= set(profiles)
+        for profile in self._profiles_seen:
+            self.managed.labels(profile).set(profiles.get(profile, 0))
+        for code in RISKS:
+            self.at_risk.labels(code.value).set(risks.get(code, 0))

@@ -1,0 +1,223 @@
+"""Reconciling Deployments and ShutdownProfiles: read, plan, apply only what changes, report.
+
+No Kopf here: the handlers module adapts Kopf's callbacks to these methods, and the unit tests drive them
+with a fake API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import aiohttp
+
+from podgrace import overrides
+from podgrace.applybody import apply_body
+from podgrace.detect import CapabilityCache
+from podgrace.events import NORMAL, WARNING, EventRecorder
+from podgrace.findings import Code, Finding
+from podgrace.kube import Api, ApiError
+from podgrace.managed_fields import apply_is_noop
+from podgrace.metrics import DEPLOYMENT, PROFILE, Metrics
+from podgrace.planner import Outcome, Plan, plan
+from podgrace.profile_store import ProfileStore, desired_status, status_differs
+from podgrace.workloads import ManifestError, from_object
+
+log = logging.getLogger(__name__)
+
+TRANSIENT_RETRIES = 3
+
+
+class Result(StrEnum):
+    APPLIED = "applied"
+    REVERTED = "reverted"
+    UNCHANGED = "unchanged"
+    INVALID = "invalid"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class ReconcileOutcome:
+    result: Result
+    plan: Plan | None = None
+
+
+class Reconciler:
+    def __init__(
+        self,
+        api: Api,
+        store: ProfileStore,
+        capabilities: CapabilityCache,
+        events: EventRecorder,
+        metrics: Metrics,
+        *,
+        fanout_concurrency: int = 20,
+    ) -> None:
+        self.api = api
+        self.store = store
+        self.capabilities = capabilities
+        self.events = events
+        self.metrics = metrics
+        self._fanout = asyncio.Semaphore(fanout_concurrency)
+
+    # --- Deployments -------------------------------------------------------------------------------
+
+    async def reconcile_deployment(self, body: Mapping[str, Any]) -> ReconcileOutcome:
+        started = time.monotonic()
+        result = Result.FAILED
+        try:
+            outcome = await self._reconcile_deployment(body)
+            result = outcome.result
+            return outcome
+        finally:
+            self.metrics.reconcile_time.labels(DEPLOYMENT).observe(time.monotonic() - started)
+            self.metrics.reconcile_total.labels(
+                DEPLOYMENT, "error" if result is Result.FAILED else "success"
+            ).inc()
+            if result is Result.FAILED:
+                self.metrics.reconcile_errors.labels(DEPLOYMENT).inc()
+
+    async def _reconcile_deployment(self, body: Mapping[str, Any]) -> ReconcileOutcome:
+        metadata = body.get("metadata") or {}
+        namespace, name = str(metadata.get("namespace")), str(metadata.get("name"))
+        key = f"{namespace}/{name}"
+        try:
+            workload = from_object(body, with_ownership=True)
+        except ManifestError as error:
+            log.error("cannot read Deployment %s: %s", key, error)
+            return ReconcileOutcome(Result.FAILED)
+        profile_name = overrides.parse(workload.annotations).profile
+        invalid_profile = self.store.error(profile_name) if profile_name else None
+        if invalid_profile is not None:
+            message = f"ShutdownProfile {profile_name} is not valid: {invalid_profile}"
+            await self.events.post(body, WARNING, Code.INVALID_PROFILE.value, message)
+            self.metrics.observe_workload(key, profile_name, ())
+            return ReconcileOutcome(Result.INVALID)
+        capabilities = await self._with_retries(lambda: self.capabilities.get(body))
+        result = plan(workload, self.store.valid(), capabilities)
+        if result.outcome is Outcome.INVALID:
+            for finding in result.errors:
+                await self.events.post(body, WARNING, finding.code.value, finding.message)
+            self.metrics.observe_workload(key, result.profile, ())
+            return ReconcileOutcome(Result.INVALID, result)
+        risks = result.findings_before if result.outcome is not Outcome.MANAGED else result.findings_after
+        managed_profile = result.profile if result.outcome is not Outcome.NOT_OPTED_IN else None
+        self.metrics.observe_workload(key, managed_profile, (f.code for f in risks))
+        desired = apply_body(namespace, name, result)
+        if apply_is_noop(body, desired):
+            await self._report_decisions(body, result.decisions)
+            return ReconcileOutcome(Result.UNCHANGED, result)
+        reverting = "spec" not in desired
+        try:
+            await self._with_retries(
+                lambda: self.api.apply_deployment(namespace, name, desired, force=result.force)
+            )
+        except ApiError as apply_error:
+            if apply_error.status in (404, 409):
+                # 404: deleted meanwhile. 409: a field podgrace wants changed owner since this event;
+                # the watch brings the newer object and the next reconcile plans against it.
+                log.info("apply to %s deferred: %s", key, apply_error)
+                return ReconcileOutcome(Result.UNCHANGED, result)
+            await self.events.post(
+                body, WARNING, Code.APPLY_FAILED.value, f"podgrace's apply was rejected: {apply_error}"
+            )
+            return ReconcileOutcome(Result.FAILED, result)
+        self.metrics.writes.labels("revert" if reverting else "apply").inc()
+        if reverting:
+            await self.events.post(body, NORMAL, "Reverted", "podgrace removed the settings it had injected")
+        else:
+            await self.events.post(body, NORMAL, "Applied", summary(result))
+        await self._report_decisions(body, result.decisions)
+        return ReconcileOutcome(Result.REVERTED if reverting else Result.APPLIED, result)
+
+    async def _report_decisions(self, body: Mapping[str, Any], decisions: Iterable[Finding]) -> None:
+        for decision in decisions:
+            where = f"container {decision.container}: " if decision.container else ""
+            await self.events.post(body, WARNING, decision.code.value, where + decision.message)
+
+    async def _with_retries(self, call: Any) -> Any:
+        """Retry transient failures (API server restarting, throttling) a few times with backoff."""
+        for attempt in range(TRANSIENT_RETRIES):
+            try:
+                return await call()
+            except ApiError as error:
+                if (error.status < 500 and error.status != 429) or attempt == TRANSIENT_RETRIES - 1:
+                    raise
+            except (aiohttp.ClientError, TimeoutError):
+                if attempt == TRANSIENT_RETRIES - 1:
+                    raise
+            await asyncio.sleep(0.5 * 2**attempt)
+        raise AssertionError("unreachable")
+
+    def forget_deployment(self, body: Mapping[str, Any]) -> None:
+        metadata = body.get("metadata") or {}
+        self.metrics.forget_workload(f"{metadata.get('namespace')}/{metadata.get('name')}")
+
+    # --- ShutdownProfiles --------------------------------------------------------------------------
+
+    async def reconcile_profile(self, body: Mapping[str, Any], users: Iterable[tuple[str, str]]) -> bool:
+        """Update the store and the profile's status; when its spec changed, re-reconcile its users.
+
+        Returns whether the users were re-reconciled."""
+        started = time.monotonic()
+        failed = True
+        try:
+            name = str(body["metadata"]["name"])
+            entry, changed = self.store.upsert(body)
+            self.metrics.profile_ready.labels(name).set(1 if entry.profile is not None else 0)
+            users = sorted(set(users))
+            await self.update_profile_status(body, len(users))
+            if changed:
+                await asyncio.gather(*(self._refresh(namespace, dep) for namespace, dep in users))
+            failed = False
+            return changed
+        finally:
+            self.metrics.reconcile_time.labels(PROFILE).observe(time.monotonic() - started)
+            self.metrics.reconcile_total.labels(PROFILE, "error" if failed else "success").inc()
+            if failed:
+                self.metrics.reconcile_errors.labels(PROFILE).inc()
+
+    async def update_profile_status(self, body: Mapping[str, Any], workloads: int) -> None:
+        name = str(body["metadata"]["name"])
+        entry = self.store.entry(name) or self.store.upsert(body)[0]
+        status = desired_status(body, entry, workloads)
+        if status_differs(body, status):
+            await self._with_retries(lambda: self.api.patch_profile_status(name, status))
+            self.metrics.writes.labels("status").inc()
+
+    async def _refresh(self, namespace: str, name: str) -> None:
+        async with self._fanout:
+            body = await self._with_retries(lambda: self.api.get_deployment(namespace, name))
+            if body is not None:
+                await self.reconcile_deployment(body)
+
+    def forget_profile(self, name: str) -> None:
+        self.store.remove(name)
+        self.metrics.profile_ready.labels(name).set(0)
+
+
+def summary(result: Plan) -> str:
+    parts = []
+    for s in result.containers:
+        signal = s.stop_signal or (
+            f"{_hook_signal(s.pre_stop)} via preStop" if _hook_signal(s.pre_stop) else ""
+        )
+        parts.append(
+            f"{s.name}: stop after {s.signal_delay_seconds}s" + (f" with {signal}" if signal else "")
+        )
+    grace = result.termination_grace_period_seconds
+    tail = f"; terminationGracePeriodSeconds {grace}" if grace is not None else ""
+    return f"podgrace applied ShutdownProfile {result.profile}: " + ", ".join(parts) + tail
+
+
+def _hook_signal(pre_stop: Mapping[str, Any] | None) -> str | None:
+    command = ((pre_stop or {}).get("exec") or {}).get("command") or []
+    for line in (command[-1] if command else "").splitlines():
+        if line.startswith("kill -") and line.endswith(" 1") and not line.startswith("kill -0"):
+            return "SIG" + line.split()[1].lstrip("-")
+    return None

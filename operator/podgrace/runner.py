@@ -1,0 +1,48 @@
+"""`podgrace run`: log in, serve /metrics, and hand over to Kopf."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+
+import kopf
+from prometheus_client import start_http_server
+
+from podgrace.metrics import Metrics
+from podgrace.runtime import Options, Runtime, install
+
+
+def login() -> kopf.ConnectionInfo:
+    settings = kopf.OperatorSettings()
+    info = kopf.login_with_service_account(settings=settings) or kopf.login_with_kubeconfig(settings=settings)
+    if info is None:
+        raise SystemExit("podgrace run: no credentials: neither a service account nor a kubeconfig was found")
+    return info
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    stop_signals = {"auto": None, "true": True, "false": False}[args.stop_signals]
+    install(
+        Runtime(
+            options=Options(namespaces=args.namespace, workers=args.workers, stop_signals=stop_signals),
+            connection=login(),
+            metrics=Metrics(),
+        )
+    )
+    start_http_server(args.metrics_port)
+    import podgrace.handlers  # noqa: F401  (registers the Kopf handlers)
+
+    asyncio.run(
+        kopf.operator(
+            standalone=not args.no_standalone,
+            clusterwide=not args.namespace,
+            namespaces=list(args.namespace),
+            liveness_endpoint=f"http://0.0.0.0:{args.liveness_port}/healthz",
+        )
+    )
+    return 0
