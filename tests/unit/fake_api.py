@@ -1,0 +1,168 @@
+"""An in-memory stand-in for the API server's side of podgrace's calls, with a small server-side apply.
+
+The apply model covers the shapes podgrace writes: the applier owns exactly the leaves it sends, fields it
+owned before and no longer sends are removed unless another manager owns them, and a differing value on a
+field another manager owns is a 409 conflict unless forced.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+from podgrace.constants import FIELD_MANAGER
+from podgrace.kube import ApiError
+from podgrace.managed_fields import Path, _value_at, desired_leaves, manager_leaves
+
+
+def _nest(paths: set[Path]) -> dict[str, Any]:
+    root: dict[str, Any] = {}
+    for path in paths:
+        node = root
+        for step in path:
+            node = node.setdefault(step, {})
+    return root
+
+
+def _set(obj: dict[str, Any], path: Path, value: Any) -> None:
+    node: Any = obj
+    for i, step in enumerate(path):
+        last = i == len(path) - 1
+        if step.startswith("f:"):
+            key = step[2:]
+            if last:
+                node[key] = copy.deepcopy(value)
+            else:
+                nxt = path[i + 1]
+                node = node.setdefault(key, [] if nxt.startswith("k:") else {})
+        else:
+            wanted = json.loads(step[2:])
+            item = next((x for x in node if all(x.get(k) == v for k, v in wanted.items())), None)
+            if item is None:
+                item = dict(wanted)
+                node.append(item)
+            node = item
+
+
+def _delete(obj: dict[str, Any], path: Path) -> None:
+    parents: list[tuple[Any, str | int]] = []
+    node: Any = obj
+    for step in path:
+        if step.startswith("f:"):
+            if not isinstance(node, dict) or step[2:] not in node:
+                return
+            parents.append((node, step[2:]))
+            node = node[step[2:]]
+        else:
+            wanted = json.loads(step[2:])
+            index = next(
+                (i for i, x in enumerate(node) if all(x.get(k) == v for k, v in wanted.items())), None
+            )
+            if index is None:
+                return
+            parents.append((node, index))
+            node = node[index]
+    container, key = parents[-1]
+    del container[key]  # type: ignore[arg-type]
+    # Prune maps left empty (lifecycle: {} after preStop went).
+    for container, key in reversed(parents[:-1]):
+        value = container[key]  # type: ignore[index]
+        if value in ({}, []):
+            del container[key]  # type: ignore[arg-type]
+
+
+class FakeApi:
+    def __init__(self) -> None:
+        self.deployments: dict[tuple[str, str], dict[str, Any]] = {}
+        self.events: list[dict[str, Any]] = []
+        self.statuses: dict[str, dict[str, Any]] = {}
+        self.applies: list[tuple[str, str, dict[str, Any], bool, bool]] = []
+        self.keep_stop_signal = True  # False models an API server without ContainerStopSignals
+        self.fail_next: list[ApiError] = []
+
+    # --- test set-up ----------------------------------------------------------------------------------
+
+    def create(self, obj: dict[str, Any], manager: str = "kubectl-client-side-apply") -> dict[str, Any]:
+        obj = copy.deepcopy(obj)
+        metadata = obj.setdefault("metadata", {})
+        metadata.setdefault("namespace", "default")
+        metadata["uid"] = f"uid-{metadata['name']}"
+        metadata["generation"] = 1
+        leaves = set(desired_leaves(obj.get("spec") or {}, ("f:spec",)))
+        metadata["managedFields"] = [
+            {"manager": manager, "operation": "Update", "fieldsType": "FieldsV1", "fieldsV1": _nest(leaves)}
+        ]
+        self.deployments[(metadata["namespace"], metadata["name"])] = obj
+        return copy.deepcopy(obj)
+
+    def get(self, namespace: str, name: str) -> dict[str, Any]:
+        return copy.deepcopy(self.deployments[(namespace, name)])
+
+    # --- the Api protocol ------------------------------------------------------------------------------
+
+    async def get_deployment(self, namespace: str, name: str) -> dict[str, Any] | None:
+        obj = self.deployments.get((namespace, name))
+        return copy.deepcopy(obj) if obj is not None else None
+
+    async def apply_deployment(
+        self, namespace: str, name: str, body: dict[str, Any], *, force: bool = False, dry_run: bool = False
+    ) -> dict[str, Any]:
+        if self.fail_next:
+            raise self.fail_next.pop(0)
+        self.applies.append((namespace, name, copy.deepcopy(body), force, dry_run))
+        live = self.deployments.get((namespace, name))
+        if live is None:
+            raise ApiError(404, "NotFound", f"deployments.apps {name} not found")
+        obj = copy.deepcopy(live)
+        entries = obj["metadata"]["managedFields"]
+        want = {p: v for p, v in desired_leaves(body.get("spec") or {}, ("f:spec",)).items() if len(p) > 1}
+        if not self.keep_stop_signal:
+            want = {p: v for p, v in want.items() if p[-1] != "f:stopSignal"}
+        theirs = manager_leaves(entries, podgrace=False)
+        conflicts = [p for p, v in want.items() if p in theirs and _value_at(obj, p) != v]
+        if conflicts and not force:
+            raise ApiError(409, "Conflict", f"conflicts with another field manager: {conflicts}")
+        ours_before = manager_leaves(entries, podgrace=True)
+        for path in ours_before - set(want) - theirs:
+            _delete(obj, path)
+        for path, value in want.items():
+            _set(obj, path, value)
+        if force:
+            for entry in entries:
+                if entry.get("manager") != FIELD_MANAGER:
+                    kept = manager_leaves([entry], podgrace=False) - set(conflicts)
+                    entry["fieldsV1"] = _nest(kept)
+        entries[:] = [e for e in entries if e.get("manager") != FIELD_MANAGER]
+        if want:
+            entries.append(
+                {
+                    "manager": FIELD_MANAGER,
+                    "operation": "Apply",
+                    "fieldsType": "FieldsV1",
+                    "fieldsV1": _nest(set(want)),
+                }
+            )
+        if obj.get("spec") != live.get("spec"):
+            obj["metadata"]["generation"] += 1
+        if not dry_run:
+            self.deployments[(namespace, name)] = obj
+        return copy.deepcopy(obj)
+
+    async def patch_profile_status(self, name: str, status: dict[str, Any]) -> None:
+        self.statuses[name] = copy.deepcopy(status)
+
+    async def create_event(self, namespace: str, event: dict[str, Any]) -> None:
+        self.events.append(copy.deepcopy(event))
+
+    async def list_events(self, namespace: str, field_selector: str) -> list[dict[str, Any]]:
+        wanted = dict(part.split("=", 1) for part in field_selector.split(","))
+        return [
+            e
+            for e in self.events
+            if e["involvedObject"]["uid"] == wanted.get("involvedObject.uid")
+            and e["reason"] == wanted.get("reason")
+        ]
+
+    def writes(self) -> list[tuple[str, str, dict[str, Any], bool, bool]]:
+        return [a for a in self.applies if not a[4]]

@@ -1,0 +1,297 @@
+"""The operator's reconcile logic against an in-memory API (no cluster): writes, reverts, events, metrics."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+from fake_api import FakeApi
+from prometheus_client import CollectorRegistry
+
+from podgrace import handlers, profiles, runtime
+from podgrace.detect import CapabilityCache
+from podgrace.events import EventRecorder
+from podgrace.kube import ApiError
+from podgrace.metrics import Metrics
+from podgrace.profile_store import ProfileStore
+from podgrace.reconciler import Reconciler, Result
+
+
+def deployment(name: str = "shop", annotations: dict[str, str] | None = None, **pod: Any) -> dict[str, Any]:
+    containers = pod.pop(
+        "containers",
+        [{"name": "nginx", "image": "nginx:1.27"}, {"name": "php-fpm", "image": "php:8.3-fpm"}],
+    )
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": name,
+            "namespace": "web",
+            "annotations": {"podgrace.dev/profile": "nginx-php-fpm"} if annotations is None else annotations,
+        },
+        "spec": {
+            "replicas": 2,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {"containers": containers, **pod},
+            },
+        },
+    }
+
+
+def builtin_bodies() -> list[dict[str, Any]]:
+    bodies = []
+    for profile in profiles.builtin().values():
+        body = profile.model_dump(by_alias=True, mode="json", exclude_none=True)
+        body["metadata"]["generation"] = 1
+        bodies.append(body)
+    return bodies
+
+
+def make(api: FakeApi, *, version: tuple[int, int] = (1, 35)) -> Reconciler:
+    metrics = Metrics(CollectorRegistry())
+    store = ProfileStore()
+    for body in builtin_bodies():
+        store.upsert(body)
+    return Reconciler(api, store, CapabilityCache(api, version), EventRecorder(api, metrics), metrics)
+
+
+def reasons(api: FakeApi) -> list[str]:
+    return [e["reason"] for e in api.events]
+
+
+def pod_spec(obj: dict[str, Any]) -> dict[str, Any]:
+    spec: dict[str, Any] = obj["spec"]["template"]["spec"]
+    return spec
+
+
+async def test_first_reconcile_writes_once_then_nothing() -> None:
+    api = FakeApi()
+    live = api.create(deployment())
+    reconciler = make(api)
+    assert (await reconciler.reconcile_deployment(live)).result is Result.APPLIED
+    assert len(api.writes()) == 1
+    assert reasons(api) == ["Applied"]
+    after = api.get("web", "shop")
+    assert pod_spec(after)["terminationGracePeriodSeconds"] == 70
+    assert (await reconciler.reconcile_deployment(after)).result is Result.UNCHANGED
+    assert len(api.writes()) == 1
+    assert reasons(api) == ["Applied"]
+
+
+async def test_restart_makes_no_write_and_repeats_no_event() -> None:
+    api = FakeApi()
+    api.create(deployment(containers=[{"name": "nginx", "image": "nginx", "lifecycle": {"preStop": {
+        "exec": {"command": ["nginx", "-s", "quit"]}}}}]))  # fmt: skip
+    first = make(api)
+    await first.reconcile_deployment(api.get("web", "shop"))
+    writes, events = len(api.writes()), len(api.events)
+    assert "UserHookKept" in reasons(api)
+    restarted = make(api)  # a new process: empty caches
+    assert (await restarted.reconcile_deployment(api.get("web", "shop"))).result is Result.UNCHANGED
+    assert len(api.writes()) == writes
+    assert len(api.events) == events
+
+
+async def test_stop_signal_detected_by_dry_run_and_cached() -> None:
+    api = FakeApi()
+    reconciler = make(api)
+    for name in ("a", "b"):
+        await reconciler.reconcile_deployment(api.create(deployment(name)))
+    dry_runs = [a for a in api.applies if a[4]]
+    assert len(dry_runs) == 1
+    containers = pod_spec(api.get("web", "a"))["containers"]
+    assert containers[0]["lifecycle"] == {"preStop": {"sleep": {"seconds": 5}}, "stopSignal": "SIGQUIT"}
+    assert pod_spec(api.get("web", "a"))["os"] == {"name": "linux"}
+
+
+async def test_server_that_drops_stop_signal_gets_the_fallback_hook() -> None:
+    api = FakeApi()
+    api.keep_stop_signal = False
+    reconciler = make(api)
+    await reconciler.reconcile_deployment(api.create(deployment()))
+    nginx = pod_spec(api.get("web", "shop"))["containers"][0]
+    assert "stopSignal" not in nginx["lifecycle"]
+    assert "kill -QUIT 1" in nginx["lifecycle"]["preStop"]["exec"]["command"][2]
+    assert "os" not in pod_spec(api.get("web", "shop"))
+
+
+async def test_old_server_is_not_probed() -> None:
+    api = FakeApi()
+    reconciler = make(api, version=(1, 29))
+    await reconciler.reconcile_deployment(api.create(deployment()))
+    assert not [a for a in api.applies if a[4]]
+    nginx = pod_spec(api.get("web", "shop"))["containers"][0]
+    assert nginx["lifecycle"]["preStop"]["exec"]["command"][0] == "/bin/sh"
+
+
+async def test_opt_out_reverts_exactly_what_podgrace_injected() -> None:
+    api = FakeApi()
+    user_hook = {"preStop": {"httpGet": {"path": "/drain", "port": 80}}}
+    original = deployment(
+        containers=[
+            {"name": "nginx", "image": "nginx:1.27"},
+            {"name": "php-fpm", "image": "php:8.3-fpm"},
+            {"name": "sidecar", "image": "busybox", "lifecycle": user_hook},
+        ],
+        terminationGracePeriodSeconds=90,
+    )
+    reconciler = make(api)
+    await reconciler.reconcile_deployment(api.create(original))
+    applied = api.get("web", "shop")
+    assert pod_spec(applied)["terminationGracePeriodSeconds"] == 90  # the user's longer value survives
+    applied["metadata"]["annotations"] = {}
+    api.deployments[("web", "shop")] = copy.deepcopy(applied)
+    assert (await reconciler.reconcile_deployment(applied)).result is Result.REVERTED
+    reverted = api.get("web", "shop")
+    assert reverted["spec"] == original["spec"]
+    assert "Reverted" in reasons(api)
+    assert (await reconciler.reconcile_deployment(reverted)).result is Result.UNCHANGED
+
+
+@pytest.mark.parametrize(
+    ("annotations", "reason"),
+    [
+        ({"podgrace.dev/profile": "nginx", "podgrace.dev/drain-seconds": "5s"}, "InvalidAnnotation"),
+        ({"podgrace.dev/profile": "nginx", "podgrace.dev/mode": "yolo"}, "InvalidAnnotation"),
+        ({"podgrace.dev/profile": "nope"}, "UnknownProfile"),
+        ({"podgrace.dev/profile": "nginx", "podgrace.dev/containers": "ghost"}, "InvalidAnnotation"),
+    ],
+    ids=["drain-with-unit", "bad-mode", "unknown-profile", "unknown-container"],
+)
+async def test_bad_input_warns_and_changes_nothing(annotations: dict[str, str], reason: str) -> None:
+    api = FakeApi()
+    live = api.create(deployment(annotations=annotations))
+    reconciler = make(api)
+    assert (await reconciler.reconcile_deployment(live)).result is Result.INVALID
+    assert api.writes() == []
+    assert api.get("web", "shop")["spec"] == live["spec"]
+    assert [(e["type"], e["reason"]) for e in api.events] == [("Warning", reason)]
+
+
+async def test_bad_input_after_opt_in_keeps_the_applied_settings() -> None:
+    api = FakeApi()
+    reconciler = make(api)
+    await reconciler.reconcile_deployment(api.create(deployment()))
+    applied = api.get("web", "shop")
+    applied["metadata"]["annotations"]["podgrace.dev/prestop-sleep-seconds"] = "-1"
+    assert (await reconciler.reconcile_deployment(applied)).result is Result.INVALID
+    assert len(api.writes()) == 1
+    assert api.get("web", "shop")["spec"] == applied["spec"]
+
+
+async def test_invalid_profile_is_reported_on_its_users() -> None:
+    api = FakeApi()
+    reconciler = make(api)
+    broken = builtin_bodies()[0]
+    broken["metadata"]["name"] = "broken"
+    broken["spec"]["containers"][0]["stopAfter"] = ["missing"]
+    await reconciler.reconcile_profile(broken, [])
+    assert api.statuses["broken"]["conditions"][0]["status"] == "False"
+    assert "missing" in api.statuses["broken"]["conditions"][0]["message"]
+    live = api.create(deployment(annotations={"podgrace.dev/profile": "broken"}))
+    assert (await reconciler.reconcile_deployment(live)).result is Result.INVALID
+    assert reasons(api) == ["InvalidProfile"]
+    assert api.writes() == []
+
+
+async def test_profile_change_reconciles_exactly_its_users() -> None:
+    api = FakeApi()
+    reconciler = make(api)
+    for name, profile in (("a", "nginx"), ("b", "nginx"), ("c", "apache")):
+        containers = [{"name": "web", "image": "nginx" if profile == "nginx" else "httpd:2.4"}]
+        await reconciler.reconcile_deployment(
+            api.create(deployment(name, {"podgrace.dev/profile": profile}, containers=containers))
+        )
+    before = len(api.writes())
+    nginx = next(b for b in builtin_bodies() if b["metadata"]["name"] == "nginx")
+    await reconciler.reconcile_profile(nginx, [("web", "a"), ("web", "b")])  # unchanged spec: no fan-out
+    assert len(api.writes()) == before
+    nginx["spec"]["containers"][0]["preStopSleepSeconds"] = 9
+    nginx["metadata"]["generation"] = 2
+    await reconciler.reconcile_profile(nginx, [("web", "a"), ("web", "b")])
+    touched = sorted(a[1] for a in api.writes()[before:])
+    assert touched == ["a", "b"]
+    assert pod_spec(api.get("web", "a"))["containers"][0]["lifecycle"]["preStop"] == {"sleep": {"seconds": 9}}
+    assert api.statuses["nginx"]["observedGeneration"] == 2
+    assert api.statuses["nginx"]["workloads"] == 2
+
+
+async def test_profile_status_written_only_when_it_changes() -> None:
+    api = FakeApi()
+    reconciler = make(api)
+    body = builtin_bodies()[0]
+    await reconciler.reconcile_profile(body, [("web", "a")])
+    status = api.statuses[body["metadata"]["name"]]
+    assert status["conditions"][0]["type"] == "Ready"
+    assert status["conditions"][0]["observedGeneration"] == 1
+    body["status"] = status
+    api.statuses.clear()
+    await reconciler.reconcile_profile(body, [("web", "a")])
+    assert api.statuses == {}
+
+
+async def test_transient_errors_are_retried() -> None:
+    api = FakeApi()
+    reconciler = make(api, version=(1, 29))
+    api.fail_next = [ApiError(503, "ServiceUnavailable", "apiserver restarting")]
+    assert (await reconciler.reconcile_deployment(api.create(deployment()))).result is Result.APPLIED
+
+
+async def test_conflict_is_deferred_not_forced() -> None:
+    api = FakeApi()
+    reconciler = make(api, version=(1, 29))
+    api.fail_next = [ApiError(409, "Conflict", "owned by argocd")]
+    outcome = await reconciler.reconcile_deployment(api.create(deployment()))
+    assert outcome.result is Result.UNCHANGED
+    assert api.writes() == []
+
+
+async def test_metrics_count_managed_and_at_risk_workloads() -> None:
+    api = FakeApi()
+    reconciler = make(api)
+    await reconciler.reconcile_deployment(api.create(deployment("a")))
+    await reconciler.reconcile_deployment(api.create(deployment("b", annotations={})))  # not opted in, risky
+    registry = reconciler.metrics.registry
+    assert registry.get_sample_value("podgrace_managed_workloads", {"profile": "nginx-php-fpm"}) == 1
+    assert registry.get_sample_value("podgrace_workloads_at_risk", {"finding": "NoPreStop"}) == 1
+    assert registry.get_sample_value("podgrace_writes_total", {"kind": "apply"}) == 1
+    assert (
+        registry.get_sample_value(
+            "podgrace_reconcile_total", {"controller": "deployment", "result": "success"}
+        )
+        == 2
+    )
+    reconciler.forget_deployment(api.get("web", "b"))
+    assert registry.get_sample_value("podgrace_workloads_at_risk", {"finding": "NoPreStop"}) == 0
+
+
+async def test_handlers_delegate_to_the_reconciler() -> None:
+    api = FakeApi()
+    reconciler = make(api)
+    rt = runtime.Runtime(
+        options=runtime.Options(namespaces=[], workers=4, stop_signals=None),
+        connection=None,  # type: ignore[arg-type]
+        metrics=reconciler.metrics,
+        reconciler=reconciler,
+    )
+    runtime.install(rt)
+    import kopf
+
+    live = api.create(deployment())
+    index = {"nginx-php-fpm": [("web", "shop")]}
+    await handlers.deployment_event(type="ADDED", body=kopf.Body(live), workloads_by_profile=index)
+    assert len(api.writes()) == 1
+    assert rt.dirty_profiles == {"nginx-php-fpm"}
+    await handlers.deployment_event(
+        type="DELETED", body=kopf.Body(api.get("web", "shop")), workloads_by_profile={}
+    )
+    assert (
+        reconciler.metrics.registry.get_sample_value(
+            "podgrace_managed_workloads", {"profile": "nginx-php-fpm"}
+        )
+        == 0
+    )
