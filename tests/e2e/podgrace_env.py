@@ -1,0 +1,164 @@
+"""Helpers for the end-to-end tests: install the chart, run podgrace as a local process with the chart's
+ServiceAccount credentials (so the chart's RBAC is exactly what is tested), and wait for conditions."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "charts" / "podgrace"
+NAMESPACE = "podgrace"
+RELEASE = "podgrace"
+SERVICE_ACCOUNT = "podgrace"
+OPERATOR_USER = f"system:serviceaccount:{NAMESPACE}:{SERVICE_ACCOUNT}"
+
+T = TypeVar("T")
+
+
+def wait_until(what: str, probe: Callable[[], T | None], timeout: float = 60.0, interval: float = 0.25) -> T:
+    deadline = time.monotonic() + timeout
+    last: T | None = None
+    while time.monotonic() < deadline:
+        last = probe()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def install_chart(cluster: Any, *extra: str) -> None:
+    cluster.helm(
+        "install", RELEASE, str(CHART), "--namespace", NAMESPACE, "--create-namespace", *extra, timeout=300
+    )
+
+
+class OperatorProcess:
+    """`podgrace run` against a LocalCluster, authenticated as the chart's ServiceAccount."""
+
+    def __init__(self, cluster: Any, *args: str) -> None:
+        self.cluster = cluster
+        self.args = list(args)
+        self.workdir = Path(tempfile.mkdtemp(prefix="podgrace-operator-"))
+        self.log_path = self.workdir / "operator.log"
+        self.metrics_port = free_port()
+        self.liveness_port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    def kubeconfig(self) -> Path:
+        token = self.cluster.create_token(SERVICE_ACCOUNT, NAMESPACE, duration="2h")
+        path: Path = self.cluster.write_kubeconfig(
+            self.workdir / "kubeconfig", token=token, user=SERVICE_ACCOUNT
+        )
+        return path
+
+    def start(self) -> OperatorProcess:
+        env = dict(os.environ, KUBECONFIG=str(self.kubeconfig()), PYTHONUNBUFFERED="1")
+        argv = [
+            sys.executable, "-m", "podgrace.cli", "run", "--metrics-port", str(self.metrics_port),
+            "--liveness-port", str(self.liveness_port), *self.args,
+        ]  # fmt: skip
+        log = self.log_path.open("ab")
+        log.write(f"\n==== start {self.starts} ====\n".encode())
+        self.proc = subprocess.Popen(
+            argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+        log.close()
+        self.starts += 1
+        wait_until("podgrace liveness", self._alive_and_live, timeout=60)
+        return self
+
+    def _alive_and_live(self) -> bool:
+        if self.proc is None or self.proc.poll() is not None:
+            raise AssertionError(f"podgrace exited {self.proc and self.proc.returncode}:\n{self.log_tail()}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.liveness_port}/healthz", timeout=2) as r:
+                return bool(r.status == 200)
+        except OSError:
+            return False
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
+            text: str = r.read().decode()
+            return text
+
+    def metric(self, name: str, **labels: str) -> float:
+        from prometheus_client.parser import text_string_to_metric_families
+
+        total = 0.0
+        for family in text_string_to_metric_families(self.metrics()):
+            for sample in family.samples:
+                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                    total += sample.value
+        return total
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=5)
+        self.proc = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def log_tail(self, lines: int = 60) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+def deployment(
+    name: str,
+    namespace: str,
+    annotations: dict[str, str] | None = None,
+    containers: list[dict[str, Any]] | None = None,
+    **pod: Any,
+) -> dict[str, Any]:
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": namespace, "annotations": annotations or {}},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {
+                    "containers": containers
+                    or [
+                        {"name": "nginx", "image": "nginx:1.27"},
+                        {"name": "php-fpm", "image": "php:8.3-fpm"},
+                    ],
+                    **pod,
+                },
+            },
+        },
+    }
