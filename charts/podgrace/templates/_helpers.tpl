@@ -1,0 +1,132 @@
+{{/* Names ------------------------------------------------------------------------------------------ */}}
+
+{{- define "podgrace.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "podgrace.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "podgrace.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "podgrace.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "podgrace.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Labels ----------------------------------------------------------------------------------------- */}}
+
+{{- define "podgrace.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "podgrace.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- /* The operator pod only: the test Pod (component: test) must not match the Deployment or Service. */ -}}
+{{- define "podgrace.operatorSelectorLabels" -}}
+{{ include "podgrace.selectorLabels" . }}
+app.kubernetes.io/component: operator
+{{- end -}}
+
+{{- define "podgrace.labels" -}}
+helm.sh/chart: {{ include "podgrace.chart" . }}
+{{ include "podgrace.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: podgrace
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* Image ------------------------------------------------------------------------------------------ */}}
+
+{{- define "podgrace.image" -}}
+{{- $tag := .Values.image.tag | default .Chart.AppVersion | toString -}}
+{{- if .Values.image.digest -}}
+{{- printf "%s:%s@%s" .Values.image.repository $tag .Values.image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" .Values.image.repository $tag -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Operator scope ---------------------------------------------------------------------------------- */}}
+
+{{- /* Fails early on a configuration the schema cannot express clearly. */ -}}
+{{- define "podgrace.validate" -}}
+{{- if and .Values.rbac.create (not .Values.rbac.clusterWide) (empty .Values.watchNamespaces) -}}
+{{- fail "rbac.clusterWide=false needs watchNamespaces: the namespaced Roles are created in those namespaces" -}}
+{{- end -}}
+{{- if ne (len .Values.watchNamespaces) (len (uniq .Values.watchNamespaces)) -}}
+{{- fail (printf "watchNamespaces has duplicates: %v" .Values.watchNamespaces) -}}
+{{- end -}}
+{{- if eq (int .Values.operator.livenessPort) (int .Values.operator.metricsPort) -}}
+{{- fail "operator.livenessPort and operator.metricsPort must differ" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "podgrace.args" -}}
+- run
+{{- if .Values.watchNamespaces }}
+{{- range .Values.watchNamespaces }}
+- --namespace={{ . }}
+{{- end }}
+{{- else }}
+- --all-namespaces
+{{- end }}
+- --liveness-port={{ .Values.operator.livenessPort }}
+- --metrics-port={{ .Values.operator.metricsPort }}
+- --workers={{ .Values.operator.workers }}
+{{- if .Values.operator.verbose }}
+- --verbose
+{{- end }}
+{{- with .Values.extraArgs }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* RBAC rules: the only API access the operator has. tests/unit/test_chart_rbac.py holds the same list. */}}
+
+{{- define "podgrace.rules.namespaced" -}}
+- apiGroups: ["apps"]
+  resources: ["deployments"]
+  verbs: ["get", "list", "watch", "patch"]
+- apiGroups: [""]
+  resources: ["events"]
+  verbs: ["create", "list"]
+{{- end -}}
+
+{{- define "podgrace.rules.profiles" -}}
+- apiGroups: ["podgrace.dev"]
+  resources: ["shutdownprofiles"]
+  verbs: ["get", "list", "watch"]
+- apiGroups: ["podgrace.dev"]
+  resources: ["shutdownprofiles/status"]
+  verbs: ["get", "patch"]
+{{- end -}}
+
+{{/* Monitoring --------------------------------------------------------------------------------------- */}}
+
+{{- /* PromQL label matchers that select the operator's own series. */ -}}
+{{- define "podgrace.promSelector" -}}
+{{- $job := .Values.prometheusRule.job | default .Values.serviceMonitor.jobName -}}
+{{- if .Values.prometheusRule.matchNamespace -}}
+{{- printf "job=%q,namespace=%q" $job .Release.Namespace -}}
+{{- else -}}
+{{- printf "job=%q" $job -}}
+{{- end -}}
+{{- end -}}
