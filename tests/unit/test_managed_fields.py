@@ -1,0 +1,430 @@
+"""metadata.managedFields: who owns the fields podgrace injects, whether an apply is a no-op, and the revert.
+
+The managedFields entries are written the way the API server records them: fieldsV1 with `f:` fields,
+`k:{"name":...}` list-map keys, `.` for maps a manager created (client-side apply) and `f:name` for the key.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from podgrace import applybody, managed_fields, planner, workloads
+from podgrace.capabilities import Capabilities, from_description
+from podgrace.constants import ANN_MODE, FIELD_MANAGER
+from podgrace.models import Ownership, ShutdownProfile
+from podgrace.planner import Outcome
+
+TIME = "2026-11-20T10:00:00Z"
+
+
+def key(name: str) -> str:
+    return 'k:{"name":' + json.dumps(name) + "}"
+
+
+def entry(manager: str, fields: dict[str, Any], operation: str = "Apply", **extra: Any) -> dict[str, Any]:
+    return {
+        "manager": manager,
+        "operation": operation,
+        "apiVersion": "apps/v1",
+        "time": TIME,
+        "fieldsType": "FieldsV1",
+        "fieldsV1": fields,
+        **extra,
+    }
+
+
+def fields_of(value: Any, *, dots: bool = False) -> dict[str, Any]:
+    """fieldsV1 for an applied configuration (dots=True: as a client-side Update records new maps)."""
+    if not isinstance(value, dict):
+        return {}
+    out: dict[str, Any] = {".": {}} if dots else {}
+    for k, v in value.items():
+        if k == "containers" and isinstance(v, list):
+            out["f:containers"] = {key(c["name"]): {".": {}, **fields_of(c, dots=dots)} for c in v}
+        else:
+            out[f"f:{k}"] = fields_of(v, dots=dots)
+    return out
+
+
+# The entry of the brief, verbatim: podgrace owns nginx's native preStop sleep and the grace period.
+PODGRACE_SLEEP_AND_GRACE = json.loads(
+    '{"f:spec":{"f:template":{"f:spec":{"f:containers":{"k:{\\"name\\":\\"nginx\\"}":{".":{},'
+    '"f:lifecycle":{"f:preStop":{"f:sleep":{"f:seconds":{}}}},"f:name":{}}},'
+    '"f:terminationGracePeriodSeconds":{}}}}}'
+)
+
+# What `kubectl apply` (client-side) records for the user's manifest: image, ports, the seed article's hook.
+KUBECTL_USER = {
+    "f:metadata": {
+        "f:annotations": {".": {}, "f:podgrace.dev/profile": {}},
+        "f:labels": {".": {}, "f:app": {}},
+    },
+    "f:spec": {
+        "f:replicas": {},
+        "f:selector": {},
+        "f:template": {
+            "f:metadata": {"f:labels": {".": {}, "f:app": {}}},
+            "f:spec": {
+                "f:containers": {
+                    key("nginx"): {".": {}, "f:image": {}, "f:name": {}},
+                    key("php-fpm"): {
+                        ".": {},
+                        "f:image": {},
+                        "f:name": {},
+                        "f:lifecycle": {
+                            ".": {},
+                            "f:preStop": {".": {}, "f:exec": {".": {}, "f:command": {}}},
+                        },
+                    },
+                },
+                "f:terminationGracePeriodSeconds": {},
+            },
+        },
+    },
+}
+ARGOCD_STOP_SIGNAL = {
+    "f:spec": {
+        "f:template": {
+            "f:spec": {
+                "f:containers": {key("nginx"): {".": {}, "f:lifecycle": {"f:stopSignal": {}}, "f:name": {}}},
+                "f:os": {"f:name": {}},
+            }
+        }
+    }
+}
+
+
+def live(
+    deployment: Any,
+    *,
+    nginx_lifecycle: dict[str, Any] | None = None,
+    grace: int | None = 40,
+    entries: list[dict[str, Any]],
+) -> dict[str, Any]:
+    nginx: dict[str, Any] = {"name": "nginx", "image": "nginx:1.27"}
+    if nginx_lifecycle is not None:
+        nginx["lifecycle"] = nginx_lifecycle
+    return deployment([nginx], grace=grace, managed_fields=entries)
+
+
+# --- ownership ----------------------------------------------------------------------------------------------
+
+
+def test_container_key_matches_the_api_server() -> None:
+    assert managed_fields.container_key("nginx") == 'k:{"name":"nginx"}'
+    assert managed_fields.container_key("php-fpm") == key("php-fpm")
+
+
+def test_ownership_of_podgraces_fields() -> None:
+    ours = entry(FIELD_MANAGER, {"f:spec": fields_of(_nginx_gate_body()["spec"])})
+    assert managed_fields.ownership([ours]) == Ownership(
+        known=True,
+        podgrace_pre_stop=frozenset({"nginx"}),
+        podgrace_stop_signal=frozenset({"nginx"}),
+        podgrace_grace=True,
+        podgrace_os=True,
+    )
+
+
+def test_ownership_of_the_brief_entry() -> None:
+    assert managed_fields.ownership([entry("podgrace", PODGRACE_SLEEP_AND_GRACE)]) == Ownership(
+        known=True, podgrace_pre_stop=frozenset({"nginx"}), podgrace_grace=True
+    )
+
+
+def test_ownership_of_user_managers() -> None:
+    entries = [
+        entry("kubectl-client-side-apply", KUBECTL_USER, operation="Update"),
+        entry("argocd-controller", ARGOCD_STOP_SIGNAL),
+        entry("podgrace", PODGRACE_SLEEP_AND_GRACE),
+    ]
+    assert managed_fields.ownership(entries) == Ownership(
+        known=True,
+        podgrace_pre_stop=frozenset({"nginx"}),
+        podgrace_grace=True,
+        foreign_pre_stop=frozenset({"php-fpm"}),
+        foreign_stop_signal=frozenset({"nginx"}),
+        foreign_grace=True,
+    )
+
+
+def test_ownership_without_managed_fields() -> None:
+    assert managed_fields.ownership([]) == Ownership(known=True)
+
+
+def test_ownership_ignores_other_field_types_and_lifecycle_elsewhere() -> None:
+    entries = [
+        {"manager": "legacy", "operation": "Update", "fieldsType": "Other", "fieldsV1": KUBECTL_USER},
+        entry(
+            "kube-controller-manager",
+            {"f:status": {"f:replicas": {}}},
+            operation="Update",
+            subresource="status",
+        ),
+        # postStart is not preStop; an image-only owner owns no lifecycle
+        entry(
+            "helm",
+            {
+                "f:spec": {
+                    "f:template": {
+                        "f:spec": {
+                            "f:containers": {
+                                key("nginx"): {
+                                    ".": {},
+                                    "f:image": {},
+                                    "f:lifecycle": {"f:postStart": {"f:exec": {"f:command": {}}}},
+                                }
+                            }
+                        }
+                    }
+                }
+            },
+        ),
+    ]
+    assert managed_fields.ownership(entries) == Ownership(known=True)
+
+
+def test_from_object_reads_ownership_only_when_asked(deployment: Any) -> None:
+    obj = live(
+        deployment,
+        nginx_lifecycle={"preStop": {"sleep": {"seconds": 5}}},
+        entries=[entry("podgrace", PODGRACE_SLEEP_AND_GRACE)],
+    )
+    assert workloads.from_object(obj, with_ownership=True).ownership.podgrace_pre_stop == {"nginx"}
+    assert workloads.from_object(obj, with_ownership=False).ownership == Ownership()
+
+
+def test_container_names_needing_json_escapes() -> None:
+    fields = {
+        "f:spec": {
+            "f:template": {
+                "f:spec": {"f:containers": {key('we"ird'): {"f:lifecycle": {"f:preStop": {"f:sleep": {}}}}}}
+            }
+        }
+    }
+    assert managed_fields.ownership([entry("x", fields)]).foreign_pre_stop == {'we"ird'}
+
+
+# --- desired leaves -----------------------------------------------------------------------------------------
+
+
+def _nginx_gate_body() -> dict[str, Any]:
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "shop", "namespace": "default"},
+        "spec": {
+            "template": {
+                "spec": {
+                    "terminationGracePeriodSeconds": 40,
+                    "os": {"name": "linux"},
+                    "containers": [
+                        {
+                            "name": "nginx",
+                            "lifecycle": {"preStop": {"sleep": {"seconds": 5}}, "stopSignal": "SIGQUIT"},
+                        }
+                    ],
+                }
+            }
+        },
+    }
+
+
+def test_desired_leaves() -> None:
+    base = ("f:spec", "f:template", "f:spec")
+    nginx = (*base, "f:containers", 'k:{"name":"nginx"}')
+    assert managed_fields.desired_leaves(_nginx_gate_body()["spec"], ("f:spec",)) == {
+        (*base, "f:terminationGracePeriodSeconds"): 40,
+        (*base, "f:os", "f:name"): "linux",
+        (*nginx, "f:name"): "nginx",
+        (*nginx, "f:lifecycle", "f:preStop", "f:sleep", "f:seconds"): 5,
+        (*nginx, "f:lifecycle", "f:stopSignal"): "SIGQUIT",
+    }
+
+
+def test_exec_command_is_one_atomic_leaf() -> None:
+    command = ["/bin/sh", "-c", "sleep 5"]
+    leaves = managed_fields.desired_leaves({"preStop": {"exec": {"command": command}}})
+    assert leaves == {("f:preStop", "f:exec", "f:command"): command}
+
+
+# --- apply_is_noop ------------------------------------------------------------------------------------------
+
+SLEEP_5 = {"preStop": {"sleep": {"seconds": 5}}}
+WEB_BODY = {  # what podgrace applies for a generic container named nginx (profile web, 1.34)
+    "apiVersion": "apps/v1",
+    "kind": "Deployment",
+    "metadata": {"name": "shop", "namespace": "default"},
+    "spec": {
+        "template": {
+            "spec": {
+                "terminationGracePeriodSeconds": 40,
+                "containers": [{"name": "nginx", "lifecycle": {"preStop": {"sleep": {"seconds": 5}}}}],
+            }
+        }
+    },
+}
+REVERT_BODY = {
+    "apiVersion": "apps/v1",
+    "kind": "Deployment",
+    "metadata": {"name": "shop", "namespace": "default"},
+}
+USER = entry("kubectl-client-side-apply", KUBECTL_USER, operation="Update")
+ARGO = entry("argocd-controller", ARGOCD_STOP_SIGNAL)
+
+
+def test_noop_when_podgrace_owns_exactly_the_desired_fields(deployment: Any) -> None:
+    obj = live(
+        deployment, nginx_lifecycle=SLEEP_5, entries=[USER, entry("podgrace", PODGRACE_SLEEP_AND_GRACE)]
+    )
+    assert managed_fields.apply_is_noop(obj, WEB_BODY)
+
+
+def test_noop_is_indifferent_to_dots_and_operation(deployment: Any) -> None:
+    fields = {"f:spec": fields_of(WEB_BODY["spec"], dots=True)}
+    obj = live(deployment, nginx_lifecycle=SLEEP_5, entries=[entry("podgrace", fields, operation="Update")])
+    assert managed_fields.apply_is_noop(obj, WEB_BODY)
+
+
+@pytest.mark.parametrize(
+    ("nginx_lifecycle", "grace"),
+    [({"preStop": {"sleep": {"seconds": 3}}}, 40), (SLEEP_5, 30), (SLEEP_5, None)],
+    ids=["sleep-differs", "grace-differs", "grace-missing"],
+)
+def test_not_noop_when_a_value_differs(
+    deployment: Any, nginx_lifecycle: dict[str, Any], grace: int | None
+) -> None:
+    obj = live(
+        deployment,
+        nginx_lifecycle=nginx_lifecycle,
+        grace=grace,
+        entries=[entry("podgrace", PODGRACE_SLEEP_AND_GRACE)],
+    )
+    assert not managed_fields.apply_is_noop(obj, WEB_BODY)
+
+
+def test_not_noop_when_podgrace_owns_an_extra_field(deployment: Any) -> None:
+    extra = json.loads(json.dumps(PODGRACE_SLEEP_AND_GRACE))
+    extra["f:spec"]["f:template"]["f:spec"]["f:containers"][key("nginx")]["f:lifecycle"]["f:stopSignal"] = {}
+    obj = live(
+        deployment, nginx_lifecycle={**SLEEP_5, "stopSignal": "SIGQUIT"}, entries=[entry("podgrace", extra)]
+    )
+    assert not managed_fields.apply_is_noop(obj, WEB_BODY)  # applying drops the stopSignal
+
+
+def test_not_noop_when_podgrace_does_not_own_a_desired_field_yet(deployment: Any) -> None:
+    only_sleep = json.loads(json.dumps(PODGRACE_SLEEP_AND_GRACE))
+    del only_sleep["f:spec"]["f:template"]["f:spec"]["f:terminationGracePeriodSeconds"]
+    # the value is already there, set by the user's manager: podgrace still has to take co-ownership
+    obj = live(deployment, nginx_lifecycle=SLEEP_5, entries=[USER, entry("podgrace", only_sleep)])
+    assert not managed_fields.apply_is_noop(obj, WEB_BODY)
+
+
+def test_not_noop_when_only_a_user_owns_the_same_values(deployment: Any) -> None:
+    user = entry(
+        "kubectl-client-side-apply", {"f:spec": fields_of(WEB_BODY["spec"], dots=True)}, operation="Update"
+    )
+    obj = live(deployment, nginx_lifecycle=SLEEP_5, entries=[user])
+    assert not managed_fields.apply_is_noop(obj, WEB_BODY)
+
+
+def test_not_noop_for_a_first_apply(deployment: Any) -> None:
+    obj = live(deployment, grace=None, entries=[USER])
+    assert not managed_fields.apply_is_noop(obj, WEB_BODY)
+
+
+@pytest.mark.parametrize(
+    ("entries", "noop"),
+    [
+        ([], True),
+        ([USER, ARGO], True),
+        ([entry("podgrace", {"f:metadata": {"f:labels": {"f:x": {}}}})], True),  # only spec is compared
+        ([USER, entry("podgrace", PODGRACE_SLEEP_AND_GRACE)], False),
+        ([entry("podgrace", ARGOCD_STOP_SIGNAL)], False),
+    ],
+    ids=["no-managers", "users-only", "podgrace-metadata-only", "podgrace-owns-spec", "podgrace-owns-signal"],
+)
+def test_revert_is_noop_only_when_podgrace_owns_nothing(
+    deployment: Any, entries: list[dict[str, Any]], noop: bool
+) -> None:
+    obj = live(deployment, nginx_lifecycle=SLEEP_5, entries=entries)
+    assert managed_fields.apply_is_noop(obj, REVERT_BODY) is noop
+
+
+@pytest.mark.parametrize("annotations", [{}, {ANN_MODE: "audit"}], ids=["annotation-removed", "mode-audit"])
+def test_revert_plan_gives_up_every_field(
+    builtin_profiles: dict[str, ShutdownProfile], deployment: Any, annotations: dict[str, str]
+) -> None:
+    """A Deployment that was managed (podgrace owns sleep + grace) and is no longer: the body podgrace applies
+    has no spec, so SSA drops all of podgrace's fields, and it is not skipped as a no-op."""
+    ann = {"podgrace.dev/profile": "nginx", **annotations} if annotations else {}
+    obj = deployment(
+        [{"name": "nginx", "image": "nginx:1.27", "lifecycle": SLEEP_5}],
+        annotations=ann,
+        grace=40,
+        managed_fields=[entry("podgrace", PODGRACE_SLEEP_AND_GRACE)],
+    )
+    result = planner.plan(workloads.from_object(obj, with_ownership=True), builtin_profiles, _caps("1.34"))
+    assert result.outcome in (Outcome.NOT_OPTED_IN, Outcome.AUDIT)
+    body = applybody.apply_body("default", "shop", result)
+    assert "spec" not in body
+    assert body == REVERT_BODY
+    assert not managed_fields.apply_is_noop(obj, body)
+    reverted = {**obj, "metadata": {**obj["metadata"], "managedFields": []}}
+    assert managed_fields.apply_is_noop(reverted, body)
+
+
+# --- cluster mode, end to end over the pure core ------------------------------------------------------------
+
+
+CAPS: dict[str, Capabilities] = {
+    "1.29": from_description((1, 29), {}),
+    "1.34": from_description((1, 34), {}),
+    "1.34+gate": from_description((1, 34), {"ContainerStopSignals": True}),
+    "1.35+gate": from_description((1, 35), {"ContainerStopSignals": True}),
+}
+
+
+def _caps(name: str) -> Capabilities:
+    return CAPS[name]
+
+
+PODS = {
+    "nginx": [{"name": "nginx", "image": "nginx:1.27"}],
+    "php-fpm": [{"name": "php-fpm", "image": "php:8.3-fpm"}],
+    "nginx-php-fpm": [{"name": "nginx", "image": "nginx:1.27"}, {"name": "php-fpm", "image": "php:8.3-fpm"}],
+    "apache": [{"name": "httpd", "image": "httpd:2.4"}],
+    "web": [{"name": "app", "image": "ghcr.io/acme/shop:1"}],
+}
+CASES = [(p, c) for p in PODS for c in ("1.29", "1.34", "1.34+gate", "1.35+gate")]
+
+
+@pytest.mark.parametrize(("profile", "caps"), CASES, ids=[f"{p}@{c}" for p, c in CASES])
+def test_after_apply_a_resync_is_a_noop(
+    builtin_profiles: dict[str, ShutdownProfile], deployment: Any, profile: str, caps: str
+) -> None:
+    manifest = deployment(PODS[profile], profile=profile)
+    user_fields = fields_of({k: v for k, v in manifest.items() if k in ("metadata", "spec")}, dots=True)
+    manifest["metadata"]["managedFields"] = [
+        entry("kubectl-client-side-apply", user_fields, operation="Update")
+    ]
+
+    first = planner.plan(workloads.from_object(manifest, with_ownership=True), builtin_profiles, _caps(caps))
+    body = applybody.apply_body("default", "shop", first)
+    assert not managed_fields.apply_is_noop(manifest, body)
+
+    # the object as the API server has it after podgrace's apply
+    after = applybody.merge_into_manifest(manifest, first)
+    after["metadata"]["managedFields"] = [
+        *manifest["metadata"]["managedFields"],
+        entry("podgrace", {"f:spec": fields_of(body["spec"])}),
+    ]
+    assert managed_fields.apply_is_noop(after, body)
+
+    second = planner.plan(workloads.from_object(after, with_ownership=True), builtin_profiles, _caps(caps))
+    assert second.decisions == ()
+    assert second.findings_before == ()
+    assert applybody.apply_body("default", "shop", second) == body
