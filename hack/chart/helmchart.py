@@ -65,7 +65,11 @@ def helm_env(home: Path | None = None) -> dict[str, str]:
     """An environment that keeps helm away from the user's repositories, plugins and kubeconfig."""
     env = dict(os.environ)
     base = home or Path(os.environ.get("TMPDIR", "/tmp")) / "podgrace-helm-home"
-    for var, sub in (("HELM_CACHE_HOME", "cache"), ("HELM_CONFIG_HOME", "config"), ("HELM_DATA_HOME", "data")):
+    for var, sub in (
+        ("HELM_CACHE_HOME", "cache"),
+        ("HELM_CONFIG_HOME", "config"),
+        ("HELM_DATA_HOME", "data"),
+    ):
         env.setdefault(var, str(base / sub))
     return env
 
@@ -95,7 +99,9 @@ def template_args(
     args = ["template", release, str(CHART), "--namespace", namespace]
     for f in values_files:
         args += ["--values", str(f)]
-    items = [f"{k}={v}" for k, v in set_values.items()] if isinstance(set_values, Mapping) else list(set_values)
+    items = (
+        [f"{k}={v}" for k, v in set_values.items()] if isinstance(set_values, Mapping) else list(set_values)
+    )
     for item in items:
         args += ["--set", item]
     for s in show_only:

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "hack" / "chart"))
-import helmchart  # noqa: E402
+import helmchart
 
 # (apiGroup, resource) -> verbs: the operator's whole API usage (see the chart's podgrace.rules.* helpers).
 ALLOWED: dict[tuple[str, str], frozenset[str]] = {
@@ -47,7 +47,9 @@ def _rules_of(obj: dict[str, Any]) -> Grants:
     for rule in obj.get("rules") or []:
         for key in ("apiGroups", "resources", "verbs", "resourceNames", "nonResourceURLs"):
             values = rule.get(key) or []
-            assert "*" not in values and not any("*" in str(v) for v in values), f"{where}: wildcard in {rule}"
+            assert "*" not in values and not any("*" in str(v) for v in values), (
+                f"{where}: wildcard in {rule}"
+            )
         assert not rule.get("nonResourceURLs"), f"{where}: nonResourceURLs are not allowed: {rule}"
         for group in rule["apiGroups"]:
             for resource in rule["resources"]:
@@ -61,7 +63,10 @@ def _rules_of(obj: dict[str, Any]) -> Grants:
 def _effective(docs: list[dict[str, Any]], sa: str, sa_namespace: str = NS) -> dict[str, Grants]:
     """Scope ('*' = cluster-wide, else a namespace) -> grants bound to the ServiceAccount."""
     roles = {("ClusterRole", d["metadata"]["name"], ""): d for d in helmchart.of_kind(docs, "ClusterRole")}
-    roles |= {("Role", d["metadata"]["name"], d["metadata"]["namespace"]): d for d in helmchart.of_kind(docs, "Role")}
+    roles |= {
+        ("Role", d["metadata"]["name"], d["metadata"]["namespace"]): d
+        for d in helmchart.of_kind(docs, "Role")
+    }
     scopes: dict[str, Grants] = defaultdict(lambda: defaultdict(set))
     for binding in helmchart.of_kind(docs, "ClusterRoleBinding") + helmchart.of_kind(docs, "RoleBinding"):
         subjects = binding["subjects"]

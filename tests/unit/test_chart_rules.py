@@ -17,10 +17,15 @@ import pytest
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "hack" / "chart"))
-import helmchart  # noqa: E402
+import helmchart
 
 NS = helmchart.NAMESPACE
-ALERTS = {"PodgraceOperatorDown", "PodgraceReconcileErrors", "PodgraceWorkloadsAtRisk", "PodgraceProfileNotReady"}
+ALERTS = {
+    "PodgraceOperatorDown",
+    "PodgraceReconcileErrors",
+    "PodgraceWorkloadsAtRisk",
+    "PodgraceProfileNotReady",
+}
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +40,9 @@ def helm() -> str:
 def promtool() -> str:
     found = shutil.which("promtool")
     if not found:
-        pytest.skip("promtool is not installed (Debian: apt-get install -y prometheus, which ships /usr/bin/promtool)")
+        pytest.skip(
+            "promtool is not installed (Debian: apt-get install -y prometheus, which ships /usr/bin/promtool)"
+        )
     return found
 
 
@@ -53,7 +60,10 @@ CASES = {
     "default values": ([], []),
     "all-on values": ([helmchart.ALL_ON_VALUES], []),
     "namespaced values": ([helmchart.CHART / "ci" / "namespaced-values.yaml"], []),
-    "custom job, no namespace matcher": ([], ["prometheusRule.job=kubernetes-pods", "prometheusRule.matchNamespace=false"]),
+    "custom job, no namespace matcher": (
+        [],
+        ["prometheusRule.job=kubernetes-pods", "prometheusRule.matchNamespace=false"],
+    ),
 }
 
 
@@ -70,8 +80,10 @@ def test_promtool_check_rules_passes(
 
 
 def test_disabling_every_alert_still_gives_valid_rules(helm: str, promtool: str, tmp_path: Path) -> None:
-    off = [f"prometheusRule.alerts.{a}.enabled=false" for a in
-           ("operatorDown", "reconcileErrors", "workloadsAtRisk", "profileNotReady")]
+    off = [
+        f"prometheusRule.alerts.{a}.enabled=false"
+        for a in ("operatorDown", "reconcileErrors", "workloadsAtRisk", "profileNotReady")
+    ]
     spec = _rule_spec(helm, [], off)
     assert spec["groups"][0]["rules"] == []
     (tmp_path / "rules.yaml").write_text(yaml.safe_dump(spec))
@@ -99,23 +111,32 @@ def _unit_tests(sel: dict[str, str], extra_labels: dict[str, str], ns_label: boo
             "input_series": [{"series": series("up"), "values": "0x15"}],
             "alert_rule_test": [
                 {"eval_time": "4m", "alertname": "PodgraceOperatorDown", "exp_alerts": []},
-                {"eval_time": "10m", "alertname": "PodgraceOperatorDown",
-                 "exp_alerts": [{"exp_labels": labels("critical", namespace=NS)}]},
+                {
+                    "eval_time": "10m",
+                    "alertname": "PodgraceOperatorDown",
+                    "exp_alerts": [{"exp_labels": labels("critical", namespace=NS)}],
+                },
             ],
         },
         {  # no podgrace target at all (only somebody else's): absent() fires
             "interval": "1m",
             "input_series": [{"series": 'up{job="someone-else",namespace="other"}', "values": "1x15"}],
             "alert_rule_test": [
-                {"eval_time": "10m", "alertname": "PodgraceOperatorDown",
-                 "exp_alerts": [{"exp_labels": labels("critical", namespace=NS)}]},
+                {
+                    "eval_time": "10m",
+                    "alertname": "PodgraceOperatorDown",
+                    "exp_alerts": [{"exp_labels": labels("critical", namespace=NS)}],
+                },
             ],
         },
         {  # healthy: the operator is up, reconciles succeed, nothing at risk, profiles Ready
             "interval": "1m",
             "input_series": [
                 {"series": series("up"), "values": "1x90"},
-                {"series": series("podgrace_reconcile_errors_total", controller="deployment"), "values": "3x90"},
+                {
+                    "series": series("podgrace_reconcile_errors_total", controller="deployment"),
+                    "values": "3x90",
+                },
                 {"series": series("podgrace_workloads_at_risk", finding="NoPreStop"), "values": "0x90"},
                 {"series": series("podgrace_profile_ready", profile="nginx"), "values": "1x90"},
             ],
@@ -127,12 +148,18 @@ def _unit_tests(sel: dict[str, str], extra_labels: dict[str, str], ns_label: boo
             "interval": "1m",
             "input_series": [
                 {"series": series("up"), "values": "1x40"},
-                {"series": series("podgrace_reconcile_errors_total", controller="deployment"), "values": "0+2x40"},
+                {
+                    "series": series("podgrace_reconcile_errors_total", controller="deployment"),
+                    "values": "0+2x40",
+                },
             ],
             "alert_rule_test": [
                 {"eval_time": "10m", "alertname": "PodgraceReconcileErrors", "exp_alerts": []},
-                {"eval_time": "30m", "alertname": "PodgraceReconcileErrors",
-                 "exp_alerts": [{"exp_labels": labels("warning", controller="deployment", **ns)}]},
+                {
+                    "eval_time": "30m",
+                    "alertname": "PodgraceReconcileErrors",
+                    "exp_alerts": [{"exp_labels": labels("warning", controller="deployment", **ns)}],
+                },
             ],
         },
         {  # workloads at risk for longer than 1h
@@ -144,8 +171,11 @@ def _unit_tests(sel: dict[str, str], extra_labels: dict[str, str], ns_label: boo
             ],
             "alert_rule_test": [
                 {"eval_time": "30m", "alertname": "PodgraceWorkloadsAtRisk", "exp_alerts": []},
-                {"eval_time": "90m", "alertname": "PodgraceWorkloadsAtRisk",
-                 "exp_alerts": [{"exp_labels": labels("warning", finding="NoPreStop", **ns)}]},
+                {
+                    "eval_time": "90m",
+                    "alertname": "PodgraceWorkloadsAtRisk",
+                    "exp_alerts": [{"exp_labels": labels("warning", finding="NoPreStop", **ns)}],
+                },
             ],
         },
         {  # a profile not Ready for 10m
@@ -157,8 +187,11 @@ def _unit_tests(sel: dict[str, str], extra_labels: dict[str, str], ns_label: boo
             ],
             "alert_rule_test": [
                 {"eval_time": "5m", "alertname": "PodgraceProfileNotReady", "exp_alerts": []},
-                {"eval_time": "20m", "alertname": "PodgraceProfileNotReady",
-                 "exp_alerts": [{"exp_labels": labels("warning", profile="shop", **ns)}]},
+                {
+                    "eval_time": "20m",
+                    "alertname": "PodgraceProfileNotReady",
+                    "exp_alerts": [{"exp_labels": labels("warning", profile="shop", **ns)}],
+                },
             ],
         },
     ]
@@ -166,7 +199,13 @@ def _unit_tests(sel: dict[str, str], extra_labels: dict[str, str], ns_label: boo
 
 UNIT_CASES = {
     "default values": ([], [], {"job": "podgrace", "namespace": NS}, {}, True),
-    "all-on values": ([helmchart.ALL_ON_VALUES], [], {"job": "podgrace", "namespace": NS}, {"team": "platform"}, True),
+    "all-on values": (
+        [helmchart.ALL_ON_VALUES],
+        [],
+        {"job": "podgrace", "namespace": NS},
+        {"team": "platform"},
+        True,
+    ),
     "custom job, no namespace matcher": (
         [],
         ["prometheusRule.job=kubernetes-pods", "prometheusRule.matchNamespace=false"],
@@ -178,7 +217,9 @@ UNIT_CASES = {
 
 
 @pytest.mark.parametrize(
-    ("values", "set_values", "sel", "extra_labels", "ns_label"), list(UNIT_CASES.values()), ids=list(UNIT_CASES)
+    ("values", "set_values", "sel", "extra_labels", "ns_label"),
+    list(UNIT_CASES.values()),
+    ids=list(UNIT_CASES),
 )
 def test_alerts_fire_on_their_condition_only(
     helm: str,
@@ -193,7 +234,9 @@ def test_alerts_fire_on_their_condition_only(
     spec = _rule_spec(helm, values, set_values)
     # Annotations are templated per alert; `check rules` validates them. Here only expr/for/labels count.
     for group in spec["groups"]:
-        group["rules"] = [{k: v for k, v in r.items() if k != "annotations"} for r in group["rules"] if "alert" in r]
+        group["rules"] = [
+            {k: v for k, v in r.items() if k != "annotations"} for r in group["rules"] if "alert" in r
+        ]
     (tmp_path / "rules.yaml").write_text(yaml.safe_dump(spec))
     tests = {
         "rule_files": ["rules.yaml"],
