@@ -22,7 +22,9 @@ def _signals(items: list[str]) -> dict[str, str]:
 
 
 def _add_params(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--endpoint-delay", type=float, default=2.0, help="seconds until the LB stops routing to the pod")
+    p.add_argument(
+        "--endpoint-delay", type=float, default=2.0, help="seconds until the LB stops routing to the pod"
+    )
     p.add_argument("--request-ms", type=int, default=300, help="time each request spends in the app")
     p.add_argument("--rate", type=float, default=40.0, help="requests per second (open loop)")
     p.add_argument("--duration", type=float, default=None, help="seconds of load after the deletion")
@@ -59,7 +61,9 @@ def main(argv: list[str] | None = None) -> int:
 
     run = sub.add_parser("run", help="one scenario: a manifest, pod0 deleted under load")
     run.add_argument("--manifest", "-f", required=True, type=Path)
-    run.add_argument("--render", choices=["native", "fallback"], help="run `podgrace render` on the manifest first")
+    run.add_argument(
+        "--render", choices=["native", "fallback"], help="run `podgrace render` on the manifest first"
+    )
     run.add_argument("--podgrace", default=None, help="podgrace command (default: podgrace on PATH)")
     run.add_argument("--json", type=Path, help="write the full result here")
     run.add_argument("--keep", action="store_true", help="keep the scenario's temp dir (configs, logs)")
@@ -76,7 +80,12 @@ def main(argv: list[str] | None = None) -> int:
 
     mx = sub.add_parser("matrix", help="originals vs podgrace renders across scenario cells")
     mx.add_argument("--short", action="store_true", help="one cell per profile (CI)")
-    mx.add_argument("--out", type=Path, default=Path("bench/termination/results"))
+    mx.add_argument(
+        "--out",
+        type=Path,
+        default=Path(__file__).resolve().parent / "results",
+        help="writes OUT/{short,full}/",
+    )
     mx.add_argument("--only", action="append", default=[], help="profile(s) to run")
     mx.add_argument("--podgrace", default=None)
     mx.add_argument("--keep", action="store_true")
@@ -126,5 +135,8 @@ def _print_result(res: dict) -> None:  # type: ignore[type-arg]
             print(f"  [{c['container']}] hook output: {c['hook_output']!r}")
     if res["failures"]:
         first = res["failures"][:8]
-        print("  first failures: " + ", ".join(f"{f['t_send']:+.2f}s {f['outcome']} {f['lb_term']}" for f in first))
+        print(
+            "  first failures: "
+            + ", ".join(f"{f['t_send']:+.2f}s {f['outcome']} {f['lb_term']}" for f in first)
+        )
     print(f"  wall {res['wall_s']}s, max send lateness {res['max_send_lateness_ms']} ms")

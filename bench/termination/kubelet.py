@@ -75,7 +75,9 @@ def start_container(spec: ContainerSpec, plan: ContainerPlan, log_dir: Path) -> 
         if proc.poll() is not None:
             break
         time.sleep(0.01)
-    raise LabError(f"container {spec.pod}/{spec.name} did not start (see {log_dir}/{spec.pod}-{spec.name}.out)")
+    raise LabError(
+        f"container {spec.pod}/{spec.name} did not start (see {log_dir}/{spec.pod}-{spec.name}.out)"
+    )
 
 
 def port_open(port: int) -> bool:
@@ -173,6 +175,7 @@ def terminate_container(
     if hook is not None and grace > 0:
         start = time.monotonic()
         rec.hook_start = now()
+        rec.events.append(f"{rec.hook_start:.2f}s preStop {hook.kind} starts")
         if hook.kind == "sleep":
             seconds = min(float(hook.seconds or 0), float(grace))
             abort.wait(seconds)
@@ -185,6 +188,7 @@ def terminate_container(
     rec.stop_timeout = stop_timeout_after_hook(grace, hook_elapsed)
     if c.exited.is_set():
         rec.signal_note = "not sent: container already exited"
+        rec.events.append(f"{now():.2f}s {plan.stop_signal} not sent: container already exited")
     elif abort.is_set():
         rec.signal_note = "not sent: scenario aborted"
     else:
@@ -205,7 +209,9 @@ def terminate_container(
     return rec
 
 
-def _run_exec_hook(c: Container, command: tuple[str, ...], grace: int, log_dir: Path, rec: ContainerRecord) -> str:
+def _run_exec_hook(
+    c: Container, command: tuple[str, ...], grace: int, log_dir: Path, rec: ContainerRecord
+) -> str:
     if c.exited.is_set():
         return "failed: container not running (FailedPreStopHook)"
     out_path = log_dir / f"{c.spec.pod}-{c.spec.name}-prestop.out"

@@ -21,7 +21,6 @@ It is a scenario input (`--image-stop-signal CONTAINER=SIG`); without it, the of
 from __future__ import annotations
 
 import math
-import re
 import signal
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -227,7 +226,9 @@ def build_plan(
         grace, grace_source = KUBERNETES_DEFAULT_GRACE, "default"
     else:
         if not isinstance(grace_raw, int) or isinstance(grace_raw, bool) or grace_raw < 0:
-            raise ManifestError(f"terminationGracePeriodSeconds must be a non-negative integer, got {grace_raw!r}")
+            raise ManifestError(
+                f"terminationGracePeriodSeconds must be a non-negative integer, got {grace_raw!r}"
+            )
         grace, grace_source = grace_raw, "spec"
     os_name = (spec.get("os") or {}).get("name")
     plans: list[ContainerPlan] = []
@@ -272,7 +273,9 @@ def build_plan(
     )
 
 
-def plan_from_text(text: str, image_stop_signals: Mapping[str, str] | None = None, name: str | None = None) -> PodPlan:
+def plan_from_text(
+    text: str, image_stop_signals: Mapping[str, str] | None = None, name: str | None = None
+) -> PodPlan:
     return build_plan(find_deployment(load_documents(text), name), image_stop_signals)
 
 
@@ -391,9 +394,9 @@ def classify(raw: bytes, error: str | None = None) -> str:
     if parsed.status is not None and parsed.status >= 500:
         return f"5xx:{parsed.status}"
     if error in ("reset", "timeout"):
-        if parsed.status is not None and 200 <= parsed.status < 300 and parsed.body is not None:
-            if body_complete(parsed.body):
-                return OK
+        complete = parsed.body is not None and body_complete(parsed.body)
+        if parsed.status is not None and 200 <= parsed.status < 300 and complete:
+            return OK
         if error == "timeout":
             return "timeout"
         return "reset" if not raw else ("incomplete" if parsed.status is not None else "reset")

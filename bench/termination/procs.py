@@ -2,7 +2,7 @@
 
 Each child runs in its own session (process group = its PID). `kill_all` SIGKILLs the group and, for
 containers, the container's PID 1 (which makes the kernel kill everything in that PID namespace). It runs
-from the scenario's `finally`, from atexit, and from the SIGTERM/SIGHUP handlers installed by `install_handlers`.
+from the scenario's `finally`, from atexit, and from the SIGTERM/SIGHUP handlers (`install_handlers`).
 Containers are also started with `unshare --kill-child`, so they die with their unshare parent even if the
 lab itself is SIGKILLed.
 """
@@ -97,7 +97,7 @@ _installed = False
 
 
 def install_handlers() -> None:
-    """SIGTERM/SIGHUP -> KeyboardInterrupt in the main thread, so `finally` blocks run (Ctrl-C already does)."""
+    """SIGTERM/SIGHUP -> KeyboardInterrupt in the main thread, so `finally` blocks run (as on Ctrl-C)."""
     global _installed
     if _installed or threading.current_thread() is not threading.main_thread():
         return

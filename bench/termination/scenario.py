@@ -100,13 +100,25 @@ def build_pod_specs(plan: PodPlan, index: int, workdir: Path, params: Params) ->
             specs.append(servers.nginx_container(pod, c.name, index, workdir, upstream))
         elif c.runtime == "php-fpm":
             specs.append(
-                servers.php_fpm_container(pod, c.name, index, workdir, workers, params.process_control_timeout)
+                servers.php_fpm_container(
+                    pod, c.name, index, workdir, workers, params.process_control_timeout
+                )
             )
         elif c.runtime == "apache":
             specs.append(servers.apache_container(pod, c.name, index, workdir, workers))
         else:
             specs.append(servers.generic_container(pod, c.name, index, workdir))
     return specs
+
+
+def wait_ports_free(ports: list[int], timeout: float) -> list[int]:
+    """Ports still accepting connections after `timeout` (a killed server's sockets close asynchronously)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        busy = [p for p in ports if port_open(p)]
+        if not busy or time.monotonic() > deadline:
+            return busy
+        time.sleep(0.05)
 
 
 def needs_upstream(plan: PodPlan) -> bool:
@@ -147,7 +159,7 @@ def run_scenario(
         raise LabError("at least 2 replicas: one terminates, the others keep serving")
     if params.rate * (params.warmup + params.load_duration()) > 20000:
         raise LabError("too many requests for one scenario (rate x duration > 20000)")
-    busy = [p for p in all_ports(plan, params) if port_open(p)]
+    busy = wait_ports_free(all_ports(plan, params), 10.0)
     if busy:
         raise LabError(f"ports already in use on 127.0.0.1: {busy} (a previous run still alive?)")
     if workdir_parent is not None:
@@ -180,14 +192,20 @@ def run_scenario(
                 wait_port(c.spec.port, 20, f"{c.spec.pod}/{c.spec.name}", lambda c=c: not c.exited.is_set())
         front = servers.front_runtime([c.runtime for c in plan.containers])
         lb_servers = [(f"pod{i}", servers.port_for(front, i)) for i in range(params.replicas)]
-        (workdir / "haproxy.cfg").write_text(servers.haproxy_conf(workdir, lb_servers, fastcgi=front == "php-fpm"))
+        (workdir / "haproxy.cfg").write_text(
+            servers.haproxy_conf(workdir, lb_servers, fastcgi=front == "php-fpm")
+        )
         with open(workdir / "haproxy.log", "wb") as out:
             lb = REGISTRY.spawn(
-                [servers.HAPROXY_BIN, "-db", "-f", str(workdir / "haproxy.cfg")], "haproxy", stdout=out, stderr=out
+                [servers.HAPROXY_BIN, "-db", "-f", str(workdir / "haproxy.cfg")],
+                "haproxy",
+                stdout=out,
+                stderr=out,
             )
         wait_port(LB_PORT, 10, "haproxy", lambda: lb.poll() is None)
         _warm_up(params.replicas)
-        say(f"  {label}: {params.replicas} pods up ({time.monotonic() - wall_start:.1f}s), load {params.rate:g}/s")
+        up_s = time.monotonic() - wall_start
+        say(f"  {label}: {params.replicas} pods up ({up_s:.1f}s), load {params.rate:g}/s")
 
         # ---- load, then delete pod0 at t0
         load = LoadGenerator("127.0.0.1", LB_PORT, params.rate, params.request_ms, timeout_s)
@@ -206,14 +224,18 @@ def run_scenario(
             except OSError as exc:
                 endpoint["error"] = repr(exc)
 
-        threads: list[threading.Thread] = [threading.Thread(target=remove_endpoint, name="endpoint", daemon=True)]
+        threads: list[threading.Thread] = [
+            threading.Thread(target=remove_endpoint, name="endpoint", daemon=True)
+        ]
         out_records: dict[str, ContainerRecord] = {}
 
         def kill_one(c: Container) -> None:
             out_records[c.spec.name] = terminate_container(c, grace, t0, workdir, abort)
 
         for c in pods[0]:
-            threads.append(threading.Thread(target=kill_one, args=(c,), name=f"kubelet-{c.spec.name}", daemon=True))
+            threads.append(
+                threading.Thread(target=kill_one, args=(c,), name=f"kubelet-{c.spec.name}", daemon=True)
+            )
         for t in threads:
             t.start()
         for t in threads:
@@ -237,6 +259,7 @@ def run_scenario(
         watchdog.cancel()
         abort.set()
         REGISTRY.kill_all()
+        wait_ports_free(all_ports(plan, params), 10.0)
         if not keep_workdir:
             shutil.rmtree(workdir, ignore_errors=True)
 
@@ -250,7 +273,8 @@ def _warm_up(replicas: int) -> None:
         for _attempt in range(20):
             try:
                 with socket.create_connection(("127.0.0.1", LB_PORT), timeout=5) as s:
-                    s.sendall(f"GET /app.php?ms=1&warm={k} HTTP/1.1\r\nHost: lab\r\nConnection: close\r\n\r\n".encode())
+                    request = f"GET /app.php?ms=1&warm={k} HTTP/1.1\r\nHost: lab\r\nConnection: close\r\n\r\n"
+                    s.sendall(request.encode())
                     raw = b""
                     while chunk := s.recv(65536):
                         raw += chunk
@@ -295,7 +319,15 @@ def _summarize(
         if r.outcome != OK:
             failed_by_server[server] += 1
         rows.append(
-            [r.id, _r(r.t_send - t0), _r(r.t_end - t0), r.outcome, server, lb.status if lb else None, lb.term if lb else None]
+            [
+                r.id,
+                _r(r.t_send - t0),
+                _r(r.t_end - t0),
+                r.outcome,
+                server,
+                lb.status if lb else None,
+                lb.term if lb else None,
+            ]
         )
     failures = [
         dict(zip(("id", "t_send", "t_end", "outcome", "server", "lb_status", "lb_term"), row, strict=True))
@@ -325,6 +357,10 @@ def _summarize(
         "survivors_ok": survivors_ok,
         "unattributed_failures": sum(v for k, v in failed_by_server.items() if k != "pod0"),
         "endpoint_removed": endpoint,
+        # requests the LB still sent to pod0 after the endpoint removal (must be 0: checks the LB model)
+        "routed_after_removal": sum(
+            1 for row in rows if row[4] == "pod0" and "t" in endpoint and row[1] > endpoint["t"] + 0.01
+        ),
         "containers": [r.to_dict() for r in records],
         "max_send_lateness_ms": _r(1000 * max(late, default=0.0)),
         "failures": failures,

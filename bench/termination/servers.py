@@ -262,7 +262,15 @@ def generic_container(pod: str, name: str, index: int, workdir: Path) -> Contain
 
 
 def upstream_argv() -> list[str]:
-    return [sys.executable, "-u", str(APP_DIR / "generic_server.py"), "--port", str(UPSTREAM_PORT), "--pod", "upstream"]
+    return [
+        sys.executable,
+        "-u",
+        str(APP_DIR / "generic_server.py"),
+        "--port",
+        str(UPSTREAM_PORT),
+        "--pod",
+        "upstream",
+    ]
 
 
 # ------------------------------------------------------------------------------------------------ haproxy

@@ -9,6 +9,7 @@ Stdlib only; runs as PID 1 of its container.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import socket
@@ -46,7 +47,7 @@ def main() -> int:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
-        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        def do_GET(self) -> None:
             query = parse_qs(urlsplit(self.path).query)
             try:
                 ms = max(0, int(query.get("ms", ["300"])[0]))
@@ -64,7 +65,7 @@ def main() -> int:
             self.wfile.write(body)
             self.close_connection = True
 
-        def log_message(self, format: str, *a: object) -> None:  # noqa: A002
+        def log_message(self, format: str, *a: object) -> None:
             pass
 
     server = Server((args.host, args.port), Handler)
@@ -86,10 +87,8 @@ def main() -> int:
         server.serve_forever(poll_interval=0.05)
     finally:
         # stop accepting at once, then wait for the request threads (block_on_close)
-        try:
+        with contextlib.suppress(OSError):
             server.socket.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
         server.server_close()
     sys.stderr.write(f"generic_server {pod}: drained, exiting\n")
     return 0

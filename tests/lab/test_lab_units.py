@@ -1,0 +1,428 @@
+"""Fast unit tests of the termination lab's pure parts (bench/termination/plan.py and friends): no servers."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench.termination import plan as P  # noqa: E402
+from bench.termination.matrix import CELLS, Row, full_rows, markdown, short_rows, verdict  # noqa: E402
+from bench.termination.servers import haproxy_conf, parse_haproxy_log  # noqa: E402
+
+MANIFESTS = ROOT / "bench" / "termination" / "manifests"
+
+# The shapes `podgrace render` produces (native stop signal / fallback hook), as documented for the lab.
+NATIVE = """
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: shop
+  annotations:
+    podgrace.dev/profile: nginx-php-fpm
+    podgrace.dev/prestop-sleep-seconds: '3'
+    podgrace.dev/drain-seconds: '8'
+spec:
+  template:
+    spec:
+      os: {name: linux}
+      terminationGracePeriodSeconds: 30
+      containers:
+      - name: nginx
+        image: nginx:1.22
+        lifecycle:
+          preStop: {sleep: {seconds: 3}}
+          stopSignal: SIGQUIT
+      - name: php-fpm
+        image: php:8.2-fpm
+        lifecycle:
+          preStop: {sleep: {seconds: 11}}
+          stopSignal: SIGQUIT
+"""
+
+FALLBACK = """
+---
+apiVersion: v1
+kind: Service
+metadata: {name: shop}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: shop
+spec:
+  template:
+    spec:
+      terminationGracePeriodSeconds: 30
+      containers:
+      - name: nginx
+        image: registry.example.com/shop/nginx-sigterm:1.22
+        lifecycle:
+          preStop:
+            exec:
+              command:
+              - /bin/sh
+              - -c
+              - |-
+                # podgrace graceful stop
+                sleep 3
+                kill -QUIT 1
+                i=0
+                while kill -0 1 2>/dev/null && [ "$i" -lt 8 ]; do sleep 1; i=$((i+1)); done
+"""
+
+
+# ------------------------------------------------------------------------------------------------ mapping
+
+
+@pytest.mark.parametrize(
+    ("image", "runtime"),
+    [
+        ("nginx:1.22", "nginx"),
+        ("registry.example.com/shop/nginx-sigterm:1.22", "nginx"),
+        ("php:8.2-fpm", "php-fpm"),
+        ("acme/php-fpm:7", "php-fpm"),
+        ("php:8.2-fpm-alpine", "php-fpm"),
+        ("php:8.2-apache", "apache"),
+        ("httpd:2.4", "apache"),
+        ("registry.example.com/shop/web:2.3", "generic"),
+        ("python:3.12-slim", "generic"),
+    ],
+)
+def test_runtime_for_image(image: str, runtime: str) -> None:
+    assert P.runtime_for_image(image) == runtime
+
+
+@pytest.mark.parametrize(
+    ("image", "sig"),
+    [
+        ("nginx:1.22", "SIGQUIT"),
+        ("docker.io/library/nginx:1.27", "SIGQUIT"),
+        ("php:8.2-fpm", "SIGQUIT"),
+        ("php:8.2-apache", "SIGWINCH"),
+        ("httpd:2.4", "SIGWINCH"),
+        ("php:8.2-cli", "SIGTERM"),
+        ("registry.example.com/shop/nginx-sigterm:1.22", "SIGTERM"),
+        ("bitnami/nginx:1.25", "SIGTERM"),
+    ],
+)
+def test_default_image_stop_signal(image: str, sig: str) -> None:
+    assert P.default_image_stop_signal(image) == sig
+
+
+@pytest.mark.parametrize(
+    ("given", "name"), [("QUIT", "SIGQUIT"), ("sigwinch", "SIGWINCH"), (15, "SIGTERM"), ("3", "SIGQUIT")]
+)
+def test_normalize_signal(given: str | int, name: str) -> None:
+    assert P.normalize_signal(given) == name
+
+
+def test_normalize_signal_rejects_unknown() -> None:
+    with pytest.raises(P.ManifestError):
+        P.normalize_signal("SIGBOGUS")
+
+
+# ----------------------------------------------------------------------------------------- manifest -> plan
+
+
+def test_native_render_plan() -> None:
+    plan = P.plan_from_text(NATIVE)
+    assert plan.deployment == "shop"
+    assert plan.grace_seconds == 30 and plan.grace_source == "spec"
+    assert plan.os_name == "linux"
+    assert plan.profile == "nginx-php-fpm"
+    nginx, php = plan.containers
+    assert (nginx.runtime, nginx.stop_signal, nginx.stop_signal_source) == (
+        "nginx",
+        "SIGQUIT",
+        "lifecycle.stopSignal",
+    )
+    assert nginx.pre_stop == P.Hook("sleep", seconds=3.0)
+    assert php.runtime == "php-fpm" and php.pre_stop is not None and php.pre_stop.seconds == 11.0
+    assert plan.warnings == ()
+
+
+def test_fallback_render_plan_skips_other_documents() -> None:
+    plan = P.plan_from_text(FALLBACK)
+    (nginx,) = plan.containers
+    assert nginx.stop_signal == "SIGTERM" and nginx.stop_signal_source == "image"
+    assert nginx.pre_stop is not None and nginx.pre_stop.kind == "exec"
+    assert nginx.pre_stop.command[:2] == ("/bin/sh", "-c")
+    assert "kill -QUIT 1" in nginx.pre_stop.command[2]
+
+
+def test_image_stop_signal_override_and_default_grace() -> None:
+    text = (MANIFESTS / "nginx.yaml").read_text()
+    assert P.plan_from_text(text).containers[0].stop_signal == "SIGTERM"
+    plan = P.plan_from_text(text, {"nginx": "QUIT"})
+    assert plan.containers[0].stop_signal == "SIGQUIT"
+    assert plan.grace_seconds == 30 and plan.grace_source == "default"
+    with pytest.raises(P.ManifestError, match="unknown containers"):
+        P.plan_from_text(text, {"nope": "SIGQUIT"})
+
+
+def test_lifecycle_stop_signal_beats_image_signal() -> None:
+    plan = P.plan_from_text(NATIVE, {"nginx": "SIGTERM"})
+    assert plan.containers[0].stop_signal == "SIGQUIT"
+
+
+def test_stop_signal_without_os_linux_is_flagged() -> None:
+    text = NATIVE.replace("      os: {name: linux}\n", "")
+    plan = P.plan_from_text(text)
+    assert any("spec.os.name=linux" in w for w in plan.warnings)
+
+
+def test_sleep_longer_than_grace_is_flagged() -> None:
+    text = NATIVE.replace("terminationGracePeriodSeconds: 30", "terminationGracePeriodSeconds: 10")
+    assert any("sleep 11s > terminationGracePeriodSeconds 10" in w for w in P.plan_from_text(text).warnings)
+
+
+def test_list_kind_and_named_deployment() -> None:
+    text = """
+kind: List
+items:
+- {kind: Deployment, metadata: {name: a}, spec: {template: {spec: {containers: [{name: x, image: nginx}]}}}}
+- {kind: Deployment, metadata: {name: b}, spec: {template: {spec: {containers: [{name: y, image: httpd}]}}}}
+"""
+    with pytest.raises(P.ManifestError, match="several Deployments"):
+        P.plan_from_text(text)
+    assert P.plan_from_text(text, name="b").containers[0].runtime == "apache"
+
+
+@pytest.mark.parametrize(
+    ("pre_stop", "error"),
+    [
+        ({"sleep": {"seconds": -1}}, "non-negative"),
+        ({"exec": {"command": "nginx -s quit"}}, "list of strings"),
+        ({"grpc": {}}, "unknown preStop"),
+    ],
+)
+def test_bad_hooks(pre_stop: dict[str, object], error: str) -> None:
+    with pytest.raises(P.ManifestError, match=error):
+        P.parse_hook(pre_stop)
+
+
+def test_http_get_hook_is_not_modelled() -> None:
+    d = {"kind": "Deployment", "spec": {"template": {"spec": {"containers": [
+        {"name": "x", "image": "nginx", "lifecycle": {"preStop": {"httpGet": {"path": "/q", "port": 80}}}}
+    ]}}}}  # fmt: skip
+    with pytest.raises(P.ManifestError, match="not modelled"):
+        P.build_plan(d)
+
+
+def test_no_deployment() -> None:
+    with pytest.raises(P.ManifestError, match="no Deployment"):
+        P.plan_from_text("kind: Service\nmetadata: {name: x}\n")
+
+
+def test_all_lab_manifests_parse() -> None:
+    files = sorted(MANIFESTS.rglob("*.yaml"))
+    assert len(files) >= 8
+    for f in files:
+        plan = P.plan_from_text(f.read_text())
+        assert plan.containers, f
+
+
+# ----------------------------------------------------------------------------------------- kubelet arithmetic
+
+
+@pytest.mark.parametrize(
+    ("grace", "elapsed", "timeout"),
+    [
+        (30, None, 30),  # no hook: the whole period
+        (30, 3.0, 27),
+        (30, 3.99, 27),  # whole seconds elapsed, truncated, as the kubelet does
+        (30, 11.05, 19),
+        (30, 29.5, 2),  # 30 - 29 = 1 -> raised to the 2 s minimum
+        (30, 30.0, 2),  # the hook ate the period: 2 s extension
+        (30, 45.0, 2),
+        (1, None, 2),  # the floor applies without a hook too
+        (0, None, 2),
+    ],
+)
+def test_stop_timeout_after_hook(grace: int, elapsed: float | None, timeout: int) -> None:
+    assert P.stop_timeout_after_hook(grace, elapsed) == timeout
+
+
+def test_kill_time() -> None:
+    assert P.kill_time(30, None) == 30
+    assert P.kill_time(30, 3.2) == pytest.approx(30.2)  # 3.2 + (30 - 3)
+    assert P.kill_time(30, 40.0) == pytest.approx(32.0)  # the kubelet stops waiting at 30, then 2 s
+    assert P.kill_time(10, 9.5) == pytest.approx(11.5)  # 10 - 9 = 1 -> 2
+
+
+# ------------------------------------------------------------------------------------------------ outcomes
+
+
+def _resp(status: int = 200, body: bytes | None = None, headers: str | None = None) -> bytes:
+    body = P.make_body("pod0", 300) if body is None else body
+    headers = f"Content-Length: {len(body)}\r\n" if headers is None else headers
+    return f"HTTP/1.1 {status} X\r\n{headers}Connection: close\r\n\r\n".encode() + body
+
+
+def test_body_is_fixed_size_with_markers() -> None:
+    body = P.make_body("pod12", 4000)
+    assert len(body) == P.BODY_SIZE and P.body_complete(body)
+    assert not P.body_complete(body[:-1])
+    assert not P.body_complete(body[:100] + b"y" * (P.BODY_SIZE - 100))
+
+
+@pytest.mark.parametrize(
+    ("raw", "error", "outcome"),
+    [
+        (_resp(), None, "ok"),
+        (_resp(), "reset", "ok"),  # a reset after the complete body costs the client nothing
+        (_resp(502, b"bad gateway"), None, "5xx:502"),
+        (_resp(503, b"no server"), "reset", "5xx:503"),
+        (b"", "refused", "refused"),
+        (b"", "reset", "reset"),
+        (b"", None, "reset"),  # closed without a byte
+        (b"", "timeout", "timeout"),
+        (_resp()[:-10], "timeout", "timeout"),
+        (_resp()[:-10], None, "incomplete"),  # Content-Length not reached
+        (_resp()[:-10], "reset", "incomplete"),
+        (b"HTTP/1.1 200 OK\r\nContent-Le", None, "incomplete"),
+        (_resp(headers=""), None, "ok"),  # close-delimited body
+        (_resp(body=b"x" * P.BODY_SIZE), None, "incomplete"),  # wrong body: no markers
+        (_resp(404, b"nope"), None, "other:404"),
+        (b"", "EHOSTUNREACH", "other:EHOSTUNREACH"),
+    ],
+)
+def test_classify(raw: bytes, error: str | None, outcome: str) -> None:
+    assert P.classify(raw, error) == outcome
+
+
+def test_classify_chunked() -> None:
+    body = P.make_body("pod0", 1)
+    chunked = b"%x\r\n%s\r\n%x\r\n%s\r\n0\r\n\r\n" % (1000, body[:1000], len(body) - 1000, body[1000:])
+    raw = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + chunked
+    assert P.classify(raw) == "ok"
+    assert P.classify(raw[:-5]) == "incomplete"
+
+
+def test_outcome_helpers() -> None:
+    assert not P.is_failure("ok") and P.is_failure("5xx:502") and P.outcome_kind("5xx:502") == "5xx"
+
+
+# ------------------------------------------------------------------------------------------------ assumptions
+
+
+def test_assumptions() -> None:
+    ann = {P.ANN_SLEEP: "3", P.ANN_DRAIN: "8"}
+    assert P.check_assumptions(ann, 2.0, 0.3).hold
+    a = P.check_assumptions(ann, 5.0, 10.0)
+    assert not a.hold and len(a.broken) == 2
+    assert "endpoint delay 5s >= preStop sleep 3s" in a.broken[0]
+    assert "request duration 10s >= drain 8s" in a.broken[1]
+    assert P.check_assumptions({}, 9.0, 99.0).hold  # no podgrace timings: nothing to check
+
+
+def test_workers_needed() -> None:
+    assert P.workers_needed(40, 0.3, 2) >= 40 * 0.3 / 2
+    assert P.workers_needed(20, 4.0, 2) >= 20 * 4.0 / 2
+    assert P.workers_needed(1, 0.01, 2) == 4 or P.workers_needed(1, 0.01, 2) >= 4
+
+
+# ------------------------------------------------------------------------------------------------ lb + matrix
+
+
+def test_haproxy_conf_has_no_retries_and_no_checks() -> None:
+    conf = haproxy_conf(Path("/tmp/x"), [("pod0", 18000), ("pod1", 18001)], fastcgi=False)
+    assert "retries 0" in conf and "redispatch" not in conf and " check" not in conf
+    assert "server pod1 127.0.0.1:18001\n" in conf
+    fcgi = haproxy_conf(Path("/tmp/x"), [("pod0", 19000)], fastcgi=True)
+    assert "use-fcgi-app php" in fcgi and "proto fcgi" in fcgi
+    assert all(
+        "127.0.0.1" in line for line in conf.splitlines() if line.strip().startswith(("bind", "server"))
+    )
+
+
+def test_parse_haproxy_log() -> None:
+    log = "REQ {17} pod0 503 SC-- 0 -1 0\nnoise\nREQ {18} pod1 200 ---- 0 301 301\n"
+    parsed = parse_haproxy_log(log)
+    assert parsed["17"].server == "pod0" and parsed["17"].status == 503 and parsed["17"].term == "SC--"
+    assert parsed["18"].status == 200
+
+
+def test_matrix_rows() -> None:
+    short = short_rows()
+    assert {r.profile for r in short} == {"nginx", "php-fpm", "nginx-php-fpm", "apache", "web"}
+    assert all(r.modes == ("original", "native", "fallback") for r in short)
+    full = full_rows()
+    assert len({r.key for r in full}) == len(full)
+    holds = [r for r in full if r.cell.endpoint_delay < 3 and r.cell.request_ms < 8000]
+    broken = [r for r in full if r.cell.endpoint_delay >= 3 or r.cell.request_ms >= 8000]
+    assert holds and broken
+
+
+def _res(failed: int, hold: bool = True) -> dict[str, object]:
+    return {
+        "failed": failed,
+        "total": 100,
+        "unattributed_failures": 0,
+        "routed_after_removal": 0,
+        "survivors_ok": True,
+        "to_terminating_pod": 50,
+        "assumptions": {"hold": hold, "broken": [] if hold else ["endpoint delay 5s >= preStop sleep 3s"]},
+    }
+
+
+def test_verdicts() -> None:
+    row = Row("nginx", "nginx.yaml", CELLS["base"])
+    assert verdict("original", row, _res(10))[0]
+    assert not verdict("original", row, _res(0))[0]
+    assert verdict("native", row, _res(0))[0]
+    ok, text = verdict("native", row, _res(1))
+    assert not ok and "assumptions hold" in text
+    ok, text = verdict("fallback", row, _res(7, hold=False))
+    assert ok and "assumption broken" in text
+    bad = {**_res(0), "unattributed_failures": 2}
+    assert not verdict("native", row, bad)[0]
+    zero = Row(
+        "article", "article/sleep-both.yaml", CELLS["base"], modes=("original",), expect_original="zero"
+    )
+    assert verdict("original", zero, _res(0))[0] and not verdict("original", zero, _res(3))[0]
+    assert not verdict("native", row, {"error": "boom"})[0]
+
+
+def test_markdown_report() -> None:
+    base = {
+        "profile": "nginx",
+        "manifest": "nginx.yaml",
+        "cell": "base",
+        "endpoint_delay": 2.0,
+        "request_ms": 300,
+        "rate": 40,
+        "process_control_timeout": 0,
+        "image_signals": {},
+        "row": "nginx-base",
+        "note": "",
+        "containers": [],
+    }
+    entries = [
+        {
+            **base,
+            **_res(40),
+            "mode": "original",
+            "counts": {"ok": 60, "5xx:503": 40},
+            "passed": True,
+            "verdict": "ok",
+        },
+        {**base, **_res(0), "mode": "native", "counts": {"ok": 100}, "passed": True, "verdict": "ok"},
+    ]
+    md = markdown(
+        {
+            "kind": "short",
+            "wall_s": 12.0,
+            "podgrace_render": "podgrace render",
+            "passed": True,
+            "scenarios": entries,
+        }
+    )
+    assert "| nginx | base: 2 s / 300 ms / 40/s |" in md
+    assert "**40**/100 (503x40)" in md and "**0**/100" in md
