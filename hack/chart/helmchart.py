@@ -61,6 +61,13 @@ HELM_MISSING = (
 )
 
 
+def helm_missing_reason() -> str:
+    explicit = os.environ.get("PODGRACE_HELM")
+    if explicit:
+        return f"PODGRACE_HELM={explicit} is not an executable helm binary"
+    return HELM_MISSING
+
+
 def helm_env(home: Path | None = None) -> dict[str, str]:
     """An environment that keeps helm away from the user's repositories, plugins and kubeconfig."""
     env = dict(os.environ)

@@ -35,7 +35,7 @@ Grants = dict[tuple[str, str], set[str]]
 def helm() -> str:
     found = helmchart.find_helm()
     if not found:
-        pytest.skip(helmchart.HELM_MISSING)
+        pytest.skip(helmchart.helm_missing_reason())
     return found
 
 

@@ -65,7 +65,7 @@ KNOWN_BY_LABELS = {
 def helm() -> str:
     found = helmchart.find_helm()
     if not found:
-        pytest.skip(helmchart.HELM_MISSING)
+        pytest.skip(helmchart.helm_missing_reason())
     return found
 
 

@@ -18,7 +18,7 @@ import helmchart
 def helm() -> str:
     found = helmchart.find_helm()
     if not found:
-        pytest.skip(helmchart.HELM_MISSING)
+        pytest.skip(helmchart.helm_missing_reason())
     return found
 
 
