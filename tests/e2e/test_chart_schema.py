@@ -6,6 +6,10 @@ Go module (hack/chart/fetch-monitoring-crds.sh), the ShutdownProfile CRD from th
 `kubectl apply --dry-run=server --validate=strict` (client-side and server-side apply) must accept the
 rendered chart for each values set without an error or a warning, in namespaces that enforce the
 `restricted` Pod Security Standard.
+
+Last, a real `helm install` / `upgrade` / `uninstall` on a fresh cluster of its own: the CRD from crds/ is
+registered before the ShutdownProfiles of templates/, the RBAC grants what the operator needs (checked
+with `kubectl auth can-i`), and uninstalling keeps the CRD.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,6 +32,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 FETCH_CRDS = helmchart.ROOT / "hack" / "chart" / "fetch-monitoring-crds.sh"
 MONITORING_CRDS = ("servicemonitors.monitoring.coreos.com", "prometheusrules.monitoring.coreos.com")
 OUR_CRDS = ("shutdownprofiles.podgrace.dev",)
+BUILTIN_FILE = helmchart.CHART / "files" / "builtin-profiles.yaml"
 # The release namespace and every namespace a values set puts objects in.
 NAMESPACES = (helmchart.NAMESPACE, "monitoring", "shop", "blog")
 VALUE_SETS = {
@@ -160,3 +166,98 @@ def test_crd_in_the_chart_is_the_one_helm_show_crds_prints(prepared: LocalCluste
         )
     except KubectlError as err:
         pytest.fail(f"the documented CRD upgrade command fails: {err}", pytrace=False)
+
+
+# --- a real install on a fresh cluster of its own (the shared one may already have the CRD)
+
+
+@pytest.fixture(scope="module")
+def fresh_cluster(cluster_bin_dir: Path) -> Iterator[LocalCluster]:
+    fresh = LocalCluster(binaries=cluster_bin_dir, name="chart-install", nodes=1)
+    fresh.start()
+    try:
+        yield fresh
+    finally:
+        fresh.stop()
+
+
+def _can(
+    cluster: LocalCluster, verb: str, resource: str, namespace: str | None = None, subresource: str = ""
+) -> bool:
+    """`kubectl auth can-i` as the operator's ServiceAccount (no namespace: across all namespaces)."""
+    sa = f"system:serviceaccount:{helmchart.NAMESPACE}:{helmchart.RELEASE}"
+    scope = ["-n", namespace] if namespace else ["--all-namespaces"]
+    if subresource:
+        scope.append(f"--subresource={subresource}")
+    proc = cluster.kubectl("auth", "can-i", verb, resource, f"--as={sa}", *scope, check=False)
+    return proc.stdout.strip() == "yes"
+
+
+def test_helm_install_registers_the_crd_before_the_profiles_and_uninstall_keeps_it(
+    fresh_cluster: LocalCluster, helm: str
+) -> None:
+    c = fresh_cluster
+    assert c.kubectl("get", "crd", OUR_CRDS[0], check=False).returncode != 0
+    ns = helmchart.NAMESPACE
+    install = ("install", helmchart.RELEASE, str(helmchart.CHART), "-n", ns, "--create-namespace")
+    c.helm(*install, "--wait", "--timeout", "180s")
+
+    crd = c.kubectl_json("get", "crd", OUR_CRDS[0])
+    assert crd["metadata"]["annotations"]["platform-as-code/man"] == "podgrace-man"
+    expected = {p["metadata"]["name"]: p["spec"] for p in helmchart.load_yaml_stream(BUILTIN_FILE)}
+    got = {p["metadata"]["name"]: p["spec"] for p in c.kubectl_json("get", "shutdownprofiles")["items"]}
+    assert got == expected  # the API server's defaults add nothing the file does not already say
+    man = c.kubectl_json("get", "configmap", "podgrace-man", "-n", ns)
+    assert man["data"]["usage"] == (helmchart.CHART / "files" / "man.txt").read_text().rstrip("\n")
+
+    # RBAC for real: what the operator may do, and a few things it may not.
+    for verb, resource in (
+        ("patch", "deployments.apps"),
+        ("watch", "deployments.apps"),
+        ("create", "events"),
+    ):
+        assert _can(c, verb, resource), (verb, resource)
+    assert _can(c, "patch", "shutdownprofiles.podgrace.dev", subresource="status")
+    assert not _can(c, "patch", "shutdownprofiles.podgrace.dev")
+    for verb, resource in (
+        ("delete", "deployments.apps"),
+        ("get", "secrets"),
+        ("update", "deployments.apps"),
+        ("create", "pods"),
+        ("delete", "shutdownprofiles.podgrace.dev"),
+    ):
+        assert not _can(c, verb, resource), (verb, resource)
+
+    # Namespaced mode: workloads only in the watched namespace, profiles still cluster-wide.
+    c.kubectl("create", "namespace", "shop")
+    c.helm(
+        "upgrade",
+        helmchart.RELEASE,
+        str(helmchart.CHART),
+        "-n",
+        ns,
+        "--wait",
+        "--timeout",
+        "180s",
+        "--set",
+        "rbac.clusterWide=false",
+        "--set",
+        "watchNamespaces={shop}",
+        "--set",
+        "builtinProfiles.web.enabled=false",
+    )
+    assert _can(c, "patch", "deployments.apps", "shop")
+    assert not _can(c, "patch", "deployments.apps", "default")
+    assert not _can(c, "patch", "deployments.apps")
+    assert _can(c, "list", "shutdownprofiles.podgrace.dev")
+    names = {p["metadata"]["name"] for p in c.kubectl_json("get", "shutdownprofiles")["items"]}
+    assert names == set(expected) - {"web"}
+    args = c.kubectl_json("get", "deployment", helmchart.RELEASE, "-n", ns)["spec"]["template"]["spec"][
+        "containers"
+    ][0]["args"]
+    assert "--namespace=shop" in args and "--all-namespaces" not in args
+
+    # Helm deletes what templates/ made, never the CRD from crds/ (profiles made outside the release stay).
+    c.helm("uninstall", helmchart.RELEASE, "-n", ns, "--wait", "--timeout", "120s")
+    assert c.kubectl_json("get", "shutdownprofiles")["items"] == []
+    assert c.kubectl("get", "crd", OUR_CRDS[0], check=False).returncode == 0
