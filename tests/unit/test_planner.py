@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from podgrace import applybody, assess, planner, timing, workloads
+from podgrace import applybody, assess, overrides, planner, timing, workloads
 from podgrace.capabilities import STOP_SIGNALS_GATE, Capabilities, from_description
 from podgrace.constants import ANN_DRAIN, ANN_EXISTING_PRESTOP, ANN_PRESTOP_SLEEP, HOOK_MARKER
 from podgrace.findings import RISKS, Code
@@ -225,7 +225,7 @@ def test_render_is_idempotent(
     assert second.findings_after == ()
     # and an independent assessment of the rendered manifest finds nothing at risk
     expectations = planner.profile_expectations(
-        reread, builtin_profiles[profile].spec, planner.overrides.parse(reread.annotations)
+        reread, builtin_profiles[profile].spec, overrides.parse(reread.annotations)
     )
     assert [f for f in assess.assess(reread, expectations) if f.is_risk] == []
     # an untouched sidecar keeps its (absent) lifecycle
