@@ -795,7 +795,8 @@ def test_grace_owned_by_podgrace_is_updated_in_cluster_mode(
 def test_grace_defaulted_by_the_api_server_is_podgraces_to_set(
     builtin_profiles: dict[str, ShutdownProfile], workload: Any, container: Any
 ) -> None:
-    # cluster mode: the API server's default 30 has no field manager, so it is not anybody's pin
+    # cluster mode, no other manager owns the field (e.g. the Deployment was created by a server-side apply,
+    # which does not record defaulted fields): the 30 is the API server's default, not anybody's pin
     w = workload(container("nginx", "nginx:1.27"), profile="nginx", grace=30, ownership=Ownership(known=True))
     result = planner.plan(w, builtin_profiles, CAPS["1.34"])
     assert result.termination_grace_period_seconds == 40
