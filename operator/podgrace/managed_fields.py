@@ -15,6 +15,7 @@ from podgrace.constants import FIELD_MANAGER
 from podgrace.models import Ownership
 
 Path = tuple[str, ...]
+DEFAULT_GRACE = 30  # the API server's default terminationGracePeriodSeconds
 _TEMPLATE_SPEC: Path = ("f:spec", "f:template", "f:spec")
 
 
@@ -50,11 +51,16 @@ def desired_leaves(value: Any, prefix: Path = ()) -> dict[Path, Any]:
     return found
 
 
-def manager_leaves(managed_fields: Iterable[Mapping[str, Any]], *, podgrace: bool) -> set[Path]:
-    """Leaves owned by podgrace (podgrace=True) or by every other manager together (podgrace=False)."""
+def manager_leaves(
+    managed_fields: Iterable[Mapping[str, Any]], *, podgrace: bool, operation: str | None = None
+) -> set[Path]:
+    """Leaves owned by podgrace (podgrace=True) or by every other manager together (podgrace=False),
+    optionally only through one operation (`Apply` or `Update`)."""
     found: set[Path] = set()
     for entry in managed_fields:
-        if (entry.get("manager") == FIELD_MANAGER) is podgrace and entry.get("fieldsType") == "FieldsV1":
+        if (entry.get("manager") == FIELD_MANAGER) is not podgrace or entry.get("fieldsType") != "FieldsV1":
+            continue
+        if operation is None or entry.get("operation") == operation:
             found |= _leaves(entry.get("fieldsV1") or {})
     return found
 
@@ -69,11 +75,22 @@ def _containers_with(leaves: set[Path], *suffix: str) -> frozenset[str]:
     return frozenset(names)
 
 
-def ownership(managed_fields: Iterable[Mapping[str, Any]]) -> Ownership:
+def ownership(
+    managed_fields: Iterable[Mapping[str, Any]],
+    *,
+    grace_value: int | None = None,
+    last_applied: str | None = None,
+) -> Ownership:
+    """Who owns podgrace's fields. An Update (create, edit, client-side apply) records the fields the API
+    server defaulted as well, so a grace period of exactly the default that the user's last-applied
+    configuration does not mention counts as defaulted, not as the user's choice."""
     entries = list(managed_fields)
     ours = manager_leaves(entries, podgrace=True)
     theirs = manager_leaves(entries, podgrace=False)
     grace = (*_TEMPLATE_SPEC, "f:terminationGracePeriodSeconds")
+    applied_by_them = grace in manager_leaves(entries, podgrace=False, operation="Apply")
+    mentioned = last_applied is not None and '"terminationGracePeriodSeconds"' in last_applied
+    defaulted = grace in theirs and not applied_by_them and grace_value == DEFAULT_GRACE and not mentioned
     return Ownership(
         known=True,
         podgrace_pre_stop=_containers_with(ours, "f:lifecycle", "f:preStop"),
@@ -82,7 +99,8 @@ def ownership(managed_fields: Iterable[Mapping[str, Any]]) -> Ownership:
         podgrace_os=(*_TEMPLATE_SPEC, "f:os", "f:name") in ours,
         foreign_pre_stop=_containers_with(theirs, "f:lifecycle", "f:preStop"),
         foreign_stop_signal=_containers_with(theirs, "f:lifecycle", "f:stopSignal"),
-        foreign_grace=grace in theirs,
+        foreign_grace=grace in theirs and not defaulted,
+        grace_defaulted=defaulted,
     )
 
 

@@ -245,6 +245,9 @@ class Ownership(_Strict):
     foreign_pre_stop: frozenset[str] = frozenset()
     foreign_stop_signal: frozenset[str] = frozenset()
     foreign_grace: bool = False
+    # Another manager owns terminationGracePeriodSeconds only because the API server defaulted it (30 s)
+    # on that manager's create or update: not a value the user chose; taking it needs a forced apply.
+    grace_defaulted: bool = False
 
 
 class Workload(_Strict):

@@ -182,6 +182,10 @@ def _enforce(
         )
     required = required_grace(expectations, delays)
     grace = _grace(workload, parsed, required, profile.spec.grace_period_margin_seconds, decisions)
+    if grace is not None and ownership.known and ownership.grace_defaulted:
+        force = (
+            True  # the creating manager "owns" the API server's default; taking it is no conflict of intent
+        )
     os_name = "linux" if any(s.stop_signal for s in settings) else None
     result = Plan(
         workload.key,

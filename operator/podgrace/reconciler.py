@@ -64,6 +64,9 @@ class Reconciler:
         self.events = events
         self.metrics = metrics
         self._fanout = asyncio.Semaphore(fanout_concurrency)
+        # (uid, generation) each Deployment had after podgrace's last write: a watch event from before
+        # that write is stale and must not trigger the same apply again.
+        self._written: dict[str, tuple[str, int]] = {}
 
     # --- Deployments -------------------------------------------------------------------------------
 
@@ -86,6 +89,8 @@ class Reconciler:
         metadata = body.get("metadata") or {}
         namespace, name = str(metadata.get("namespace")), str(metadata.get("name"))
         key = f"{namespace}/{name}"
+        if self._is_stale(key, metadata):
+            return ReconcileOutcome(Result.UNCHANGED)
         try:
             workload = from_object(body, with_ownership=True)
         except ManifestError as error:
@@ -114,7 +119,7 @@ class Reconciler:
             return ReconcileOutcome(Result.UNCHANGED, result)
         reverting = "spec" not in desired
         try:
-            await self._with_retries(
+            written = await self._with_retries(
                 lambda: self.api.apply_deployment(namespace, name, desired, force=result.force)
             )
         except ApiError as apply_error:
@@ -128,6 +133,9 @@ class Reconciler:
             )
             return ReconcileOutcome(Result.FAILED, result)
         self.metrics.writes.labels("revert" if reverting else "apply").inc()
+        written_metadata = written.get("metadata") or {}
+        if isinstance(written_metadata.get("generation"), int):
+            self._written[key] = (str(written_metadata.get("uid")), written_metadata["generation"])
         if reverting:
             await self.events.post(body, NORMAL, "Reverted", "podgrace removed the settings it had injected")
         else:
@@ -154,9 +162,18 @@ class Reconciler:
             await asyncio.sleep(0.5 * 2**attempt)
         raise AssertionError("unreachable")
 
+    def _is_stale(self, key: str, metadata: Mapping[str, Any]) -> bool:
+        written = self._written.get(key)
+        generation = metadata.get("generation")
+        if written is None or written[0] != str(metadata.get("uid")) or not isinstance(generation, int):
+            return False
+        return generation < written[1]
+
     def forget_deployment(self, body: Mapping[str, Any]) -> None:
         metadata = body.get("metadata") or {}
-        self.metrics.forget_workload(f"{metadata.get('namespace')}/{metadata.get('name')}")
+        key = f"{metadata.get('namespace')}/{metadata.get('name')}"
+        self._written.pop(key, None)
+        self.metrics.forget_workload(key)
 
     # --- ShutdownProfiles --------------------------------------------------------------------------
 

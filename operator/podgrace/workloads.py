@@ -10,6 +10,8 @@ from pydantic import ValidationError
 from podgrace import managed_fields
 from podgrace.models import ContainerView, Ownership, PreStop, Workload
 
+LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
+
 
 class ManifestError(ValueError):
     pass
@@ -58,7 +60,11 @@ def from_object(obj: Mapping[str, Any], *, with_ownership: bool) -> Workload:
             termination_grace_period_seconds=int(grace) if grace is not None else None,
             os_name=os_spec.get("name") if isinstance(os_spec, Mapping) else None,
             ownership=(
-                managed_fields.ownership(metadata.get("managedFields") or [])
+                managed_fields.ownership(
+                    metadata.get("managedFields") or [],
+                    grace_value=int(grace) if grace is not None else None,
+                    last_applied=annotations.get(LAST_APPLIED),
+                )
                 if with_ownership
                 else Ownership()
             ),

@@ -50,7 +50,7 @@ def apply(cluster: Any, obj: dict[str, Any], *, manager: str | None = None) -> N
 
 
 def get(cluster: Any, name: str, kind: str = "deployment", namespace: str = APP_NS) -> dict[str, Any]:
-    obj: dict[str, Any] = cluster.kubectl_json("get", kind, name, "-n", namespace)
+    obj: dict[str, Any] = cluster.kubectl_json("get", kind, name, "-n", namespace, "--show-managed-fields")
     return obj
 
 
@@ -99,16 +99,15 @@ def settle(op: OperatorProcess, deployments: int) -> None:
 def test_chart_registers_the_crd_before_the_operator_and_profiles_become_ready(
     cluster: Any, operator: OperatorProcess
 ) -> None:
-    crd_created = [
+    # Helm 4 creates with server-side apply, so the first write of each object is what counts.
+    crd_written = [
         e
-        for e in cluster.audit_events(verb="create", resource="customresourcedefinitions")
+        for e in cluster.write_events(resource="customresourcedefinitions")
         if e.name == "shutdownprofiles.podgrace.dev"
     ]
-    operator_created = [
-        e for e in cluster.audit_events(verb="create", resource="deployments", namespace=NAMESPACE)
-    ]
-    assert crd_created and operator_created
-    assert crd_created[0].received <= operator_created[0].received
+    operator_written = cluster.write_events(resource="deployments", namespace=NAMESPACE)
+    assert crd_written and operator_written
+    assert crd_written[0].received <= operator_written[0].received
     crd = cluster.kubectl_json("get", "crd", "shutdownprofiles.podgrace.dev")
     assert any(c["type"] == "Established" and c["status"] == "True" for c in crd["status"]["conditions"])
 

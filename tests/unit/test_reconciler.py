@@ -295,3 +295,14 @@ async def test_handlers_delegate_to_the_reconciler() -> None:
         )
         == 0
     )
+
+
+async def test_a_watch_event_older_than_podgraces_write_is_skipped() -> None:
+    api = FakeApi()
+    stale = api.create(deployment())
+    reconciler = make(api)
+    await reconciler.reconcile_deployment(stale)
+    assert len(api.writes()) == 1
+    # The watch can still deliver an event from before podgrace's write (e.g. a status update).
+    assert (await reconciler.reconcile_deployment(stale)).result is Result.UNCHANGED
+    assert len(api.writes()) == 1
