@@ -48,7 +48,7 @@ def test_every_schema_property_has_a_row_or_a_documented_parent() -> None:
 
 
 def test_readme_documents_the_crd_upgrade_path() -> None:
-    assert f"helm show crds charts/podgrace --version X.Y.Z \\\n  | {UPGRADE}" in README
+    assert f"helm show crds CHART --version X.Y.Z \\\n  | {UPGRADE}" in README
     assert "helm upgrade podgrace" in README
     notes = (CHART / "templates" / "NOTES.txt").read_text()
     assert UPGRADE.replace(" -f -", "") in notes
