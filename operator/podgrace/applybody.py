@@ -59,5 +59,5 @@ def merge_into_manifest(manifest: dict[str, Any], result: Plan) -> dict[str, Any
     for container in pod_spec.get("containers", []):
         patch = by_name.get(container.get("name"))
         if patch is not None:
-            container.setdefault("lifecycle", {}).update(patch["lifecycle"])
+            container["lifecycle"] = {**(container.get("lifecycle") or {}), **patch["lifecycle"]}
     return merged

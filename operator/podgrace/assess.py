@@ -21,7 +21,7 @@ def assess(workload: Workload, expectations: Sequence[Expectation]) -> tuple[Fin
     for e in expectations:
         container = containers[e.container]
         effect = hooks.analyze(container.pre_stop)
-        if container.pre_stop.kind is PreStopKind.NONE:
+        if container.pre_stop.kind is PreStopKind.NONE and needed[e.container] > 0:
             findings.append(
                 Finding(
                     Code.NO_PRESTOP,
@@ -72,7 +72,12 @@ def assess(workload: Workload, expectations: Sequence[Expectation]) -> tuple[Fin
                 )
             )
     grace = workload.termination_grace_period_seconds or KUBERNETES_DEFAULT_GRACE
-    needed_grace = required_grace(expectations, needed)
+    # A hook that waits longer than needed delays the stop just as much: the grace period must cover it.
+    waits = {
+        e.container: max(needed[e.container], hooks.analyze(containers[e.container].pre_stop).delay_seconds)
+        for e in expectations
+    }
+    needed_grace = required_grace(expectations, waits)
     if expectations and grace < needed_grace:
         findings.append(
             Finding(

@@ -80,6 +80,9 @@ def analyze(pre_stop: PreStop) -> HookEffect:
 
 
 def _script_text(command: tuple[str, ...]) -> str:
-    if len(command) >= 3 and command[0].endswith("sh") and command[1] == "-c":
+    shell_with_c = (
+        len(command) >= 3 and command[0].endswith("sh") and re.fullmatch(r"-[a-z]*c[a-z]*", command[1])
+    )
+    if shell_with_c:
         return command[2]
     return shlex.join(command)

@@ -170,9 +170,19 @@ def _check_acyclic(edges: dict[str, tuple[str, ...]]) -> None:
         visit(node, [])
 
 
+ProfileName = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=253,
+        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$",
+    ),
+]
+
+
 class ProfileMetadata(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
-    name: RuleName
+    name: ProfileName
     generation: int | None = None
 
 

@@ -74,6 +74,10 @@ def plan(
     capabilities: Capabilities,
 ) -> Plan:
     parsed = overrides.parse(workload.annotations)
+    if parsed.profile is None:
+        # Not opted in: other podgrace annotations left behind mean nothing, and must not block a revert.
+        expectations = detect_expectations(workload, profiles)
+        return Plan(workload.key, Outcome.NOT_OPTED_IN, findings_before=assess(workload, expectations))
     if parsed.errors:
         return Plan(
             workload.key,
@@ -81,9 +85,6 @@ def plan(
             profile=parsed.profile,
             errors=tuple(Finding(Code.INVALID_ANNOTATION, None, e) for e in parsed.errors),
         )
-    if parsed.profile is None:
-        expectations = detect_expectations(workload, profiles)
-        return Plan(workload.key, Outcome.NOT_OPTED_IN, findings_before=assess(workload, expectations))
     profile = profiles.get(parsed.profile)
     if profile is None:
         known = ", ".join(sorted(profiles)) or "none"
@@ -135,6 +136,7 @@ def _enforce(
     os_allows_signal = workload.os_name in (None, "linux")
     settings: list[ContainerSettings] = []
     decisions: list[Finding] = []
+    kept_waits: dict[str, int] = {}  # containers keeping their own hook: how long it holds the stop back
     force = False
     for e in expectations:
         container = containers[e.container]
@@ -151,24 +153,29 @@ def _enforce(
                         f"lifecycle.stopSignal {container.stop_signal} is set by its owner and kept",
                     )
                 )
-        desired_hook = _hook(e, delay, stop_signal is not None, capabilities)
+        desired_hook = _equivalent_current(container, _hook(e, delay, stop_signal is not None, capabilities))
         pre_stop: dict[str, Any] | None = desired_hook
         if _users_hook(container, ownership, desired_hook):
-            if policy is ExistingPreStop.REPLACE:
+            replacement = _replacement(container, e, delay, stop_signal is not None, capabilities)
+            if policy is ExistingPreStop.REPLACE and replacement is not None:
+                pre_stop = replacement
                 force = True
-                if container.pre_stop.kind is not PreStopKind.EXEC and desired_hook is not None:
-                    # SSA cannot drop the user's other handler type; an exec form takes over the field.
-                    pre_stop = _exec_form(e, delay, stop_signal is not None)
             else:
                 pre_stop = None
+                why = (
+                    f"existingPreStop: {policy.value}"
+                    if policy is ExistingPreStop.KEEP or desired_hook is None
+                    else f"a {container.pre_stop.kind.value} hook cannot be replaced in place by podgrace's"
+                )
                 decisions.append(
                     Finding(
                         Code.USER_HOOK_KEPT,
                         e.container,
-                        f"the container's own preStop hook is kept (existingPreStop: keep); podgrace's "
+                        f"the container's own preStop hook is kept ({why}); podgrace's "
                         f"needs {delay}s before the stop signal",
                     )
                 )
+                kept_waits[e.container] = hooks.analyze(container.pre_stop).delay_seconds
         settings.append(
             ContainerSettings(
                 e.container,
@@ -180,7 +187,8 @@ def _enforce(
                 stop_signal=stop_signal,
             )
         )
-    required = required_grace(expectations, delays)
+    # A kept hook that waits longer than podgrace would must still fit in the grace period.
+    required = required_grace(expectations, {n: max(d, kept_waits.get(n, 0)) for n, d in delays.items()})
     grace = _grace(workload, parsed, required, profile.spec.grace_period_margin_seconds, decisions)
     if grace is not None and ownership.known and ownership.grace_defaulted:
         force = (
@@ -213,10 +221,37 @@ def _hook(
     return hooks.native_sleep(delay) if capabilities.native_sleep else hooks.exec_sleep(delay)
 
 
-def _exec_form(e: Expectation, delay: int, native_signal: bool) -> dict[str, Any]:
-    if e.signal is not None and not native_signal:
-        return hooks.signal_and_wait(delay, e.signal, e.drain_seconds)
-    return hooks.exec_sleep(delay)
+def _equivalent_current(container: ContainerView, desired: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Keep podgrace's current hook when it already does what the desired one does (an exec sleep
+    written while replacing a user's exec hook, say): a change of form alone is not worth a rollout."""
+    current = container.pre_stop
+    if desired is None or current.kind is PreStopKind.NONE:
+        return desired
+    now, wanted = hooks.analyze(current), hooks.analyze(PreStop.from_api({"preStop": desired}))
+    same = (now.delay_seconds, now.signal, now.waits_for_exit) == (
+        wanted.delay_seconds, wanted.signal, wanted.waits_for_exit
+    )  # fmt: skip
+    return current.raw if (same and now.podgrace_form) or (same and current.raw == desired) else desired
+
+
+def _replacement(
+    container: ContainerView, e: Expectation, delay: int, native_signal: bool, capabilities: Capabilities
+) -> dict[str, Any] | None:
+    """podgrace's hook in the user's handler type, or None when it cannot take the user's hook over.
+
+    A forced server-side apply takes over only the fields it sends: the user's other handler type would
+    stay beside podgrace's, which the API server rejects. So an exec hook is replaced by podgrace's exec
+    form and a native sleep by podgrace's native sleep (when no signal must go through the hook); an
+    httpGet or tcpSocket hook is kept."""
+    needs_signal_hook = e.signal is not None and not native_signal
+    if delay == 0 and not needs_signal_hook:
+        return None
+    if container.pre_stop.kind is PreStopKind.EXEC:
+        return hooks.signal_and_wait(delay, e.signal, e.drain_seconds) if needs_signal_hook and e.signal \
+            else hooks.exec_sleep(delay)  # fmt: skip
+    if container.pre_stop.kind is PreStopKind.SLEEP and not needs_signal_hook and capabilities.native_sleep:
+        return hooks.native_sleep(delay)
+    return None
 
 
 def _users_hook(container: ContainerView, ownership: Ownership, desired: dict[str, Any] | None) -> bool:

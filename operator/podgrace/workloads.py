@@ -38,14 +38,19 @@ def from_object(obj: Mapping[str, Any], *, with_ownership: bool) -> Workload:
         lifecycle = raw.get("lifecycle")
         if lifecycle is not None and not isinstance(lifecycle, Mapping):
             raise ManifestError(f"{where}: container {raw['name']!r} lifecycle must be a mapping")
-        containers.append(
-            ContainerView(
-                name=raw["name"],
-                image=str(raw.get("image") or ""),
-                pre_stop=PreStop.from_api(dict(lifecycle or {})),
-                stop_signal=(lifecycle or {}).get("stopSignal"),
+        try:
+            containers.append(
+                ContainerView(
+                    name=raw["name"],
+                    image=str(raw.get("image") or ""),
+                    pre_stop=PreStop.from_api(dict(lifecycle or {})),
+                    stop_signal=(lifecycle or {}).get("stopSignal"),
+                )
             )
-        )
+        except (ValidationError, TypeError, ValueError, AttributeError) as error:
+            raise ManifestError(
+                f"{where}: container {raw['name']!r} has an invalid lifecycle: {error}"
+            ) from error
     annotations = metadata.get("annotations") or {}
     if not isinstance(annotations, Mapping):
         raise ManifestError(f"{where}: metadata.annotations must be a mapping")

@@ -255,12 +255,6 @@ def test_every_code_is_a_risk_a_decision_or_an_error() -> None:
     assert Finding(NO, "x", "m").to_dict() == {"code": "NoPreStop", "container": "x", "message": "m"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: with podgrace.dev/prestop-sleep-seconds: '0' the planner deliberately writes no preStop "
-    "(delay 0) and assess then reports NoPreStop ('expected 0s of propagation') on podgrace's own result: "
-    "findings_after is never clean, and the rendered manifest is reported at risk",
-)
 @pytest.mark.parametrize("profile", ["nginx", "web"])
 def test_zero_propagation_is_not_reported_as_missing_prestop(
     builtin_profiles: dict[str, ShutdownProfile], deployment: Any, profile: str
@@ -275,12 +269,6 @@ def test_zero_propagation_is_not_reported_as_missing_prestop(
     assert again.findings_before == ()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: assess's GracePeriodTooShort compares the grace period with the profile's expected waits, "
-    "not with what the hooks actually do: a 60s preStop sleep under a 40s grace period (the kubelet kills "
-    "the container during the hook, nginx never gets SIGQUIT) is reported clean",
-)
 def test_hook_longer_than_the_grace_period(
     builtin_profiles: dict[str, ShutdownProfile], deployment: Any
 ) -> None:

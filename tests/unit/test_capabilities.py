@@ -81,9 +81,7 @@ def test_gate_needs_1_33() -> None:
 
 
 def test_unknown_gate() -> None:
-    with pytest.raises(
-        CapabilityError, match=r"unknown feature gate\(s\): Foo; known: ContainerStopSignals"
-    ):
+    with pytest.raises(CapabilityError, match=r"unknown feature gate\(s\): Foo; known: ContainerStopSignals"):
         capabilities.from_description((1, 34), {"Foo": True, "ContainerStopSignals": True})
 
 

@@ -453,13 +453,6 @@ NGINX = (
 )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AttributeError,
-    reason="BUG: `lifecycle:` with no value (null) passes workloads.from_object, then "
-    "applybody.merge_into_manifest does container.setdefault('lifecycle', {}).update(...) on None: "
-    "AttributeError traceback instead of a rendered manifest",
-)
 def test_render_container_with_null_lifecycle(run_cli: Any, yaml_file: Any) -> None:
     text = (
         NGINX + "spec:\n  template:\n    spec:\n      containers:\n      - name: nginx\n        lifecycle:\n"
@@ -469,14 +462,6 @@ def test_render_container_with_null_lifecycle(run_cli: Any, yaml_file: Any) -> N
     assert "sleep 5" in result.out
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,  # pydantic's ValidationError is a ValueError too
-    reason="BUG: a malformed lifecycle (stopSignal: 5, preStop.sleep.seconds: abc) raises pydantic's "
-    "ValidationError (ContainerView) / ValueError (int() in PreStop.from_api) outside "
-    "workloads.from_object's try block: a traceback instead of 'podgrace <command>: Deployment "
-    "default/x: ...' and exit 2",
-)
 @pytest.mark.parametrize(
     "lifecycle",
     ["{stopSignal: 5}", "{preStop: {sleep: {seconds: abc}}}"],
@@ -494,12 +479,6 @@ def test_malformed_lifecycle_is_a_clear_error(
     assert "Deployment default/x" in result.err
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=UnicodeDecodeError,
-    reason="BUG: manifests.read_stream catches OSError only; a file that is not UTF-8 raises "
-    "UnicodeDecodeError (a ValueError): traceback instead of 'cannot read ...' and exit 2",
-)
 def test_non_utf8_file_is_a_clear_error(run_cli: Any, tmp_path: Path) -> None:
     path = tmp_path / "latin1.yaml"
     path.write_bytes(b"\xff\xfe\x00kind: Deployment\n")

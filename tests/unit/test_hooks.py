@@ -145,12 +145,6 @@ def test_marker_alone_does_not_make_a_signal_hook_good() -> None:
     assert hooks.analyze(_pre_stop(_exec("/bin/sh", "-c", script))) == E(5, "SIGQUIT", False, True, True)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (minor): hooks._script_text unwraps only `sh -c`; `sh -ec 'sleep 10'` and `bash -lc ...` are "
-    "read through shlex.join, where the quote before `sleep` defeats _SLEEP, so a 10s sleep counts as 0s "
-    "(a false SleepTooShort finding in audit)",
-)
 @pytest.mark.parametrize(
     "command",
     [("/bin/sh", "-ec", "sleep 10"), ("bash", "-lc", "sleep 10")],

@@ -517,12 +517,6 @@ def test_user_hook_replaced_cluster_mode_without_gate(
     assert result.containers[0].pre_stop == signal_wait(5, "QUIT", 30)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: planner._enforce picks the exec form only when the user's hook is NOT exec; with the gate "
-    "the user's exec hook gets a native sleep, and a forced server-side apply leaves the user's exec next to "
-    "podgrace's sleep (two handler types: the API server rejects the Deployment)",
-)
 def test_replacing_a_users_exec_hook_keeps_one_handler_type(
     builtin_profiles: dict[str, ShutdownProfile], workload: Any, container: Any
 ) -> None:
@@ -538,11 +532,6 @@ def test_replacing_a_users_exec_hook_keeps_one_handler_type(
     assert set(result.containers[0].pre_stop or {}) == {"exec"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a user's native `sleep` preStop replaced under existingPreStop: replace becomes podgrace's "
-    "exec form; SSA keeps the user's sleep.seconds next to podgrace's exec (two handler types)",
-)
 def test_replacing_a_users_sleep_hook_keeps_one_handler_type(
     builtin_profiles: dict[str, ShutdownProfile], workload: Any, container: Any
 ) -> None:
@@ -557,12 +546,6 @@ def test_replacing_a_users_sleep_hook_keeps_one_handler_type(
     assert result.containers[0].pre_stop == native(5)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: render is not idempotent under existingPreStop: replace when the user's hook is not exec "
-    "(native sleep, httpGet): the first render writes podgrace's exec form, the second render sees "
-    "podgrace's marker and turns it into a native sleep",
-)
 @pytest.mark.parametrize(
     "hook", [native(2), {"httpGet": {"path": "/drain", "port": 8080}}], ids=["native-sleep", "http-get"]
 )
@@ -584,12 +567,6 @@ def test_render_replace_of_a_non_exec_hook_is_idempotent(
     assert twice == once
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the grace period ignores a kept user hook's own wait: nginx keeps its `sleep 60` preStop, "
-    "podgrace sets terminationGracePeriodSeconds 40 (from its own 5s + 30s + 5s), so the kubelet kills nginx "
-    "during the hook, before any graceful stop; findings_after does not report it either",
-)
 @pytest.mark.parametrize("caps", ["1.34", "1.34+gate"])
 def test_grace_covers_a_kept_users_longer_hook(
     builtin_profiles: dict[str, ShutdownProfile], workload: Any, container: Any, caps: str

@@ -108,13 +108,38 @@ def test_builtin_matching(
     assert (found.name if found else None) == rule
 
 
-def test_nginx_glob_also_catches_the_prometheus_exporter(
-    builtin_profiles: dict[str, ShutdownProfile],
+@pytest.mark.parametrize(
+    ("profile", "image"),
+    [
+        ("nginx", "nginx/nginx-prometheus-exporter:1.3"),
+        ("php-fpm", "hipages/php-fpm_exporter:2"),
+        ("apache", "bitnami/apache-exporter:1"),
+    ],
+)
+def test_builtin_globs_skip_exporter_sidecars(
+    builtin_profiles: dict[str, ShutdownProfile], profile: str, image: str
 ) -> None:
-    """Worth knowing: `*nginx*` matches the common nginx-prometheus-exporter sidecar, which then gets nginx's
-    SIGQUIT (a Go program dumps its goroutines and exits on SIGQUIT); `podgrace.dev/containers` avoids it."""
-    rule = builtin_profiles["nginx"].spec.match("exporter", "nginx/nginx-prometheus-exporter:1.3")
-    assert rule is not None and rule.role is Role.NGINX
+    """An exporter sidecar must not get the server's signal (a Go program dumps goroutines on SIGQUIT)."""
+    assert builtin_profiles[profile].spec.match("exporter", image) is None
+
+
+@pytest.mark.parametrize(
+    ("profile", "image"),
+    [
+        ("nginx", "nginx:1.27"),
+        ("nginx", "docker.io/library/nginx:1.27-alpine"),
+        ("nginx", "nginxinc/nginx-unprivileged:1.27"),
+        ("php-fpm", "php:8.3-fpm"),
+        ("php-fpm", "docker.io/library/php:8.2-fpm-bookworm"),
+        ("php-fpm", "bitnami/php-fpm:8.3"),
+        ("apache", "httpd:2.4"),
+        ("apache", "php:8.3-apache"),
+    ],
+)
+def test_builtin_globs_match_the_servers_images(
+    builtin_profiles: dict[str, ShutdownProfile], profile: str, image: str
+) -> None:
+    assert builtin_profiles[profile].spec.match("server", image) is not None
 
 
 @pytest.mark.parametrize(
@@ -257,12 +282,6 @@ def test_profile_without_metadata_is_named_question_mark() -> None:
         profiles.parse({"apiVersion": "podgrace.dev/v1alpha1", "kind": "ShutdownProfile", "spec": {}})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: ProfileMetadata.name is a DNS label (RuleName, no dots) while Kubernetes accepts a DNS "
-    "subdomain for the cluster-scoped ShutdownProfile and overrides.parse accepts one in the annotation: "
-    "a profile named team.web can be created and referenced but never loads",
-)
 def test_profile_named_like_a_dns_subdomain_loads() -> None:
     doc = _profile(_rule())
     doc["metadata"]["name"] = "team.web"
