@@ -45,9 +45,9 @@ class Cell:
 
 CELLS = {
     "base": Cell("base", 2.0, 300, 40, "the article's setup"),
-    "long-requests": Cell("long-requests", 2.0, 3000, 20, "requests of 3 s (< drain)"),
+    "long-requests": Cell("long-requests", 2.0, 3000, 20, "requests of 3 s (< drain 6 s)"),
     "slow-endpoints": Cell("slow-endpoints", 5.0, 300, 40, "endpoint delay 5 s > preStop sleep"),
-    "over-drain": Cell("over-drain", 2.0, 10000, 8, "requests of 10 s > drain"),
+    "over-drain": Cell("over-drain", 2.0, 7500, 8, "requests of 7.5 s > drain 6 s"),
     "4s-requests": Cell("4s-requests", 2.0, 4000, 20, "requests of 4 s"),
 }
 
@@ -141,6 +141,13 @@ def full_rows() -> list[Row]:
             modes=("original",),
             expect_original="zero",
             note="exec hook: sleep, kill -QUIT 1, wait",
+        ),
+        Row(
+            "article",
+            "article/hook-overruns-grace.yaml",
+            CELLS["over-drain"],
+            modes=("original",),
+            note="exec sleep 10 > grace 5: stop at 5 s, SIGKILL at 7 s",
         ),
     ]
     return rows

@@ -199,7 +199,7 @@ LogLevel notice
 KeepAlive Off
 Timeout 120
 StartServers {workers}
-MinSpareServers {workers}
+MinSpareServers 1
 MaxSpareServers {workers}
 ServerLimit {workers}
 MaxRequestWorkers {workers}

@@ -355,8 +355,8 @@ def test_matrix_rows() -> None:
     assert all(r.modes == ("original", "native", "fallback") for r in short)
     full = full_rows()
     assert len({r.key for r in full}) == len(full)
-    holds = [r for r in full if r.cell.endpoint_delay < 3 and r.cell.request_ms < 8000]
-    broken = [r for r in full if r.cell.endpoint_delay >= 3 or r.cell.request_ms >= 8000]
+    holds = [r for r in full if r.cell.endpoint_delay < 3 and r.cell.request_ms < 6000]
+    broken = [r for r in full if r.cell.endpoint_delay >= 3 or r.cell.request_ms >= 6000]
     assert holds and broken
 
 
