@@ -21,7 +21,12 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.posting.enabled = False
     # The CRD is installed by the chart before the operator; no need to watch CRDs or namespaces.
     settings.scanning.disabled = True
-    settings.batching.worker_limit = runtime.options.workers
+    # No limit on Kopf's per-object workers: with an index (workloads_by_profile), each worker waits after
+    # indexing its object until every object is indexed, so a limit below the number of Deployments
+    # deadlocks the start (kopf#1243; seen at 100 Deployments with the limit at 20: no reconcile in 10 min).
+    # A worker is a small task; what must be bounded is the API traffic, and the reconciler bounds that
+    # (`--workers` concurrent reconciles).
+    settings.queueing.worker_limit = None
     settings.watching.connect_timeout = 30
     settings.watching.server_timeout = 600
     settings.networking.request_timeout = 60

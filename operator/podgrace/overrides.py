@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import TypeVar
 
 from podgrace.constants import (
     ANN_CONTAINERS,
@@ -49,20 +51,8 @@ def parse(annotations: dict[str, str]) -> Overrides:
         profile = profile.strip()
         if not _DNS_SUBDOMAIN.match(profile):
             errors.append(f"{ANN_PROFILE}: {profile!r} is not a valid ShutdownProfile name")
-    mode = Mode.ENFORCE
-    raw_mode = annotations.get(ANN_MODE)
-    if raw_mode is not None:
-        try:
-            mode = Mode(raw_mode.strip())
-        except ValueError:
-            errors.append(f"{ANN_MODE}: {raw_mode!r} is not one of enforce, audit")
-    existing = None
-    raw_existing = annotations.get(ANN_EXISTING_PRESTOP)
-    if raw_existing is not None:
-        try:
-            existing = ExistingPreStop(raw_existing.strip())
-        except ValueError:
-            errors.append(f"{ANN_EXISTING_PRESTOP}: {raw_existing!r} is not one of keep, replace")
+    mode = _choice(annotations, ANN_MODE, Mode, errors) or Mode.ENFORCE
+    existing = _choice(annotations, ANN_EXISTING_PRESTOP, ExistingPreStop, errors)
     containers = None
     raw_containers = annotations.get(ANN_CONTAINERS)
     if raw_containers is not None:
@@ -85,6 +75,20 @@ def parse(annotations: dict[str, str]) -> Overrides:
         existing_pre_stop=existing,
         errors=tuple(errors),
     )
+
+
+E = TypeVar("E", bound=StrEnum)
+
+
+def _choice(annotations: dict[str, str], key: str, choices: type[E], errors: list[str]) -> E | None:
+    raw = annotations.get(key)
+    if raw is None:
+        return None
+    try:
+        return choices(raw.strip())
+    except ValueError:
+        errors.append(f"{key}: {raw!r} is not one of {', '.join(c.value for c in choices)}")
+        return None
 
 
 def _seconds(annotations: dict[str, str], key: str, low: int, high: int, errors: list[str]) -> int | None:

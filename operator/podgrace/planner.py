@@ -79,32 +79,19 @@ def plan(
         expectations = detect_expectations(workload, profiles)
         return Plan(workload.key, Outcome.NOT_OPTED_IN, findings_before=assess(workload, expectations))
     if parsed.errors:
-        return Plan(
-            workload.key,
-            Outcome.INVALID,
-            profile=parsed.profile,
-            errors=tuple(Finding(Code.INVALID_ANNOTATION, None, e) for e in parsed.errors),
+        return _invalid(
+            workload, parsed.profile, *(Finding(Code.INVALID_ANNOTATION, None, e) for e in parsed.errors)
         )
     profile = profiles.get(parsed.profile)
     if profile is None:
         known = ", ".join(sorted(profiles)) or "none"
         message = f"{ANN_PROFILE}: ShutdownProfile {parsed.profile!r} does not exist (known: {known})"
-        return Plan(
-            workload.key,
-            Outcome.INVALID,
-            profile=parsed.profile,
-            errors=(Finding(Code.UNKNOWN_PROFILE, None, message),),
-        )
+        return _invalid(workload, parsed.profile, Finding(Code.UNKNOWN_PROFILE, None, message))
     if parsed.containers is not None:
         missing = sorted(parsed.containers - {c.name for c in workload.containers})
         if missing:
             message = f"{ANN_CONTAINERS}: the pod has no container named {', '.join(missing)}"
-            return Plan(
-                workload.key,
-                Outcome.INVALID,
-                profile=profile.name,
-                errors=(Finding(Code.INVALID_ANNOTATION, None, message),),
-            )
+            return _invalid(workload, profile.name, Finding(Code.INVALID_ANNOTATION, None, message))
     expectations = profile_expectations(workload, profile.spec, parsed)
     before = assess(workload, expectations)
     if parsed.mode is Mode.AUDIT:
@@ -119,6 +106,10 @@ def plan(
         )
         return Plan(workload.key, Outcome.MANAGED, profile=profile.name, decisions=(decision,))
     return _enforce(workload, profile, parsed, expectations, capabilities, before)
+
+
+def _invalid(workload: Workload, profile: str | None, *errors: Finding) -> Plan:
+    return Plan(workload.key, Outcome.INVALID, profile=profile, errors=errors)
 
 
 def _enforce(

@@ -57,6 +57,7 @@ class Reconciler:
         metrics: Metrics,
         *,
         fanout_concurrency: int = 20,
+        concurrency: int | None = None,
     ) -> None:
         self.api = api
         self.store = store
@@ -64,6 +65,8 @@ class Reconciler:
         self.events = events
         self.metrics = metrics
         self._fanout = asyncio.Semaphore(fanout_concurrency)
+        # At most this many Deployment reconciles at once (None: no limit); Kopf's workers are unlimited.
+        self._slots = asyncio.Semaphore(concurrency) if concurrency else None
         # (uid, generation) each Deployment had after podgrace's last write: a watch event from before
         # that write is stale and must not trigger the same apply again.
         self._written: dict[str, tuple[str, int]] = {}
@@ -71,6 +74,12 @@ class Reconciler:
     # --- Deployments -------------------------------------------------------------------------------
 
     async def reconcile_deployment(self, body: Mapping[str, Any]) -> ReconcileOutcome:
+        if self._slots is None:
+            return await self._timed_reconcile(body)
+        async with self._slots:
+            return await self._timed_reconcile(body)
+
+    async def _timed_reconcile(self, body: Mapping[str, Any]) -> ReconcileOutcome:
         started = time.monotonic()
         result = Result.FAILED
         try:

@@ -48,7 +48,9 @@ class Runtime:
             store.upsert(body)
         capabilities = CapabilityCache(self.client, version, stop_signal_override=self.options.stop_signals)
         events = EventRecorder(self.client, self.metrics)
-        self.reconciler = Reconciler(self.client, store, capabilities, events, self.metrics)
+        self.reconciler = Reconciler(
+            self.client, store, capabilities, events, self.metrics, concurrency=self.options.workers
+        )
         self._flusher = asyncio.create_task(self._flush_statuses())
         log.info("podgrace started: API server %s.%s, %d ShutdownProfiles", *version, len(store.names()))
 

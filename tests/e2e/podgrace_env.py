@@ -3,6 +3,7 @@ ServiceAccount credentials (so the chart's RBAC is exactly what is tested), and 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -11,7 +12,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -162,3 +163,17 @@ def deployment(
             },
         },
     }
+
+
+@contextlib.contextmanager
+def running_operator(cluster: Any, *args: str) -> Iterator[OperatorProcess]:
+    """The chart installed (once per cluster) and podgrace running against it for the duration."""
+    if cluster.helm("status", RELEASE, "--namespace", NAMESPACE, check=False).returncode != 0:
+        install_chart(cluster)
+    op = OperatorProcess(cluster, *(args or ("--all-namespaces",)))
+    op.start()
+    try:
+        yield op
+    finally:
+        op.stop()
+        print(f"\n[e2e] podgrace log: {op.log_path}\n{op.log_tail(30)}")

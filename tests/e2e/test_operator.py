@@ -21,7 +21,7 @@ from podgrace_env import (
     OPERATOR_USER,
     OperatorProcess,
     deployment,
-    install_chart,
+    running_operator,
     wait_until,
 )
 
@@ -30,16 +30,9 @@ APP_NS = "shop"
 
 @pytest.fixture(scope="module")
 def operator(cluster: Any) -> Iterator[OperatorProcess]:
-    install_chart(cluster)
     cluster.kubectl("create", "namespace", APP_NS)
-    op = OperatorProcess(cluster, "--all-namespaces")
-    op.start()
-    try:
+    with running_operator(cluster) as op:
         yield op
-    finally:
-        op.stop()
-        if op.log_path.exists():
-            print(f"\n[e2e] podgrace log: {op.log_path}\n{op.log_tail(30)}")
 
 
 def apply(cluster: Any, obj: dict[str, Any], *, manager: str | None = None) -> None:

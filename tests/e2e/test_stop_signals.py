@@ -8,18 +8,13 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from podgrace_env import OperatorProcess, deployment, install_chart, wait_until
+from podgrace_env import OperatorProcess, deployment, running_operator, wait_until
 
 
 @pytest.fixture(scope="module")
 def operator_stopsignals(cluster_stopsignals: Any) -> Iterator[OperatorProcess]:
-    install_chart(cluster_stopsignals)
-    op = OperatorProcess(cluster_stopsignals, "--all-namespaces")
-    op.start()
-    try:
+    with running_operator(cluster_stopsignals) as op:
         yield op
-    finally:
-        op.stop()
 
 
 def test_native_stop_signal_and_sleep(
