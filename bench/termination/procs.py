@@ -105,6 +105,7 @@ def install_handlers() -> None:
     def handler(signum: int, _frame: Any) -> None:
         raise KeyboardInterrupt(f"signal {signum}")
 
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with SIGINT ignored
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGHUP, handler)
     _installed = True
