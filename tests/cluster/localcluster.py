@@ -12,6 +12,7 @@ Only the Python standard library and ``cryptography`` are needed.
 from __future__ import annotations
 
 import argparse
+import atexit
 import base64
 import contextlib
 import dataclasses
@@ -667,10 +668,12 @@ class LocalCluster:
                 self.stop()
                 raise
         self.start_seconds = time.monotonic() - t0
+        atexit.register(self.stop)  # in case nobody calls stop(): no orphans, no temp dir left
         return self
 
     def stop(self) -> None:
         """Stop every process (SIGTERM, then SIGKILL after 10 s) and remove the temp dir."""
+        atexit.unregister(self.stop)
         with self._lock:
             self._stop_processes()
             if self._own_workdir and not self.keep_workdir:
