@@ -89,6 +89,16 @@ step() {  # step NAME CMD... : run and print the elapsed time (errexit + the ERR
   CURRENT_STEP=finish
 }
 
+# quiet LOG CMD...: keep the go tool's download chatter in a log; show its tail on failure
+quiet() {
+  local log=$1; shift
+  if ! "$@" >"$log" 2>&1; then
+    echo "build.sh: '$*' failed; last lines of $log:" >&2
+    tail -n 60 "$log" >&2
+    return 1
+  fi
+}
+
 # new_module DIR: an empty scratch module to build a dependency's main packages from
 new_module() {
   rm -rf "$1"
@@ -118,7 +128,7 @@ for r in mod.get("Replace") or []:
   local args=() r
   for r in $staging; do args+=("-replace=$r"); done
   (cd "$dir" && go mod edit "${args[@]}")
-  (cd "$dir" && go get "${KUBE_PKGS[@]/%/@$KUBE_VERSION}")
+  (cd "$dir" && quiet "$dir/go-get.log" go get "${KUBE_PKGS[@]/%/@$KUBE_VERSION}")
 }
 
 kube_build() {
@@ -128,20 +138,20 @@ kube_build() {
     ld+=" -X k8s.io/$x.gitVersion=$KUBE_VERSION -X k8s.io/$x.gitMajor=1 -X k8s.io/$x.gitMinor=$minor"
     ld+=" -X k8s.io/$x.gitTreeState=clean -X k8s.io/$x.buildDate=1970-01-01T00:00:00Z"
   done
-  (cd "$dir" && go build -ldflags "$ld" -o "$STAGE/" "${KUBE_PKGS[@]}")
+  (cd "$dir" && quiet "$dir/go-build.log" go build -ldflags "$ld" -o "$STAGE/" "${KUBE_PKGS[@]}")
 }
 
 etcd_build() {
   local dir="$SRC/etcd-$ETCD_VERSION"
   new_module "$dir"
-  (cd "$dir" && go get "go.etcd.io/etcd/server/v3@$ETCD_VERSION" \
-    && go build -ldflags "-s -w" -o "$STAGE/etcd" go.etcd.io/etcd/server/v3)
+  (cd "$dir" && quiet "$dir/go-get.log" go get "go.etcd.io/etcd/server/v3@$ETCD_VERSION")
+  (cd "$dir" && quiet "$dir/go-build.log" go build -ldflags "-s -w" -o "$STAGE/etcd" go.etcd.io/etcd/server/v3)
 }
 
 kwok_build() {
   local ld="-s -w -X sigs.k8s.io/kwok/pkg/consts.Version=${KWOK_VERSION#v}"
   ld+=" -X sigs.k8s.io/kwok/pkg/consts.KubeVersion=${KUBE_VERSION#v}"
-  GOBIN="$STAGE" go install -ldflags "$ld" "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
+  quiet "$SRC/kwok-install.log" env GOBIN="$STAGE" go install -ldflags "$ld" "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
   # kwok's own stage definitions ship inside its module zip: copy the ones the cluster uses.
   local dir
   dir=$(go mod download -json "sigs.k8s.io/kwok@$KWOK_VERSION" \
@@ -159,7 +169,7 @@ kwok_build() {
 }
 
 helm_build() {
-  GOBIN="$STAGE" go install \
+  quiet "$SRC/helm-install.log" env GOBIN="$STAGE" go install \
     -ldflags "-s -w -X helm.sh/helm/v4/internal/version.version=$HELM_VERSION -X helm.sh/helm/v4/internal/version.gitTreeState=clean" \
     "helm.sh/helm/v4/cmd/helm@$HELM_VERSION"
 }
