@@ -427,6 +427,7 @@ class LocalCluster:
         if keep_workdir is None:
             keep_workdir = os.environ.get("PODGRACE_KEEP_CLUSTER_DIR", "") not in ("", "0")
         self.keep_workdir = keep_workdir
+        self.keep_logs = False  # set on failure: keep the workdir minus the etcd data (~65 MB)
         self.start_timeout = start_timeout
         self._kwok_stages = list(kwok_stages) if kwok_stages is not None else None
         self._extra_apiserver_args = list(extra_apiserver_args)
@@ -676,7 +677,9 @@ class LocalCluster:
         atexit.unregister(self.stop)
         with self._lock:
             self._stop_processes()
-            if self._own_workdir and not self.keep_workdir:
+            if self._own_workdir and self.keep_logs and not self.keep_workdir:
+                shutil.rmtree(self.workdir / "etcd", ignore_errors=True)
+            elif self._own_workdir and not self.keep_workdir:
                 shutil.rmtree(self.workdir, ignore_errors=True)
 
     def _stop_processes(self) -> None:
@@ -712,7 +715,7 @@ class LocalCluster:
     def print_logs_hint(self, stream: IO[str]) -> None:
         if not self.log_dir.exists():
             return
-        self.keep_workdir = True  # keep the logs for a post-mortem
+        self.keep_logs = True  # keep the logs for a post-mortem
         print(f"\n[localcluster] logs kept in {self.log_dir}:", file=stream)
         for p in sorted(self.log_dir.iterdir()):
             print(f"[localcluster]   {p}", file=stream)

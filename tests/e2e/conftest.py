@@ -79,7 +79,7 @@ def _session_cluster(
         yield cluster
     finally:
         if request.session.testsfailed:
-            cluster.keep_workdir = True
+            cluster.keep_logs = True
             with _uncaptured(config):
                 print(f"\n[e2e] tests failed: cluster {name!r} logs kept in {cluster.log_dir}", flush=True)
         cluster.stop()
