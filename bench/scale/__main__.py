@@ -1,0 +1,5 @@
+import sys
+
+from bench.scale.cli import main
+
+sys.exit(main())
