@@ -25,7 +25,7 @@ from podgrace_env import (
     wait_until,
 )
 
-APP_NS = "shop"
+APP_NS = "operator-e2e"
 
 
 @pytest.fixture(scope="module")
