@@ -90,7 +90,16 @@ def main(argv: list[str] | None = None) -> int:
     mx.add_argument("--podgrace", default=None)
     mx.add_argument("--keep", action="store_true")
 
+    rep = sub.add_parser("report", help="regenerate matrix.md/matrix.png from DIR/matrix.json")
+    rep.add_argument("dir", type=Path)
+
     a = ap.parse_args(argv)
+    if a.cmd == "report":
+        from bench.termination.matrix import rewrite_report
+
+        rewrite_report(a.dir)
+        print((a.dir / "matrix.md").read_text(), end="")
+        return 0
     if a.cmd == "plan":
         p = plan_from_text(a.manifest.read_text(), _signals(a.image_stop_signal))
         print(json.dumps(p.to_dict(), indent=2))

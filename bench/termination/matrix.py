@@ -385,14 +385,18 @@ def markdown(summary: dict[str, Any]) -> str:
         by_mode = {e["mode"]: e for e in es}
         e0 = es[0]
         pct = "n/a"
-        if ("php" in e0["manifest"] and "apache" not in e0["manifest"]) or "article/" in e0["manifest"]:
+        runtimes = {c["runtime"] for e in es for c in e.get("containers") or []}
+        if "php-fpm" in runtimes:
             pct = f"{e0['process_control_timeout']} s" if e0["process_control_timeout"] else "unset"
+        profile = e0["profile"]
+        if profile == "article":
+            profile = "article: " + Path(e0["manifest"]).stem
         sig = ", ".join(f"{k}={v}" for k, v in e0["image_signals"].items()) or "image default"
         assumptions = _assumption_text([by_mode[m] for m in ("native", "fallback") if m in by_mode])
         if "native" not in by_mode and "fallback" not in by_mode:
             assumptions = "n/a"
         lines.append(
-            f"| {e0['profile']} | {e0['cell']}: {e0['endpoint_delay']:g} s / {e0['request_ms']} ms / "
+            f"| {profile} | {e0['cell']}: {e0['endpoint_delay']:g} s / {e0['request_ms']} ms / "
             f"{e0['rate']:g}/s | {pct} | {sig} | {assumptions} | {_cell_text(by_mode.get('original'))} | "
             f"{_cell_text(by_mode.get('native'))} | {_cell_text(by_mode.get('fallback'))} | {e0['note']} |"
         )
@@ -428,6 +432,13 @@ def markdown(summary: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def rewrite_report(out: Path) -> None:
+    """Regenerate matrix.md and matrix.png from an existing matrix.json (no scenario is run)."""
+    summary = json.loads((out / "matrix.json").read_text())
+    (out / "matrix.md").write_text(markdown(summary))
+    chart(summary, out / "matrix.png")
+
+
 def chart(summary: dict[str, Any], path: Path) -> None:
     import matplotlib
 
@@ -445,7 +456,19 @@ def chart(summary: dict[str, Any], path: Path) -> None:
         ("fallback", "#1f77b4", "podgrace fallback"),
     ]
     width = 0.27
-    fig, ax = plt.subplots(figsize=(max(8, 0.62 * len(labels) + 2), 5.5))
+    fig, ax = plt.subplots(figsize=(max(8, 0.62 * len(labels) + 2), 6))
+    shaded = False
+    for j, key in enumerate(keys):
+        broken = any(
+            e.get("assumptions") and not e["assumptions"]["hold"]
+            for m, e in rows[key].items()
+            if m != "original"
+        )
+        if broken:
+            ax.axvspan(
+                j - 0.5, j + 0.5, color="#e8e8e8", zorder=0, label=None if shaded else "assumption broken"
+            )
+            shaded = True
     for i, (mode, color, legend) in enumerate(modes):
         xs, ys = [], []
         for j, key in enumerate(keys):
@@ -458,7 +481,7 @@ def chart(summary: dict[str, Any], path: Path) -> None:
         for b, y in zip(bars, ys, strict=True):
             ax.annotate(str(y), (b.get_x() + b.get_width() / 2, y), ha="center", va="bottom", fontsize=7)
     ax.set_xticks(range(len(labels)))
-    ax.set_xticklabels(labels, rotation=60, ha="right", fontsize=7)
+    ax.set_xticklabels(labels, rotation=90, fontsize=7)
     ax.set_ylabel("failed requests")
     ax.set_title(
         f"podgrace termination lab ({summary['kind']}): failed requests per scenario, before vs after"
