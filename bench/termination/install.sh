@@ -6,7 +6,6 @@
 set -euo pipefail
 
 PKGS=(nginx php8.2-fpm apache2 libapache2-mod-php8.2 haproxy util-linux procps)
-PY_PKGS=(PyYAML matplotlib)
 
 missing=()
 for p in "${PKGS[@]}"; do
@@ -44,7 +43,6 @@ if [ "${#need_py[@]}" -gt 0 ]; then
   echo "install.sh: pip installing ${need_py[*]}"
   "$PY" -m pip install -q "${need_py[@]}"
 fi
-: "${PY_PKGS[@]}"
 
 for b in nginx php-fpm8.2 apache2 haproxy unshare nsenter; do
   command -v "$b" >/dev/null || [ -x "/usr/sbin/$b" ] || { echo "install.sh: $b missing" >&2; exit 1; }
