@@ -48,11 +48,13 @@ class HookEffect:
     waits_for_exit: bool  # the hook holds the kubelet's stop signal back until the server has exited
     known_bad: bool  # `nginx -s quit` and the like: signals and returns at once
     podgrace_form: bool  # carries podgrace's marker
+    wait_limit: int | None = None  # how long a signalling hook waits for PID 1 at most
 
 
 _SLEEP = re.compile(r"(?:^|[\s;&|(])(?:/usr)?(?:/bin/)?sleep\s+(\d+)(?:\.\d+)?s?\b")
 _KILL_PID1 = re.compile(r"\bkill\s+(?:-s\s+)?-?(?:SIG)?([A-Z]+[12]?)\s+1\b")
 _WAIT_PID1 = re.compile(r"\bkill\s+-0\s+1\b")
+_WAIT_LIMIT = re.compile(r'"\$i"\s+-lt\s+(\d+)')
 _SERVER_SIGNAL = (
     (re.compile(r"\bnginx\s+-s\s+quit\b"), "SIGQUIT"),
     (re.compile(r"\b(?:apache2?ctl|httpd)\s+-k\s+graceful-stop\b"), "SIGWINCH"),
@@ -70,7 +72,15 @@ def analyze(pre_stop: PreStop) -> HookEffect:
     delay = sum(int(m.group(1)) for m in _SLEEP.finditer(head))
     if killed is not None and killed.group(1) != "0":
         waits = _WAIT_PID1.search(script[killed.end() :]) is not None
-        return HookEffect(delay, "SIG" + killed.group(1), waits, not waits, HOOK_MARKER in script)
+        limit = _WAIT_LIMIT.search(script[killed.end() :])
+        return HookEffect(
+            delay,
+            "SIG" + killed.group(1),
+            waits,
+            not waits,
+            HOOK_MARKER in script,
+            int(limit.group(1)) if limit else None,
+        )
     for pattern, signal in _SERVER_SIGNAL:
         found = pattern.search(script)
         if found:

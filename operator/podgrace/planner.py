@@ -5,7 +5,7 @@ Pure: no I/O. The operator, `podgrace render` and `podgrace audit` all call `pla
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -27,7 +27,17 @@ from podgrace.models import (
     ShutdownProfileSpec,
     Workload,
 )
-from podgrace.timing import Expectation, grace_with_margin, required_grace, signal_delays
+from podgrace.timing import (
+    KUBERNETES_DEFAULT_GRACE,
+    Expectation,
+    grace_with_margin,
+    required_grace,
+    signal_delays,
+)
+
+# The fallback hook returns this long before the grace period ends, so the kubelet's own stop signal and
+# its SIGKILL (at the end of the grace period, at least 2 s after the hook) come only once time is up.
+KUBELET_STOP_TAIL = 2
 
 
 class Outcome(StrEnum):
@@ -121,17 +131,72 @@ def _enforce(
     before: tuple[Finding, ...],
 ) -> Plan:
     delays = signal_delays(expectations)
+    policy = parsed.existing_pre_stop or profile.spec.existing_pre_stop
+    first = _decide_containers(
+        workload, expectations, delays, capabilities, policy, lambda delay, drain: drain
+    )
+    # A kept hook that waits longer than podgrace would must still fit in the grace period.
+    waits = {n: max(d, first.kept_waits.get(n, 0)) for n, d in delays.items()}
+    required = required_grace(expectations, waits)
+    grace_decisions: list[Finding] = []
+    grace = _grace(workload, parsed, required, profile.spec.grace_period_margin_seconds, grace_decisions)
+    effective_grace = grace or workload.termination_grace_period_seconds or KUBERNETES_DEFAULT_GRACE
+
+    def hold_until_grace_ends(delay: int, drain: int) -> int:
+        # A hook that delivers the signal also holds back the kubelet's own stop signal (SIGTERM, a fast
+        # stop) until just before the grace period ends, as lifecycle.stopSignal would: waiting only `drain`
+        # would cut requests that run longer than expected while grace remains (seen in the lab).
+        return max(drain, effective_grace - delay - KUBELET_STOP_TAIL)
+
+    decided = _decide_containers(workload, expectations, delays, capabilities, policy, hold_until_grace_ends)
+    settings, force = decided.settings, decided.force
+    decisions = [*decided.decisions, *grace_decisions]
+    if grace is not None and workload.ownership.known and workload.ownership.grace_defaulted:
+        force = True  # the creator "owns" only the API server's default: taking it overrides no choice
+    os_name = "linux" if any(s.stop_signal for s in settings) else None
+    result = Plan(
+        workload.key,
+        Outcome.MANAGED,
+        profile=profile.name,
+        containers=tuple(settings),
+        termination_grace_period_seconds=grace,
+        os_name=os_name,
+        required_grace_seconds=required,
+        force=force,
+        findings_before=before,
+        decisions=tuple(sorted(decisions)),
+    )
+    after = assess(apply_to_workload(workload, result), expectations)
+    return Plan(**{**result.__dict__, "findings_after": after})
+
+
+@dataclass(frozen=True)
+class _Decided:
+    settings: list[ContainerSettings]
+    decisions: list[Finding]
+    kept_waits: dict[str, int]  # containers keeping their own hook: how long it holds the stop back
+    force: bool
+
+
+def _decide_containers(
+    workload: Workload,
+    expectations: tuple[Expectation, ...],
+    delays: Mapping[str, int],
+    capabilities: Capabilities,
+    policy: ExistingPreStop,
+    wait_for: Callable[[int, int], int],
+) -> _Decided:
     containers = {c.name: c for c in workload.containers}
     ownership = workload.ownership
-    policy = parsed.existing_pre_stop or profile.spec.existing_pre_stop
     os_allows_signal = workload.os_name in (None, "linux")
     settings: list[ContainerSettings] = []
     decisions: list[Finding] = []
-    kept_waits: dict[str, int] = {}  # containers keeping their own hook: how long it holds the stop back
+    kept_waits: dict[str, int] = {}
     force = False
     for e in expectations:
         container = containers[e.container]
         delay = delays[e.container]
+        wait = wait_for(delay, e.drain_seconds)
         stop_signal = None
         if e.signal is not None and capabilities.stop_signal and os_allows_signal:
             stop_signal = e.signal.value
@@ -144,10 +209,12 @@ def _enforce(
                         f"lifecycle.stopSignal {container.stop_signal} is set by its owner and kept",
                     )
                 )
-        desired_hook = _equivalent_current(container, _hook(e, delay, stop_signal is not None, capabilities))
+        desired_hook = _equivalent_current(
+            container, _hook(e, delay, wait, stop_signal is not None, capabilities)
+        )
         pre_stop: dict[str, Any] | None = desired_hook
         if _users_hook(container, ownership, desired_hook):
-            replacement = _replacement(container, e, delay, stop_signal is not None, capabilities)
+            replacement = _replacement(container, e, delay, wait, stop_signal is not None, capabilities)
             if policy is ExistingPreStop.REPLACE and replacement is not None:
                 pre_stop = replacement
                 force = True
@@ -178,35 +245,14 @@ def _enforce(
                 stop_signal=stop_signal,
             )
         )
-    # A kept hook that waits longer than podgrace would must still fit in the grace period.
-    required = required_grace(expectations, {n: max(d, kept_waits.get(n, 0)) for n, d in delays.items()})
-    grace = _grace(workload, parsed, required, profile.spec.grace_period_margin_seconds, decisions)
-    if grace is not None and ownership.known and ownership.grace_defaulted:
-        force = (
-            True  # the creating manager "owns" the API server's default; taking it is no conflict of intent
-        )
-    os_name = "linux" if any(s.stop_signal for s in settings) else None
-    result = Plan(
-        workload.key,
-        Outcome.MANAGED,
-        profile=profile.name,
-        containers=tuple(settings),
-        termination_grace_period_seconds=grace,
-        os_name=os_name,
-        required_grace_seconds=required,
-        force=force,
-        findings_before=before,
-        decisions=tuple(sorted(decisions)),
-    )
-    after = assess(apply_to_workload(workload, result), expectations)
-    return Plan(**{**result.__dict__, "findings_after": after})
+    return _Decided(settings, decisions, kept_waits, force)
 
 
 def _hook(
-    e: Expectation, delay: int, native_signal: bool, capabilities: Capabilities
+    e: Expectation, delay: int, wait: int, native_signal: bool, capabilities: Capabilities
 ) -> dict[str, Any] | None:
     if e.signal is not None and not native_signal:
-        return hooks.signal_and_wait(delay, e.signal, e.drain_seconds)
+        return hooks.signal_and_wait(delay, e.signal, wait)
     if delay == 0:
         return None
     return hooks.native_sleep(delay) if capabilities.native_sleep else hooks.exec_sleep(delay)
@@ -219,14 +265,19 @@ def _equivalent_current(container: ContainerView, desired: dict[str, Any] | None
     if desired is None or current.kind is PreStopKind.NONE:
         return desired
     now, wanted = hooks.analyze(current), hooks.analyze(PreStop.from_api({"preStop": desired}))
-    same = (now.delay_seconds, now.signal, now.waits_for_exit) == (
-        wanted.delay_seconds, wanted.signal, wanted.waits_for_exit
+    same = (now.delay_seconds, now.signal, now.waits_for_exit, now.wait_limit) == (
+        wanted.delay_seconds, wanted.signal, wanted.waits_for_exit, wanted.wait_limit
     )  # fmt: skip
     return current.raw if (same and now.podgrace_form) or (same and current.raw == desired) else desired
 
 
 def _replacement(
-    container: ContainerView, e: Expectation, delay: int, native_signal: bool, capabilities: Capabilities
+    container: ContainerView,
+    e: Expectation,
+    delay: int,
+    wait: int,
+    native_signal: bool,
+    capabilities: Capabilities,
 ) -> dict[str, Any] | None:
     """podgrace's hook in the user's handler type, or None when it cannot take the user's hook over.
 
@@ -238,7 +289,7 @@ def _replacement(
     if delay == 0 and not needs_signal_hook:
         return None
     if container.pre_stop.kind is PreStopKind.EXEC:
-        return hooks.signal_and_wait(delay, e.signal, e.drain_seconds) if needs_signal_hook and e.signal \
+        return hooks.signal_and_wait(delay, e.signal, wait) if needs_signal_hook and e.signal \
             else hooks.exec_sleep(delay)  # fmt: skip
     if container.pre_stop.kind is PreStopKind.SLEEP and not needs_signal_hook and capabilities.native_sleep:
         return hooks.native_sleep(delay)

@@ -119,11 +119,13 @@ ANALYZE = [
     # podgrace's own hooks
     pytest.param(hooks.exec_sleep(5), E(5, None, False, False, True), id="podgrace-exec-sleep"),
     pytest.param(
-        hooks.signal_and_wait(35, Signal.SIGQUIT, 30), E(35, "SIGQUIT", True, False, True), id="podgrace-quit"
+        hooks.signal_and_wait(35, Signal.SIGQUIT, 30),
+        E(35, "SIGQUIT", True, False, True, 30),
+        id="podgrace-quit",
     ),
     pytest.param(
         hooks.signal_and_wait(0, Signal.SIGWINCH, 30),
-        E(0, "SIGWINCH", True, False, True),
+        E(0, "SIGWINCH", True, False, True, 30),
         id="podgrace-winch-0",
     ),
 ]

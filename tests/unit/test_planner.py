@@ -40,6 +40,8 @@ def test_capability_matrix_is_what_the_tables_assume() -> None:
 
 
 def signal_wait(delay: int, signal: str, wait: int) -> dict[str, Any]:
+    """podgrace's fallback hook; `wait` = max(drain, grace - delay - 2): it holds the kubelet's own stop
+    signal back until 2 s before the grace period ends."""
     script = (
         f"{HOOK_MARKER}\n"
         f"sleep {delay}\n"
@@ -75,20 +77,20 @@ PODS: dict[str, list[dict[str, Any]]] = {
 #   os: spec.os.name podgrace owns; grace: terminationGracePeriodSeconds; required: grace without margin
 MATRIX = [
     # nginx: SIGQUIT; 5s propagation, 30s drain -> grace 5 + 30 + 5
-    ("nginx", "1.29", {"nginx": (signal_wait(5, "QUIT", 30), None)}, None, 40, 35),
-    ("nginx", "1.34", {"nginx": (signal_wait(5, "QUIT", 30), None)}, None, 40, 35),
+    ("nginx", "1.29", {"nginx": (signal_wait(5, "QUIT", 33), None)}, None, 40, 35),
+    ("nginx", "1.34", {"nginx": (signal_wait(5, "QUIT", 33), None)}, None, 40, 35),
     ("nginx", "1.34+gate", {"nginx": (native(5), "SIGQUIT")}, "linux", 40, 35),
     ("nginx", "1.35+gate", {"nginx": (native(5), "SIGQUIT")}, "linux", 40, 35),
     # php-fpm alone: signalled only after its propagation + its longest request (5 + 30)
-    ("php-fpm", "1.29", {"app": (signal_wait(35, "QUIT", 30), None)}, None, 70, 65),
-    ("php-fpm", "1.34", {"app": (signal_wait(35, "QUIT", 30), None)}, None, 70, 65),
+    ("php-fpm", "1.29", {"app": (signal_wait(35, "QUIT", 33), None)}, None, 70, 65),
+    ("php-fpm", "1.34", {"app": (signal_wait(35, "QUIT", 33), None)}, None, 70, 65),
     ("php-fpm", "1.34+gate", {"app": (native(35), "SIGQUIT")}, "linux", 70, 65),
     ("php-fpm", "1.35+gate", {"app": (native(35), "SIGQUIT")}, "linux", 70, 65),
     # nginx in front of php-fpm: php-fpm waits nginx's sleep + nginx's drain (5 + 30)
     (
         "nginx-php-fpm",
         "1.29",
-        {"nginx": (signal_wait(5, "QUIT", 30), None), "php-fpm": (signal_wait(35, "QUIT", 30), None)},
+        {"nginx": (signal_wait(5, "QUIT", 63), None), "php-fpm": (signal_wait(35, "QUIT", 33), None)},
         None,
         70,
         65,
@@ -96,7 +98,7 @@ MATRIX = [
     (
         "nginx-php-fpm",
         "1.34",
-        {"nginx": (signal_wait(5, "QUIT", 30), None), "php-fpm": (signal_wait(35, "QUIT", 30), None)},
+        {"nginx": (signal_wait(5, "QUIT", 63), None), "php-fpm": (signal_wait(35, "QUIT", 33), None)},
         None,
         70,
         65,
@@ -118,8 +120,8 @@ MATRIX = [
         65,
     ),
     # Apache: SIGWINCH (graceful-stop)
-    ("apache", "1.29", {"web": (signal_wait(5, "WINCH", 30), None)}, None, 40, 35),
-    ("apache", "1.34", {"web": (signal_wait(5, "WINCH", 30), None)}, None, 40, 35),
+    ("apache", "1.29", {"web": (signal_wait(5, "WINCH", 33), None)}, None, 40, 35),
+    ("apache", "1.34", {"web": (signal_wait(5, "WINCH", 33), None)}, None, 40, 35),
     ("apache", "1.34+gate", {"web": (native(5), "SIGWINCH")}, "linux", 40, 35),
     ("apache", "1.35+gate", {"web": (native(5), "SIGWINCH")}, "linux", 40, 35),
     # generic web server: a sleep only, never a signal (so never spec.os either)
@@ -457,7 +459,7 @@ def test_user_hook_replaced_file_mode(
     )
     result = planner.plan(w, builtin_profiles, CAPS[caps])
     (settings,) = result.containers
-    assert settings.pre_stop == signal_wait(5, "QUIT", 30)
+    assert settings.pre_stop == signal_wait(5, "QUIT", 33)
     assert result.force is True
     assert result.decisions == ()
     assert result.findings_after == ()
@@ -478,7 +480,7 @@ def test_replace_policy_from_the_profile(
     w = workload(container("nginx", "nginx:1.27", pre_stop=NGINX_QUIT), profile="nginx-replace")
     result = planner.plan(w, known, CAPS["1.34"])
     assert result.force is True
-    assert result.containers[0].pre_stop == signal_wait(5, "QUIT", 30)
+    assert result.containers[0].pre_stop == signal_wait(5, "QUIT", 33)
     # ... and the annotation wins over the profile
     w_keep = w.model_copy(update={"annotations": {**w.annotations, ANN_EXISTING_PRESTOP: "keep"}})
     kept = planner.plan(w_keep, known, CAPS["1.34"])
@@ -514,7 +516,7 @@ def test_user_hook_replaced_cluster_mode_without_gate(
     result = planner.plan(w, builtin_profiles, CAPS["1.34"])
     assert result.force is True
     # an exec form takes over the user's exec.command: the object keeps a single handler
-    assert result.containers[0].pre_stop == signal_wait(5, "QUIT", 30)
+    assert result.containers[0].pre_stop == signal_wait(5, "QUIT", 33)
 
 
 def test_replacing_a_users_exec_hook_keeps_one_handler_type(
@@ -603,7 +605,7 @@ def test_podgraces_own_exec_hook_is_recognised_by_its_marker(
     old = signal_wait(3, "QUIT", 10)
     w = workload(container("nginx", "nginx:1.27", pre_stop=old), profile="nginx")
     result = planner.plan(w, builtin_profiles, CAPS[caps])
-    assert result.containers[0].pre_stop == signal_wait(5, "QUIT", 30)
+    assert result.containers[0].pre_stop == signal_wait(5, "QUIT", 33)
     assert result.force is False
     assert result.decisions == ()
 
@@ -687,7 +689,7 @@ def test_user_stop_signal_is_kept_and_podgrace_signals_from_its_hook(
     result = planner.plan(w, builtin_profiles, CAPS["1.34+gate"])
     (settings,) = result.containers
     assert settings.stop_signal is None
-    assert settings.pre_stop == signal_wait(5, "QUIT", 30)  # the graceful stop comes from the hook instead
+    assert settings.pre_stop == signal_wait(5, "QUIT", 33)  # the graceful stop comes from the hook instead
     assert result.os_name is None
     assert [(d.code, d.container) for d in result.decisions] == [(Code.STOP_SIGNAL_KEPT, "nginx")]
     assert result.findings_after == ()
