@@ -14,7 +14,9 @@ from pathlib import Path
 
 from bench.scale import ROOT
 from bench.scale.report import table
-from bench.scale.scenario import PHASES, Bench, Params, log
+from bench.scale.snapshot import snapshot_operator
+
+PHASES = ("sync", "restart", "churn", "fanout", "floor")
 
 
 def _interrupt(signum: int, _frame: object) -> None:
@@ -53,6 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(phases) - set(PHASES)
     if unknown:
         ap.error(f"unknown phase(s): {', '.join(sorted(unknown))}")
+    snapshot_operator(args.out)  # before podgrace is imported here: the floor uses the same planner
+    from bench.scale.scenario import Bench, Params, log
+
     results = []
     for size in (int(s) for s in args.sizes.split(",") if s.strip()):
         params = Params(

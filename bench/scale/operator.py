@@ -92,7 +92,7 @@ class BenchOperator(OperatorProcess):
         if spy is None:
             raise RuntimeError("py-spy is not installed (pip install py-spy)")
         self._spy = subprocess.Popen(
-            [spy, "record", "--pid", str(self.pid), "--rate", str(rate), "--format", "speedscope",
+            [spy, "record", "--pid", str(self.pid), "--rate", str(rate), "--format", "raw",
              "--output", str(out), "--nonblocking"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
         )  # fmt: skip

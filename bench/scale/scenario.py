@@ -33,6 +33,7 @@ from bench.scale import floor as floor_mod
 from bench.scale.audit import AuditTail, Request, policy
 from bench.scale.client import MERGE, Client
 from bench.scale.operator import BenchOperator
+from bench.scale.snapshot import snapshot_operator
 from bench.scale.workload import (
     DEFAULT_PROFILE,
     FANOUT_PROFILE,
@@ -87,6 +88,7 @@ class Params:
     kcm_qps: int = 200  # the controller-manager's --kube-api-qps (0: its default, 20)
     keep: bool = False  # keep the cluster's workdir (logs, audit log)
     binaries: Path | None = None  # tests/cluster/build.sh's bin dir (default: build or find it)
+    snapshot: bool = True  # run podgrace from a copy of operator/ (see snapshot.py); False: as installed
 
 
 def log(msg: str) -> None:
@@ -168,13 +170,15 @@ class Bench:
         op = BenchOperator(self.cluster, *args)
         op.start()
         if self.p.profile:
-            op.start_profile(self.out / f"pyspy-{self.p.size}-{label}.speedscope.json")
+            op.start_profile(self.out / f"pyspy-{self.p.size}-{label}.folded.txt")
         self.op = op
         return op
 
     # ---- phases
 
     def setup(self) -> None:
+        if self.p.snapshot:
+            self.result["operator_code"] = snapshot_operator(self.out)
         policy_file = self.out / "audit-policy.yaml"
         policy_file.write_text(policy([OPERATOR_USER, ADMIN_USER]))
         self.cluster = ScaleCluster(
@@ -297,7 +301,7 @@ class Bench:
         mark = self.audit.mark()
         cpu_before = self.op.stats()["cpu_s"]
         if self.p.profile:
-            self.op.start_profile(self.out / f"pyspy-{self.p.size}-churn.speedscope.json")
+            self.op.start_profile(self.out / f"pyspy-{self.p.size}-churn.folded.txt")
 
         async def drive(client: Client) -> list[int]:
             started = time.monotonic()
@@ -362,7 +366,7 @@ class Bench:
         containers[0]["drainSeconds"] = int(containers[0].get("drainSeconds", 30)) + 1
         mark = self.audit.mark()
         if self.p.profile:
-            self.op.start_profile(self.out / f"pyspy-{self.p.size}-fanout.speedscope.json")
+            self.op.start_profile(self.out / f"pyspy-{self.p.size}-fanout.folded.txt")
         self.run_async(
             lambda c: c.ok(
                 "PATCH",

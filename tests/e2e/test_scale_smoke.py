@@ -31,6 +31,7 @@ def test_scale_smoke(cluster_bin_dir: Path, tmp_path: Path) -> None:
         churn_seconds=5.0,
         phases=("sync", "restart", "churn", "fanout"),
         binaries=cluster_bin_dir,
+        snapshot=False,  # the code under test, as installed
     )
     result = Bench(params, tmp_path).run()
     print("\n" + table([result]) + "\n" + json.dumps(result, indent=1, default=str))
