@@ -1,0 +1,47 @@
+"""CI's short form of the termination lab: one original/podgrace pair per built-in profile (podgrace in both
+capability modes), with real nginx, php-fpm, Apache and HAProxy. Fails if podgrace's output drops a request
+or if an original drops none (then the lab would prove nothing). About 2 minutes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+pytestmark = [
+    pytest.mark.lab,
+    pytest.mark.slow,
+    pytest.mark.skipif(os.geteuid() != 0, reason="namespaces need root"),
+    pytest.mark.skipif(
+        not all(
+            shutil.which(b) or Path(f"/usr/sbin/{b}").exists() for b in ("nginx", "haproxy", "php-fpm8.2")
+        ),
+        reason="run bench/termination/install.sh",
+    ),
+]
+
+
+def test_short_matrix(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.termination", "matrix", "--short", "--out", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    print(result.stdout[-4000:])
+    summary = json.loads((tmp_path / "short" / "matrix.json").read_text())
+    scenarios = summary["scenarios"]
+    profiles = {s["profile"] for s in scenarios}
+    assert profiles == {"nginx", "php-fpm", "nginx-php-fpm", "apache", "web"}
+    originals = [s for s in scenarios if s["mode"] == "original"]
+    rendered = [s for s in scenarios if s["mode"] != "original"]
+    assert {s["mode"] for s in rendered} == {"native", "fallback"}
+    assert all(s["failed"] > 0 for s in originals), [(s["id"], s["failed"]) for s in originals]
+    assert all(s["failed"] == 0 for s in rendered), [(s["id"], s["failed"], s["counts"]) for s in rendered]
+    assert all(s["total"] > 0 for s in scenarios)
+    assert result.returncode == 0, result.stderr[-2000:]
