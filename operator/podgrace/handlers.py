@@ -7,7 +7,6 @@ from typing import Any
 
 import kopf
 
-from podgrace import overrides
 from podgrace.constants import GROUP, PROFILE_PLURAL, VERSION
 from podgrace.runtime import current
 
@@ -21,11 +20,9 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.posting.enabled = False
     # The CRD is installed by the chart before the operator; no need to watch CRDs or namespaces.
     settings.scanning.disabled = True
-    # No limit on Kopf's per-object workers: with an index (workloads_by_profile), each worker waits after
-    # indexing its object until every object is indexed, so a limit below the number of Deployments
-    # deadlocks the start (kopf#1243; seen at 100 Deployments with the limit at 20: no reconcile in 10 min).
-    # A worker is a small task; what must be bounded is the API traffic, and the reconciler bounds that
-    # (`--workers` concurrent reconciles).
+    # No limit on Kopf's per-object workers: a worker is a small task; what must be bounded is the API
+    # traffic, and the reconciler bounds that (`--workers` concurrent reconciles). (With a Kopf index a
+    # limit below the number of objects also deadlocks the start, kopf#1243; podgrace indexes itself.)
     settings.queueing.worker_limit = None
     settings.watching.connect_timeout = 30
     settings.watching.server_timeout = 600
@@ -43,35 +40,23 @@ def login(**_: Any) -> kopf.ConnectionInfo:
     return current().connection
 
 
-@kopf.index("apps", "v1", "deployments")
-def workloads_by_profile(body: kopf.Body, **_: Any) -> dict[str, tuple[str, str]] | None:
-    profile = (body.metadata.annotations or {}).get("podgrace.dev/profile")
-    if not profile:
-        return None
-    return {profile.strip(): (str(body.metadata.namespace), str(body.metadata.name))}
-
-
 @kopf.on.event("apps", "v1", "deployments")
-async def deployment_event(type: str, body: kopf.Body, **kwargs: Any) -> None:
+async def deployment_event(type: str, body: kopf.Body, **_: Any) -> None:
     runtime = current()
-    runtime.index = kwargs["workloads_by_profile"]
     reconciler = runtime.reconciler
     assert reconciler is not None
-    key = f"{body.metadata.namespace}/{body.metadata.name}"
-    before = reconciler.metrics.profile_of(key)
+    namespace, name = str(body.metadata.namespace), str(body.metadata.name)
     if type == "DELETED":
+        runtime.forget_deployment(namespace, name)
         reconciler.forget_deployment(body)
     else:
+        runtime.observe_deployment(namespace, name, body.metadata.annotations)
         await reconciler.reconcile_deployment(body)
-    after = overrides.parse(dict(body.metadata.annotations or {})).profile if type != "DELETED" else None
-    if before != after:
-        runtime.dirty_profiles.update(p for p in (before, after) if p)
 
 
 @kopf.on.event(GROUP, VERSION, PROFILE_PLURAL)
-async def profile_event(type: str, body: kopf.Body, **kwargs: Any) -> None:
+async def profile_event(type: str, body: kopf.Body, **_: Any) -> None:
     runtime = current()
-    runtime.index = kwargs["workloads_by_profile"]
     reconciler = runtime.reconciler
     assert reconciler is not None
     name = str(body.metadata.name)

@@ -17,6 +17,7 @@ from podgrace.constants import FIELD_MANAGER, GROUP, PROFILE_PLURAL, VERSION
 
 APPLY = "application/apply-patch+yaml"
 MERGE = "application/merge-patch+json"
+PARTIAL_METADATA_LIST = "application/json;as=PartialObjectMetadataList;v=v1;g=meta.k8s.io,application/json"
 
 
 class ApiError(Exception):
@@ -71,11 +72,14 @@ class KubeClient:
         params: dict[str, str] | None = None,
         body: Any = None,
         content_type: str | None = None,
+        accept: str | None = None,
     ) -> dict[str, Any]:
         url = self._server + path
         if params:
             url += "?" + urllib.parse.urlencode(params)
         headers = {"Content-Type": content_type} if content_type else {}
+        if accept:
+            headers["Accept"] = accept
         data = json.dumps(body) if body is not None else None
         async with self._client().request(method, url, data=data, headers=headers) as response:
             text = await response.text()
@@ -137,6 +141,27 @@ class KubeClient:
         result = await self._request("GET", f"/apis/{GROUP}/{VERSION}/{PROFILE_PLURAL}")
         items: list[dict[str, Any]] = result.get("items") or []
         return items
+
+    async def list_deployment_annotations(
+        self, namespaces: list[str], *, page: int = 500
+    ) -> list[tuple[str, str, dict[str, str]]]:
+        """(namespace, name, annotations) of every Deployment, cluster-wide or in these namespaces: read as
+        metadata only and in pages, so a few hundred kilobytes are in flight rather than whole objects."""
+        paths = [f"/apis/apps/v1/namespaces/{ns}/deployments" for ns in namespaces]
+        found: list[tuple[str, str, dict[str, str]]] = []
+        for path in paths or ["/apis/apps/v1/deployments"]:
+            params = {"limit": str(page)}
+            while True:
+                result = await self._request("GET", path, params=params, accept=PARTIAL_METADATA_LIST)
+                for item in result.get("items") or []:
+                    meta = item.get("metadata") or {}
+                    namespace, name = str(meta.get("namespace")), str(meta.get("name"))
+                    found.append((namespace, name, meta.get("annotations") or {}))
+                token = (result.get("metadata") or {}).get("continue")
+                if not token:
+                    break
+                params["continue"] = token
+        return found
 
     async def list_events(self, namespace: str, field_selector: str) -> list[dict[str, Any]]:
         result = await self._request(
