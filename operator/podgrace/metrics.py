@@ -6,6 +6,7 @@ and profiles are the cluster's ShutdownProfiles (a handful).
 
 from __future__ import annotations
 
+import contextlib
 import platform
 from collections import Counter
 from collections.abc import Iterable
@@ -15,6 +16,10 @@ from prometheus_client import Counter as PromCounter
 
 from podgrace import __version__
 from podgrace.findings import RISKS, Code
+
+WRITE_KINDS = ("apply", "revert", "status", "event")
+# The reasons of the Warning Events podgrace posts (Code values that are not risks).
+WARNING_REASONS = frozenset(Code) - RISKS
 
 DEPLOYMENT = "deployment"
 PROFILE = "shutdownprofile"
@@ -78,6 +83,11 @@ class Metrics:
             self.reconcile_errors.labels(controller)
         for code in sorted(RISKS):
             self.at_risk.labels(code.value).set(0)
+        # Counters exist at 0 from the start, so the first increment after a start shows in increase().
+        for code in sorted(WARNING_REASONS):
+            self.warnings.labels(code.value)
+        for kind in WRITE_KINDS:
+            self.writes.labels(kind)
         self._workloads: dict[str, tuple[str | None, frozenset[Code]]] = {}
         self._profiles: Counter[str] = Counter()
         self._risks: Counter[Code] = Counter()
@@ -98,6 +108,12 @@ class Metrics:
     def profile_of(self, key: str) -> str | None:
         entry = self._workloads.get(key)
         return entry[0] if entry is not None else None
+
+    def forget_profile(self, name: str) -> None:
+        """A deleted ShutdownProfile's series go away rather than report a profile that is not there."""
+        for gauge in (self.profile_ready, self.managed):
+            with contextlib.suppress(KeyError):
+                gauge.remove(name)
 
     def forget_workload(self, key: str) -> None:
         before = self._workloads.pop(key, None)

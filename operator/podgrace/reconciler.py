@@ -31,6 +31,7 @@ from podgrace.workloads import ManifestError, from_object
 log = logging.getLogger(__name__)
 
 TRANSIENT_RETRIES = 3
+REQUEUE_DELAY = 5.0  # seconds before a conflicted apply is planned again on a fresh read
 
 
 class Result(StrEnum):
@@ -39,6 +40,7 @@ class Result(StrEnum):
     UNCHANGED = "unchanged"
     INVALID = "invalid"
     FAILED = "failed"
+    REQUEUE = "requeue"
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,9 @@ class Reconciler:
         # (uid, generation) each Deployment had after podgrace's last write: a watch event from before
         # that write is stale and must not trigger the same apply again.
         self._written: dict[str, tuple[str, int]] = {}
+        self._requeued: set[tuple[str, str]] = set()
+        self._background: set[asyncio.Task[None]] = set()
+        self.requeue_delay = REQUEUE_DELAY
 
     # --- Deployments -------------------------------------------------------------------------------
 
@@ -88,9 +93,8 @@ class Reconciler:
             return outcome
         finally:
             self.metrics.reconcile_time.labels(DEPLOYMENT).observe(time.monotonic() - started)
-            self.metrics.reconcile_total.labels(
-                DEPLOYMENT, "error" if result is Result.FAILED else "success"
-            ).inc()
+            label = {Result.FAILED: "error", Result.REQUEUE: "requeue"}.get(result, "success")
+            self.metrics.reconcile_total.labels(DEPLOYMENT, label).inc()
             if result is Result.FAILED:
                 self.metrics.reconcile_errors.labels(DEPLOYMENT).inc()
 
@@ -110,14 +114,14 @@ class Reconciler:
         if invalid_profile is not None:
             message = f"ShutdownProfile {profile_name} is not valid: {invalid_profile}"
             await self.events.post(body, WARNING, Code.INVALID_PROFILE.value, message)
-            self.metrics.observe_workload(key, profile_name, ())
+            self.metrics.observe_workload(key, None, ())
             return ReconcileOutcome(Result.INVALID)
         capabilities = await self._with_retries(lambda: self.capabilities.get(body))
         result = plan(workload, self.store.valid(), capabilities)
         if result.outcome is Outcome.INVALID:
             for finding in result.errors:
                 await self.events.post(body, WARNING, finding.code.value, finding.message)
-            self.metrics.observe_workload(key, result.profile, ())
+            self.metrics.observe_workload(key, None, ())  # refused: not managed, and no user-made label value
             return ReconcileOutcome(Result.INVALID, result)
         risks = result.findings_before if result.outcome is not Outcome.MANAGED else result.findings_after
         managed_profile = result.profile if result.outcome is not Outcome.NOT_OPTED_IN else None
@@ -132,11 +136,14 @@ class Reconciler:
                 lambda: self.api.apply_deployment(namespace, name, desired, force=result.force)
             )
         except ApiError as apply_error:
-            if apply_error.status in (404, 409):
-                # 404: deleted meanwhile. 409: a field podgrace wants changed owner since this event;
-                # the watch brings the newer object and the next reconcile plans against it.
-                log.info("apply to %s deferred: %s", key, apply_error)
-                return ReconcileOutcome(Result.UNCHANGED, result)
+            if apply_error.status == 404:
+                return ReconcileOutcome(Result.UNCHANGED, result)  # deleted meanwhile
+            if apply_error.status == 409:
+                # A field podgrace wants changed owner after this event was sent: plan again on a fresh
+                # read a little later (never force a field another manager holds).
+                log.info("apply to %s conflicted, requeued: %s", key, apply_error)
+                self._requeue(namespace, name)
+                return ReconcileOutcome(Result.REQUEUE, result)
             await self.events.post(
                 body, WARNING, Code.APPLY_FAILED.value, f"podgrace's apply was rejected: {apply_error}"
             )
@@ -216,6 +223,20 @@ class Reconciler:
             await self._with_retries(lambda: self.api.patch_profile_status(name, status))
             self.metrics.writes.labels("status").inc()
 
+    def _requeue(self, namespace: str, name: str) -> None:
+        if (namespace, name) in self._requeued:
+            return
+        self._requeued.add((namespace, name))
+
+        async def later() -> None:
+            await asyncio.sleep(self.requeue_delay)
+            self._requeued.discard((namespace, name))
+            await self._refresh(namespace, name)
+
+        task = asyncio.create_task(later())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
     async def _refresh(self, namespace: str, name: str) -> None:
         async with self._fanout:
             body = await self._with_retries(lambda: self.api.get_deployment(namespace, name))
@@ -224,7 +245,7 @@ class Reconciler:
 
     def forget_profile(self, name: str) -> None:
         self.store.remove(name)
-        self.metrics.profile_ready.labels(name).set(0)
+        self.metrics.forget_profile(name)
 
 
 def summary(result: Plan) -> str:

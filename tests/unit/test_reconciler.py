@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
 from typing import Any
 
@@ -244,10 +245,12 @@ async def test_transient_errors_are_retried() -> None:
 async def test_conflict_is_deferred_not_forced() -> None:
     api = FakeApi()
     reconciler = make(api, version=(1, 29))
+    reconciler.requeue_delay = 60
     api.fail_next = [ApiError(409, "Conflict", "owned by argocd")]
     outcome = await reconciler.reconcile_deployment(api.create(deployment()))
-    assert outcome.result is Result.UNCHANGED
+    assert outcome.result is Result.REQUEUE
     assert api.writes() == []
+    assert not any(a[3] for a in api.applies)  # never forced
 
 
 async def test_metrics_count_managed_and_at_risk_workloads() -> None:
@@ -306,3 +309,50 @@ async def test_a_watch_event_older_than_podgraces_write_is_skipped() -> None:
     # The watch can still deliver an event from before podgrace's write (e.g. a status update).
     assert (await reconciler.reconcile_deployment(stale)).result is Result.UNCHANGED
     assert len(api.writes()) == 1
+
+
+async def test_refused_deployments_add_no_profile_label() -> None:
+    api = FakeApi()
+    reconciler = make(api)
+    await reconciler.reconcile_deployment(
+        api.create(deployment(annotations={"podgrace.dev/profile": "typo"}))
+    )
+    registry = reconciler.metrics.registry
+    assert registry.get_sample_value("podgrace_managed_workloads", {"profile": "typo"}) is None
+
+
+async def test_deleted_profile_series_go_away() -> None:
+    api = FakeApi()
+    reconciler = make(api)
+    body = builtin_bodies()[0]
+    await reconciler.reconcile_profile(body, [])
+    registry = reconciler.metrics.registry
+    assert registry.get_sample_value("podgrace_profile_ready", {"profile": body["metadata"]["name"]}) == 1
+    reconciler.forget_profile(body["metadata"]["name"])
+    assert registry.get_sample_value("podgrace_profile_ready", {"profile": body["metadata"]["name"]}) is None
+
+
+def test_counters_start_at_zero_for_every_reason_and_kind() -> None:
+    metrics = Metrics(CollectorRegistry())
+    for reason in ("InvalidAnnotation", "UnknownProfile", "UserHookKept", "ApplyFailed"):
+        assert metrics.registry.get_sample_value("podgrace_warnings_total", {"reason": reason}) == 0
+    for kind in ("apply", "revert", "status", "event"):
+        assert metrics.registry.get_sample_value("podgrace_writes_total", {"kind": kind}) == 0
+
+
+async def test_conflict_is_requeued_and_planned_again() -> None:
+    api = FakeApi()
+    reconciler = make(api, version=(1, 29))
+    reconciler.requeue_delay = 0.05
+    api.fail_next = [ApiError(409, "Conflict", "owned by argocd")]
+    outcome = await reconciler.reconcile_deployment(api.create(deployment()))
+    assert outcome.result is Result.REQUEUE
+    registry = reconciler.metrics.registry
+    assert (
+        registry.get_sample_value(
+            "podgrace_reconcile_total", {"controller": "deployment", "result": "requeue"}
+        )
+        == 1
+    )
+    await asyncio.sleep(0.3)
+    assert len(api.writes()) == 1  # the requeued reconcile applied on a fresh read
