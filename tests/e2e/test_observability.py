@@ -504,7 +504,7 @@ PANELS: dict[tuple[str, str], Callable[[Result], None]] = {
     ("Operator up", "A"): scalar(lambda v: v == 1, "1"),
     ("Version", "A"): version,
     ("Managed workloads", "A"): scalar(lambda v: v >= 4, "≥ 4 (shop, blog, api, cms)"),
-    ("Workloads at risk", "A"): scalar(lambda v: v >= 2, "≥ 2 (legacy, legacy-2)"),
+    ("At-risk findings", "A"): scalar(lambda v: v >= 2, "≥ 2 (legacy, legacy-2)"),
     ("Profiles not Ready", "A"): scalar(lambda v: v >= 1, "≥ 1 (obs-cycle)"),
     ("Reconcile errors (1h)", "A"): scalar(lambda v: v > 0, "> 0"),
     ("Reconcile rate by result", "A"): reconcile_results,
