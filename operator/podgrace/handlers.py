@@ -24,6 +24,8 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     # traffic, and the reconciler bounds that (`--workers` concurrent reconciles). (With a Kopf index a
     # limit below the number of objects also deadlocks the start, kopf#1243; podgrace indexes itself.)
     settings.queueing.worker_limit = None
+    # List Deployments in pages: the whole list of 5,000 is ~25 MB of JSON and ~100 MB parsed, at once.
+    settings.watching.chunk_size = 500
     settings.watching.connect_timeout = 30
     settings.watching.server_timeout = 600
     settings.networking.request_timeout = 60
@@ -42,16 +44,7 @@ def login(**_: Any) -> kopf.ConnectionInfo:
 
 @kopf.on.event("apps", "v1", "deployments")
 async def deployment_event(type: str, body: kopf.Body, **_: Any) -> None:
-    runtime = current()
-    reconciler = runtime.reconciler
-    assert reconciler is not None
-    namespace, name = str(body.metadata.namespace), str(body.metadata.name)
-    if type == "DELETED":
-        runtime.forget_deployment(namespace, name)
-        reconciler.forget_deployment(body)
-    else:
-        runtime.observe_deployment(namespace, name, body.metadata.annotations)
-        await reconciler.reconcile_deployment(body)
+    await current().deployment_event(type, body)
 
 
 @kopf.on.event(GROUP, VERSION, PROFILE_PLURAL)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +32,98 @@ def profile_annotation(annotations: Mapping[str, Any] | None) -> str | None:
     return (str(value).strip() or None) if value else None
 
 
+def slim(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The parts of a Deployment the reconciler reads: identity, annotations, the spec managedFields, and
+    the pod template's containers (name, image, lifecycle), grace period and os. A Deployment waiting for a
+    reconcile slot is kept like this (about a third of the whole object: no status, no status-subresource
+    managedFields, no other spec), so a cold start over thousands of them holds no whole objects."""
+    metadata = body.get("metadata") or {}
+    spec = ((body.get("spec") or {}).get("template") or {}).get("spec") or {}
+    pod: dict[str, Any] = {
+        "containers": [
+            {k: c[k] for k in ("name", "image", "lifecycle") if k in c} if isinstance(c, Mapping) else c
+            for c in spec.get("containers") or []
+        ]
+    }
+    for name in ("terminationGracePeriodSeconds", "os"):
+        if name in spec:
+            pod[name] = spec[name]
+    meta = {
+        k: metadata[k] for k in ("name", "namespace", "uid", "resourceVersion", "generation") if k in metadata
+    }
+    if "annotations" in metadata:
+        meta["annotations"] = metadata["annotations"]
+    if "managedFields" in metadata:
+        meta["managedFields"] = [
+            m
+            for m in metadata["managedFields"] or []
+            if not (isinstance(m, Mapping) and m.get("subresource"))
+        ]
+    return {
+        "apiVersion": body.get("apiVersion"),
+        "kind": body.get("kind"),
+        "metadata": meta,
+        "spec": {"template": {"spec": pod}},
+    }
+
+
+class DeploymentQueue:
+    """The latest event of each Deployment, reconciled by `workers` tasks, one Deployment at a time.
+
+    controller-runtime's work queue: a Kopf handler only records the event and returns, so Kopf's worker
+    for the object finishes at once instead of waiting for a reconcile slot with the whole object and its
+    stack of frames held (tens of kilobytes per Deployment, all of them during a cold start). Events of a
+    Deployment that arrive while it waits are coalesced: only the newest is reconciled. A Deployment is
+    never handled by two tasks at once, so events keep their order as under Kopf.
+    """
+
+    def __init__(self, handle: Callable[[Key, str, dict[str, Any]], Awaitable[None]], workers: int) -> None:
+        self._handle = handle
+        self._workers = max(1, workers)
+        self._latest: dict[Key, tuple[str, dict[str, Any]]] = {}
+        self._ready: asyncio.Queue[Key] = asyncio.Queue()
+        self._queued: set[Key] = set()
+        self._active: set[Key] = set()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._work(), name=f"reconcile-{i}") for i in range(self._workers)]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+
+    def put(self, key: Key, event_type: str, body: dict[str, Any]) -> None:
+        self._latest[key] = (event_type, body)
+        self._enqueue(key)
+
+    def _enqueue(self, key: Key) -> None:
+        if key not in self._queued and key not in self._active:
+            self._queued.add(key)
+            self._ready.put_nowait(key)
+
+    async def _work(self) -> None:
+        while True:
+            key = await self._ready.get()
+            self._queued.discard(key)
+            item = self._latest.pop(key, None)
+            if item is None:
+                continue
+            self._active.add(key)
+            try:
+                await self._handle(key, *item)
+            except Exception:  # as with a failing Kopf event handler: logged, the next event retries
+                log.exception("reconciling Deployment %s/%s failed", *key)
+            finally:
+                self._active.discard(key)
+                if key in self._latest:
+                    self._enqueue(key)
+
+
 @dataclass
 class Options:
     namespaces: list[str]
@@ -54,6 +146,7 @@ class Runtime:
     users: dict[str, set[Key]] = field(default_factory=dict)
     _profile_of: dict[Key, str] = field(default_factory=dict)
     _unconfirmed: set[Key] = field(default_factory=set)
+    queue: DeploymentQueue | None = None  # None until started: events are then handled inline
     _flusher: asyncio.Task[None] | None = None
     _census_expiry: asyncio.TimerHandle | None = None
 
@@ -69,6 +162,8 @@ class Runtime:
         self.reconciler = Reconciler(
             self.client, store, capabilities, events, self.metrics, concurrency=self.options.workers
         )
+        self.queue = DeploymentQueue(self._handle_deployment, self.options.workers)
+        self.queue.start()
         self._flusher = asyncio.create_task(self._flush_statuses())
         log.info("podgrace started: API server %s.%s, %d ShutdownProfiles", *version, len(store.names()))
 
@@ -120,7 +215,29 @@ class Runtime:
         if mark_dirty:
             self.dirty_profiles.update(p for p in (before, profile) if p)
 
+    async def deployment_event(self, event_type: str, body: Mapping[str, Any]) -> None:
+        """A Deployment event from Kopf: index it now, reconcile it (or forget it) through the queue."""
+        metadata = body.get("metadata") or {}
+        key = (str(metadata.get("namespace")), str(metadata.get("name")))
+        if event_type == "DELETED":
+            self.forget_deployment(*key)
+        else:
+            self.observe_deployment(*key, metadata.get("annotations"))
+        if self.queue is None:
+            await self._handle_deployment(key, event_type, body)
+        else:
+            self.queue.put(key, event_type, slim(body))
+
+    async def _handle_deployment(self, key: Key, event_type: str, body: Mapping[str, Any]) -> None:
+        assert self.reconciler is not None
+        if event_type == "DELETED":
+            self.reconciler.forget_deployment(body)
+        else:
+            await self.reconciler.reconcile_deployment(body)
+
     async def stop(self) -> None:
+        if self.queue is not None:
+            await self.queue.stop()
         if self._census_expiry is not None:
             self._census_expiry.cancel()
         if self._flusher is not None:
