@@ -13,6 +13,24 @@ from podgrace.runtime import current
 log = logging.getLogger(__name__)
 
 
+class NoDiffBase(kopf.DiffBaseStorage):
+    """podgrace has only event handlers: no Kopf change detection (on.create/update/resume), no daemons.
+
+    Kopf still builds an "essence" of every object on every event for those (a deep copy of the whole
+    body, then a diff against the stored one): 16 % of the operator's CPU in a cold start over 5,000
+    Deployments. Nothing reads it, so it is not built.
+    """
+
+    def build(self, *, body: kopf.Body, extra_fields: Any = None) -> kopf.BodyEssence:
+        return kopf.BodyEssence()
+
+    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
+        return None
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
+        pass
+
+
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     runtime = current()
@@ -20,6 +38,7 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.posting.enabled = False
     # The CRD is installed by the chart before the operator; no need to watch CRDs or namespaces.
     settings.scanning.disabled = True
+    settings.persistence.diffbase_storage = NoDiffBase()
     # No limit on Kopf's per-object workers: a worker is a small task; what must be bounded is the API
     # traffic, and the reconciler bounds that (`--workers` concurrent reconciles). (With a Kopf index a
     # limit below the number of objects also deadlocks the start, kopf#1243; podgrace indexes itself.)
