@@ -72,6 +72,7 @@ async def profile_event(type: str, body: kopf.Body, **_: Any) -> None:
     reconciler = runtime.reconciler
     assert reconciler is not None
     name = str(body.metadata.name)
+    runtime.profile_event(type, body)
     if type == "DELETED":
         runtime.profile_bodies.pop(name, None)
         reconciler.forget_profile(name)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -17,19 +19,46 @@ from podgrace.events import EventRecorder
 from podgrace.kube import KubeClient
 from podgrace.metrics import Metrics
 from podgrace.profile_store import ProfileStore
-from podgrace.reconciler import Reconciler
+from podgrace.reconciler import Reconciler, Result
 
 log = logging.getLogger(__name__)
 Key = tuple[str, str]  # (namespace, name)
+
+
+@dataclass(frozen=True)
+class Item:
+    """A Deployment event waiting in the queue."""
+
+    event_type: str
+    body: Mapping[str, Any]
+    signature: bytes = b""
+
+
 # How long Kopf's listing has to confirm a Deployment seen by the start-up census (it normally takes
 # well under a second: every listed object reaches the handler before it waits for a reconcile slot).
 CENSUS_CONFIRMATION = 120.0
+SETTLED = frozenset({Result.APPLIED, Result.REVERTED, Result.UNCHANGED})
 
 
 def profile_annotation(annotations: Mapping[str, Any] | None) -> str | None:
     """The profile a Deployment names (as Kopf's index keyed it before: stripped, empty is none)."""
     value = (annotations or {}).get(ANN_PROFILE)
     return (str(value).strip() or None) if value else None
+
+
+def signature(body: Mapping[str, Any]) -> bytes:
+    """What a reconcile of this Deployment depends on, hashed: uid, generation (every spec change bumps
+    it), annotations, and the managedFields of the object itself (not of its status: the
+    controller-manager's status updates change only those and resourceVersion)."""
+    metadata = body.get("metadata") or {}
+    fields = [
+        (m.get("manager"), m.get("operation"), m.get("apiVersion"), m.get("fieldsV1"))
+        for m in metadata.get("managedFields") or []
+        if isinstance(m, Mapping) and not m.get("subresource")
+    ]
+    data = [metadata.get("uid"), metadata.get("generation"), metadata.get("annotations"), fields]
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.blake2b(text.encode(), digest_size=16).digest()
 
 
 def slim(body: Mapping[str, Any]) -> dict[str, Any]:
@@ -77,10 +106,10 @@ class DeploymentQueue:
     never handled by two tasks at once, so events keep their order as under Kopf.
     """
 
-    def __init__(self, handle: Callable[[Key, str, dict[str, Any]], Awaitable[None]], workers: int) -> None:
+    def __init__(self, handle: Callable[[Key, Item], Awaitable[None]], workers: int) -> None:
         self._handle = handle
         self._workers = max(1, workers)
-        self._latest: dict[Key, tuple[str, dict[str, Any]]] = {}
+        self._latest: dict[Key, Item] = {}
         self._ready: asyncio.Queue[Key] = asyncio.Queue()
         self._queued: set[Key] = set()
         self._active: set[Key] = set()
@@ -97,8 +126,8 @@ class DeploymentQueue:
                 await task
         self._tasks = []
 
-    def put(self, key: Key, event_type: str, body: dict[str, Any]) -> None:
-        self._latest[key] = (event_type, body)
+    def put(self, key: Key, item: Item) -> None:
+        self._latest[key] = item
         self._enqueue(key)
 
     def _enqueue(self, key: Key) -> None:
@@ -115,7 +144,7 @@ class DeploymentQueue:
                 continue
             self._active.add(key)
             try:
-                await self._handle(key, *item)
+                await self._handle(key, item)
             except Exception:  # as with a failing Kopf event handler: logged, the next event retries
                 log.exception("reconciling Deployment %s/%s failed", *key)
             finally:
@@ -147,6 +176,12 @@ class Runtime:
     _profile_of: dict[Key, str] = field(default_factory=dict)
     _unconfirmed: set[Key] = field(default_factory=set)
     queue: DeploymentQueue | None = None  # None until started: events are then handled inline
+    # Deployments whose last reconcile had nothing to report (no Warning, nothing failed), with the
+    # signature of what it saw and the profiles' version then: an event with the same signature (a
+    # status update) would plan the same, find the same no-op, and is not reconciled again.
+    _settled: dict[Key, tuple[bytes, int]] = field(default_factory=dict)
+    profiles_version: int = 0  # bumped when a ShutdownProfile's spec changes or it is deleted
+    _profile_generations: dict[str, Any] = field(default_factory=dict)
     _flusher: asyncio.Task[None] | None = None
     _census_expiry: asyncio.TimerHandle | None = None
 
@@ -156,6 +191,7 @@ class Runtime:
         store = ProfileStore()
         for body in await self.client.list_profiles():
             store.upsert(body)
+            self._profile_generations[str(body["metadata"]["name"])] = body["metadata"].get("generation")
         await self._census()
         capabilities = CapabilityCache(self.client, version, stop_signal_override=self.options.stop_signals)
         events = EventRecorder(self.client, self.metrics)
@@ -221,19 +257,41 @@ class Runtime:
         key = (str(metadata.get("namespace")), str(metadata.get("name")))
         if event_type == "DELETED":
             self.forget_deployment(*key)
+            self._settled.pop(key, None)
         else:
             self.observe_deployment(*key, metadata.get("annotations"))
         if self.queue is None:
-            await self._handle_deployment(key, event_type, body)
-        else:
-            self.queue.put(key, event_type, slim(body))
+            await self._handle_deployment(key, Item(event_type, body))
+            return
+        sig = signature(body) if event_type != "DELETED" else b""
+        if sig and self._settled.get(key) == (sig, self.profiles_version):
+            return  # e.g. the controller-manager's status updates after a rollout
+        self.queue.put(key, Item(event_type, slim(body), sig))
 
-    async def _handle_deployment(self, key: Key, event_type: str, body: Mapping[str, Any]) -> None:
+    async def _handle_deployment(self, key: Key, item: Item) -> None:
         assert self.reconciler is not None
-        if event_type == "DELETED":
-            self.reconciler.forget_deployment(body)
+        if item.event_type == "DELETED":
+            self.reconciler.forget_deployment(item.body)
+            return
+        version = self.profiles_version
+        outcome = await self.reconciler.reconcile_deployment(item.body)
+        quiet = outcome.plan is None or not outcome.plan.decisions
+        if item.signature and quiet and outcome.result in SETTLED:
+            self._settled[key] = (item.signature, version)
         else:
-            await self.reconciler.reconcile_deployment(body)
+            self._settled.pop(key, None)
+
+    def profile_event(self, event_type: str, body: Mapping[str, Any]) -> None:
+        """A ShutdownProfile event: a new spec (generation) or a deletion changes what Deployments plan."""
+        metadata = body.get("metadata") or {}
+        name = str(metadata.get("name"))
+        generation = None if event_type == "DELETED" else metadata.get("generation")
+        if self._profile_generations.get(name) != generation or generation is None:
+            self.profiles_version += 1
+        if generation is None:
+            self._profile_generations.pop(name, None)
+        else:
+            self._profile_generations[name] = generation
 
     async def stop(self) -> None:
         if self.queue is not None:
