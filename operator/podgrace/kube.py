@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import urllib.parse
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import aiohttp
@@ -51,6 +52,9 @@ class KubeClient:
         self._ssl = info.as_ssl_context() if self._server.startswith("https") else False
         self._limit = connection_limit
         self._session: aiohttp.ClientSession | None = None
+        # Called with the object a (non-dry-run) apply returned: the runtime recognises the watch event of
+        # podgrace's own write by it.
+        self.applied: Callable[[dict[str, Any]], None] | None = None
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -106,13 +110,16 @@ class KubeClient:
             params["force"] = "true"
         if dry_run:
             params["dryRun"] = "All"
-        return await self._request(
+        result = await self._request(
             "PATCH",
             f"/apis/apps/v1/namespaces/{namespace}/deployments/{name}",
             params=params,
             body=body,
             content_type=APPLY,
         )
+        if not dry_run and self.applied is not None:
+            self.applied(result)
+        return result
 
     async def patch_profile_status(self, name: str, status: dict[str, Any]) -> None:
         await self._request(

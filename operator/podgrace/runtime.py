@@ -38,6 +38,8 @@ class Item:
 # well under a second: every listed object reaches the handler before it waits for a reconcile slot).
 CENSUS_CONFIRMATION = 120.0
 SETTLED = frozenset({Result.APPLIED, Result.REVERTED, Result.UNCHANGED})
+WROTE = frozenset({Result.APPLIED, Result.REVERTED})
+REVISION_ANNOTATION = "deployment.kubernetes.io/revision"  # podgrace never reads it
 
 
 def profile_annotation(annotations: Mapping[str, Any] | None) -> str | None:
@@ -48,15 +50,19 @@ def profile_annotation(annotations: Mapping[str, Any] | None) -> str | None:
 
 def signature(body: Mapping[str, Any]) -> bytes:
     """What a reconcile of this Deployment depends on, hashed: uid, generation (every spec change bumps
-    it), annotations, and the managedFields of the object itself (not of its status: the
-    controller-manager's status updates change only those and resourceVersion)."""
+    it), annotations but the revision the deployment controller stamps on each rollout, and the
+    managedFields of the object itself without their times (not of its status: the controller-manager's
+    status updates change only those and resourceVersion)."""
     metadata = body.get("metadata") or {}
+    annotations = metadata.get("annotations") or {}
+    if REVISION_ANNOTATION in annotations:
+        annotations = {k: v for k, v in annotations.items() if k != REVISION_ANNOTATION}
     fields = [
         (m.get("manager"), m.get("operation"), m.get("apiVersion"), m.get("fieldsV1"))
         for m in metadata.get("managedFields") or []
         if isinstance(m, Mapping) and not m.get("subresource")
     ]
-    data = [metadata.get("uid"), metadata.get("generation"), metadata.get("annotations"), fields]
+    data = [metadata.get("uid"), metadata.get("generation"), annotations, fields]
     text = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.blake2b(text.encode(), digest_size=16).digest()
 
@@ -181,12 +187,15 @@ class Runtime:
     # status update) would plan the same, find the same no-op, and is not reconciled again.
     _settled: dict[Key, tuple[bytes, int]] = field(default_factory=dict)
     profiles_version: int = 0  # bumped when a ShutdownProfile's spec changes or it is deleted
+    # The signature of what podgrace's last apply of a Deployment returned.
+    _written: dict[Key, bytes] = field(default_factory=dict)
     _profile_generations: dict[str, Any] = field(default_factory=dict)
     _flusher: asyncio.Task[None] | None = None
     _census_expiry: asyncio.TimerHandle | None = None
 
     async def start(self) -> None:
         self.client = KubeClient(self.connection, connection_limit=max(10, self.options.workers * 2))
+        self.client.applied = self._applied
         version = await self.client.server_version()
         store = ProfileStore()
         for body in await self.client.list_profiles():
@@ -274,12 +283,21 @@ class Runtime:
             self.reconciler.forget_deployment(item.body)
             return
         version = self.profiles_version
+        self._written.pop(key, None)
         outcome = await self.reconciler.reconcile_deployment(item.body)
+        written = self._written.pop(key, None)
         quiet = outcome.plan is None or not outcome.plan.decisions
         if item.signature and quiet and outcome.result in SETTLED:
-            self._settled[key] = (item.signature, version)
+            # After a write, the object is what the apply returned: its watch event (podgrace's own write
+            # coming back) is then recognised and not planned again.
+            seen = written if written is not None and outcome.result in WROTE else item.signature
+            self._settled[key] = (seen, version)
         else:
             self._settled.pop(key, None)
+
+    def _applied(self, obj: dict[str, Any]) -> None:
+        metadata = obj.get("metadata") or {}
+        self._written[(str(metadata.get("namespace")), str(metadata.get("name")))] = signature(obj)
 
     def profile_event(self, event_type: str, body: Mapping[str, Any]) -> None:
         """A ShutdownProfile event: a new spec (generation) or a deletion changes what Deployments plan."""
