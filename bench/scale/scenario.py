@@ -112,6 +112,21 @@ def reads(reqs: list[Request]) -> dict[str, int]:
     )  # fmt: skip
 
 
+def server_side(writes: list[Request]) -> dict[str, float]:
+    """How the API server served these requests: median and p90 time from received to response, and how
+    many were in flight on average over their span (the client's effective concurrency)."""
+    if not writes:
+        return {}
+    took = [r.completed - r.received for r in writes]
+    span = max(r.completed for r in writes) - min(r.received for r in writes)
+    return {
+        "server_p50_ms": pct(took, 50) * 1000,
+        "server_p90_ms": pct(took, 90) * 1000,
+        "in_flight": sum(took) / span if span > 0 else float("nan"),
+        "per_s": len(writes) / span if span > 0 else float("nan"),
+    }
+
+
 def is_podgrace(r: Request) -> bool:
     return r.user == OPERATOR_USER and r.user_agent != FLOOR_AGENT
 
@@ -231,6 +246,7 @@ class Bench:
         idle_at = op.wait_idle(self.total_deployments())
         op.stop_profile()
         stats = op.stats()
+        stats["reconciles"] = op.reconciles()
         reqs = self.podgrace_requests(mark)
         writes = [r for r in reqs if r.is_write]
         dep_writes = [r for r in writes if r.resource == "deployments"]
@@ -249,6 +265,8 @@ class Bench:
             "http_429": sum(1 for r in reqs if r.code == 429),
             "errors": sum(1 for r in reqs if r.code >= 400 and r.code != 404),
             "missing_settings": len(missing),
+            "deployment_writes_served": server_side(dep_writes),
+            "all_requests_served": server_side([r for r in reqs if r.verb != "watch"]),
             **stats,
         }
         log(f"sync: {self.result['sync']['seconds']:.1f}s, {len(dep_writes)} Deployment writes, {stats}")
@@ -264,6 +282,7 @@ class Bench:
         op = self.start_operator("restart")
         idle_at = op.wait_idle(self.total_deployments(), quiet=3.0)
         stats = op.stats()
+        stats["reconciles"] = op.reconciles()
         reqs = self.podgrace_requests(mark)
         writes = [r for r in reqs if r.is_write]
         self.result["restart"] = {
@@ -397,6 +416,7 @@ class Bench:
             "first_write_s": min(r.received for r in ours) - edit.received,
             "deployment_writes": len(ours),
             "outside_users": sum(1 for r in ours if r.key not in users),
+            "deployment_writes_served": server_side(ours),
             "reads": reads([r for r in reqs if is_podgrace(r)]),
             "http_429": sum(1 for r in reqs if r.code == 429),
         }
@@ -453,6 +473,7 @@ class Bench:
             "seconds": out["list_s"] + span,
             "statuses": res.statuses,
             "audit_writes": len(writes),
+            "deployment_writes_served": server_side(writes),
             "http_429": sum(1 for r in reqs if r.code == 429),
         }
         log(
