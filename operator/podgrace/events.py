@@ -7,6 +7,8 @@ message) has it yet.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime
 import logging
 from collections import OrderedDict
@@ -24,11 +26,19 @@ _SEEN_LIMIT = 50_000
 
 
 class EventRecorder:
-    def __init__(self, api: Api, metrics: Metrics, *, instance: str = "podgrace") -> None:
+    def __init__(
+        self, api: Api, metrics: Metrics, *, instance: str = "podgrace", background: int = 0
+    ) -> None:
         self._api = api
         self._metrics = metrics
         self._instance = instance
         self._seen: OrderedDict[tuple[str, str, str, str], None] = OrderedDict()
+        # Normal Events (Applied, Reverted) can go out after the reconcile, from `background` tasks: a
+        # Deployment's settings are written first, the informational Event follows (its timestamp is the
+        # reconcile's). 0: every Event is posted before post() returns.
+        self._background = background
+        self._pending: asyncio.Queue[tuple[str, dict[str, Any], tuple[str, str, str, str]]] | None = None
+        self._posters: list[asyncio.Task[None]] = []
 
     async def post(self, obj: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
         metadata = obj.get("metadata") or {}
@@ -37,6 +47,10 @@ class EventRecorder:
         key = (uid, type_, reason, message)
         if key in self._seen:
             self._seen.move_to_end(key)
+            return
+        if type_ == NORMAL and self._background:
+            self._remember(key)  # forgotten again if the post fails
+            self._lane().put_nowait((namespace, self._event(obj, type_, reason, message), key))
             return
         try:
             if type_ == WARNING and await self._exists(namespace, uid, reason, message):
@@ -58,6 +72,45 @@ class EventRecorder:
         self._metrics.writes.labels("event").inc()
         if type_ == WARNING:
             self._metrics.warnings.labels(reason).inc()
+
+    def _lane(self) -> asyncio.Queue[tuple[str, dict[str, Any], tuple[str, str, str, str]]]:
+        if self._pending is None:
+            self._pending = asyncio.Queue()
+            self._posters = [asyncio.create_task(self._post_pending()) for _ in range(self._background)]
+        return self._pending
+
+    async def _post_pending(self) -> None:
+        assert self._pending is not None
+        while True:
+            namespace, event, key = await self._pending.get()
+            try:
+                await self._api.create_event(namespace, event)
+            except Exception as error:  # best effort, as inline: log it, never stop the lane
+                self._seen.pop(key, None)
+                involved = event.get("involvedObject") or {}
+                log.warning(
+                    "could not post %s event %s on %s/%s: %s",
+                    event.get("type"),
+                    event.get("reason"),
+                    namespace,
+                    involved.get("name"),
+                    error,
+                )
+                continue
+            self._metrics.writes.labels("event").inc()
+
+    async def close(self, drain_timeout: float = 5.0) -> None:
+        """Post what is still pending (at most `drain_timeout` seconds), then stop the background tasks."""
+        if self._pending is not None and not self._pending.empty():
+            deadline = asyncio.get_running_loop().time() + drain_timeout
+            while not self._pending.empty() and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(0.05)
+        for task in self._posters:
+            task.cancel()
+        for task in self._posters:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._posters = []
 
     def _remember(self, key: tuple[str, str, str, str]) -> None:
         self._seen[key] = None
