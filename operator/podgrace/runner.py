@@ -26,6 +26,11 @@ def run(args: argparse.Namespace) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
+    if not args.verbose:
+        # Kopf logs "Handler 'deployment_event' succeeded." at INFO for every watch event: 25,000 lines
+        # for a cold start over 5,000 Deployments, 2.4 % of the operator's CPU, and nothing podgrace does.
+        # Warnings and errors (a failing handler) still show; --verbose shows everything.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     stop_signals = {"auto": None, "true": True, "false": False}[args.stop_signals]
     install(
         Runtime(
