@@ -66,7 +66,9 @@ def signature(body: Mapping[str, Any]) -> bytes:
         if isinstance(m, Mapping) and not m.get("subresource")
     ]
     data = [metadata.get("uid"), metadata.get("generation"), annotations, fields]
-    text = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
+    # No sort_keys: the API server serialises an object's fields in a fixed order, so the same state
+    # gives the same text (and a different order would only cost one more reconcile, never skip one).
+    text = json.dumps(data, separators=(",", ":"), default=str)
     return hashlib.blake2b(text.encode(), digest_size=16).digest()
 
 
