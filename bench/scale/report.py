@@ -22,8 +22,8 @@ def _writes_per(sync: dict[str, Any]) -> str:
 
 
 HEADER = (
-    "| N | sync: podgrace s | floor s | ratio | write span ratio | Deployment writes / Deployment "
-    "| other writes | restart writes | restart idle s | churn p50 / p99 s | fan-out s | peak RSS MiB "
+    "| N | sync: podgrace s | floor s | ratio | writes / Deployment | other writes (Events done s) "
+    "| restart writes | restart idle s | churn p50 / p99 s | fan-out s (N) | peak RSS MiB "
     "| CPU s sync / total |"
 )
 
@@ -46,9 +46,9 @@ def table(results: Iterable[dict[str, Any]]) -> str:
                     _f(sync.get("seconds")),
                     _f(fl.get("seconds"), "{:.2f}"),
                     _f(r.get("ratio_to_floor"), "{:.2f}"),
-                    _f(r.get("write_span_ratio"), "{:.2f}"),
                     _writes_per(sync),
-                    ", ".join(f"{v} {k}" for k, v in sorted(other.items())) or "0",
+                    (", ".join(f"{v} {k}" for k, v in sorted(other.items())) or "0")
+                    + (f" ({sync['events_done_s']:.0f})" if "events_done_s" in sync else ""),
                     _f(restart.get("writes"), "{}"),
                     _f(restart.get("idle_s")),
                     f"{_f(churn.get('p50_s'), '{:.3f}')} / {_f(churn.get('p99_s'), '{:.3f}')}",

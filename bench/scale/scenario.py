@@ -32,7 +32,7 @@ from typing import Any
 from bench.scale import floor as floor_mod
 from bench.scale.audit import AuditTail, Request, policy
 from bench.scale.client import MERGE, Client
-from bench.scale.operator import BenchOperator
+from bench.scale.operator import CLOCK_TICKS, BenchOperator
 from bench.scale.snapshot import snapshot_operator
 from bench.scale.workload import (
     DEFAULT_PROFILE,
@@ -171,6 +171,22 @@ class Bench:
         assert self.audit is not None
         return self.audit.since(mark, is_podgrace)
 
+    def cluster_cpu(self) -> dict[str, float]:
+        """CPU seconds (utime + stime) each control-plane process has used so far."""
+        assert self.cluster is not None
+        out = {}
+        for name, pid in self.cluster.pids().items():
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            out[name] = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+        return out
+
+    @staticmethod
+    def cpu_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+        return {k: round(after[k] - before.get(k, 0.0), 2) for k in after}
+
     def total_deployments(self) -> int:
         c = self.cluster
         assert c is not None
@@ -228,6 +244,7 @@ class Bench:
     def sync(self) -> None:
         assert self.audit is not None
         mark = self.audit.mark()
+        cpu_before = self.cluster_cpu()
         op = self.start_operator("sync")
         n = len(self.main)
         keys = {i.key for i in self.main}
@@ -237,6 +254,8 @@ class Bench:
                 r.key for r in self.podgrace_requests(mark) if r.is_write and r.resource == "deployments"
             }
             if keys <= patched:
+                cluster_cpu = self.cpu_delta(cpu_before, self.cluster_cpu())
+                podgrace_cpu = op.stats()["cpu_s"]
                 break
             if not op.alive():
                 raise RuntimeError(f"podgrace exited:\n{op.log_tail()}")
@@ -247,10 +266,22 @@ class Bench:
         op.stop_profile()
         stats = op.stats()
         stats["reconciles"] = op.reconciles()
+        # podgrace posts its Applied Events after the settings: wait for them too, and say when.
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            made = [r for r in self.podgrace_requests(mark) if r.is_write and r.resource == "events"]
+            if len(made) >= n:
+                break
+            time.sleep(1.0)
         reqs = self.podgrace_requests(mark)
         writes = [r for r in reqs if r.is_write]
         dep_writes = [r for r in writes if r.resource == "deployments"]
         per = Counter(r.key for r in dep_writes)
+        # Writes while the settings were being written (the sync's own window), and in all.
+        last_setting = max(r.completed for r in dep_writes)
+        during = Counter(
+            r.full_resource for r in writes if r.resource != "deployments" and r.received <= last_setting
+        )
         objs = self.run_async(lambda c: list_set(c, "main"))
         missing = [o["metadata"]["name"] for o in objs if not carries_settings(o)]
         self.result["sync"] = {
@@ -258,13 +289,17 @@ class Bench:
             "first_write_s": min(r.received for r in dep_writes) - op.started_at,
             "write_span_s": max(r.completed for r in dep_writes) - min(r.received for r in dep_writes),
             "idle_s": idle_at - op.started_at,
+            "events_done_s": max((r.completed for r in made), default=op.started_at) - op.started_at,
             "deployment_writes": len(dep_writes),
             "writes_per_deployment": dict(Counter(per.values())),
             "other_writes": dict(Counter(r.full_resource for r in writes if r.resource != "deployments")),
+            "other_writes_during_sync": dict(during),
             "reads": reads(reqs),
             "http_429": sum(1 for r in reqs if r.code == 429),
             "errors": sum(1 for r in reqs if r.code >= 400 and r.code != 404),
             "missing_settings": len(missing),
+            "cluster_cpu_s": cluster_cpu,  # control plane, from start to the last setting (+ <0.5 s)
+            "podgrace_cpu_s_to_last_setting": podgrace_cpu,
             "deployment_writes_served": server_side(dep_writes),
             "all_requests_served": server_side([r for r in reqs if r.verb != "watch"]),
             **stats,
@@ -456,8 +491,17 @@ class Bench:
                 profiles = (await sa.ok("GET", "/apis/podgrace.dev/v1alpha1/shutdownprofiles"))["items"]
                 applies = floor_mod.build(objs, profiles, caps)
                 mark = self.audit.mark()  # type: ignore[union-attr]
+                cpu0, client0 = self.cluster_cpu(), time.process_time()
                 res = await floor_mod.run(sa, applies, self.p.workers)
-                return {"list_s": list_s, "mark": mark, "result": res}
+                client_cpu = time.process_time() - client0
+                cluster_cpu = self.cpu_delta(cpu0, self.cluster_cpu())
+                return {
+                    "list_s": list_s,
+                    "mark": mark,
+                    "result": res,
+                    "client_cpu": client_cpu,
+                    "cluster_cpu": cluster_cpu,
+                }
 
         out = asyncio.run(go())
         res: floor_mod.FloorResult = out["result"]
@@ -472,6 +516,8 @@ class Bench:
             "write_span_s": span,
             "seconds": out["list_s"] + span,
             "statuses": res.statuses,
+            "client_cpu_s": out["client_cpu"],
+            "cluster_cpu_s": out["cluster_cpu"],
             "audit_writes": len(writes),
             "deployment_writes_served": server_side(writes),
             "http_429": sum(1 for r in reqs if r.code == 429),
