@@ -9,6 +9,7 @@ import logging
 import kopf
 from prometheus_client import start_http_server
 
+from podgrace import gctune
 from podgrace.metrics import Metrics
 from podgrace.runtime import Options, Runtime, install
 
@@ -41,6 +42,8 @@ def run(args: argparse.Namespace) -> int:
     )
     start_http_server(args.metrics_port)
     import podgrace.handlers  # noqa: F401  (registers the Kopf handlers)
+
+    gctune.tune()
 
     asyncio.run(
         kopf.operator(
