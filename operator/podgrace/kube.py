@@ -6,13 +6,13 @@ so podgrace has one way to authenticate and no second Kubernetes client library.
 
 from __future__ import annotations
 
-import json
 import urllib.parse
 from collections.abc import Callable
 from typing import Any, Protocol
 
 import aiohttp
 import kopf
+import orjson
 
 from podgrace.constants import FIELD_MANAGER, GROUP, PROFILE_PLURAL, VERSION
 
@@ -84,15 +84,22 @@ class KubeClient:
         headers = {"Content-Type": content_type} if content_type else {}
         if accept:
             headers["Accept"] = accept
-        data = json.dumps(body) if body is not None else None
+        # orjson: every apply sends and receives a Deployment, and the standard library's codec was a
+        # tenth of the operator's CPU in a cold start over 5,000 of them.
+        data = orjson.dumps(body) if body is not None else None
         async with self._client().request(method, url, data=data, headers=headers) as response:
-            text = await response.text()
-            payload: dict[str, Any] = json.loads(text) if text else {}
-            if response.status >= 400:
-                raise ApiError(
-                    response.status, str(payload.get("reason", "")), str(payload.get("message", text))
-                )
-            return payload
+            raw = await response.read()
+        try:
+            payload = orjson.loads(raw) if raw else {}
+        except orjson.JSONDecodeError:
+            payload = None
+        if response.status >= 400:
+            details = payload if isinstance(payload, dict) else {}
+            text = raw.decode(errors="replace")
+            raise ApiError(response.status, str(details.get("reason", "")), str(details.get("message", text)))
+        if not isinstance(payload, dict):
+            raise ApiError(response.status, "BadResponse", f"not a JSON object: {raw[:200]!r}")
+        return payload
 
     async def get_deployment(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:

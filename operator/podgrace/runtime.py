@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
+import orjson
 
 from podgrace.constants import ANN_PROFILE
 from podgrace.detect import CapabilityCache
@@ -66,10 +66,11 @@ def signature(body: Mapping[str, Any]) -> bytes:
         if isinstance(m, Mapping) and not m.get("subresource")
     ]
     data = [metadata.get("uid"), metadata.get("generation"), annotations, fields]
-    # No sort_keys: the API server serialises an object's fields in a fixed order, so the same state
+    # Keys unsorted: the API server serialises an object's fields in a fixed order, so the same state
     # gives the same text (and a different order would only cost one more reconcile, never skip one).
-    text = json.dumps(data, separators=(",", ":"), default=str)
-    return hashlib.blake2b(text.encode(), digest_size=16).digest()
+    # orjson: this runs on every watch event, and the standard library's encoder was 5 % of the CPU.
+    text = orjson.dumps(data, default=str)
+    return hashlib.blake2b(text, digest_size=16).digest()
 
 
 def slim(body: Mapping[str, Any]) -> dict[str, Any]:

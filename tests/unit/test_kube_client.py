@@ -1,0 +1,104 @@
+"""KubeClient's request handling against a small aiohttp server: bodies out, JSON in, errors."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import kopf
+import orjson
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from podgrace.kube import APPLY, ApiError, KubeClient
+
+DEPLOYMENT = "/apis/apps/v1/namespaces/shop/deployments/web"
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[tuple[TestServer, list[dict[str, Any]]]]:
+    seen: list[dict[str, Any]] = []
+    replies: dict[str, tuple[int, bytes]] = {
+        "web": (200, orjson.dumps({"metadata": {"name": "web", "generation": 2}})),
+        "taken": (409, orjson.dumps({"kind": "Status", "reason": "Conflict", "message": "owned by kubectl"})),
+        "broken": (500, b"upstream connect error"),
+        "garbled": (200, b"<html>not json</html>"),
+        "listed": (200, b"[1, 2]"),
+    }
+
+    async def deployment(request: web.Request) -> web.Response:
+        seen.append(
+            {
+                "method": request.method,
+                "query": dict(request.query),
+                "content_type": request.headers.get("Content-Type"),
+                "body": orjson.loads(await request.read()) if request.can_read_body else None,
+            }
+        )
+        status, body = replies.get(
+            request.match_info["name"], (404, orjson.dumps({"kind": "Status", "reason": "NotFound"}))
+        )
+        return web.Response(status=status, body=body)
+
+    app = web.Application()
+    app.router.add_route("*", "/apis/apps/v1/namespaces/{ns}/deployments/{name}", deployment)
+    async with TestServer(app) as test_server:
+        yield test_server, seen
+
+
+def client_for(test_server: TestServer) -> KubeClient:
+    return KubeClient(kopf.ConnectionInfo(server=str(test_server.make_url("/"))))
+
+
+async def test_apply_sends_json_with_the_field_manager_and_returns_the_object(server: Any) -> None:
+    test_server, seen = server
+    client = client_for(test_server)
+    applied: list[dict[str, Any]] = []
+    client.applied = applied.append
+    try:
+        result = await client.apply_deployment("shop", "web", {"spec": {"x": "ü"}}, force=True)
+    finally:
+        await client.close()
+    assert result == {"metadata": {"name": "web", "generation": 2}}
+    assert applied == [result]
+    assert seen == [
+        {
+            "method": "PATCH",
+            "query": {"fieldManager": "podgrace", "force": "true"},
+            "content_type": APPLY,
+            "body": {"spec": {"x": "ü"}},
+        }
+    ]
+
+
+@pytest.mark.parametrize(
+    ("name", "status", "reason", "message"),
+    [
+        ("taken", 409, "Conflict", "owned by kubectl"),  # a Status object: its reason and message
+        ("broken", 500, "", "upstream connect error"),  # not JSON: the text is the message
+        ("garbled", 200, "BadResponse", "not a JSON object"),  # success but not an object: an error
+        ("listed", 200, "BadResponse", "not a JSON object"),
+    ],
+)
+async def test_errors_carry_status_reason_and_message(
+    server: Any, name: str, status: int, reason: str, message: str
+) -> None:
+    test_server, _ = server
+    client = client_for(test_server)
+    try:
+        with pytest.raises(ApiError) as raised:
+            await client.get_deployment("shop", name)
+    finally:
+        await client.close()
+    assert (raised.value.status, raised.value.reason) == (status, reason)
+    assert message in raised.value.message
+
+
+async def test_a_missing_deployment_is_none(server: Any) -> None:
+    test_server, _ = server
+    client = client_for(test_server)
+    try:
+        assert await client.get_deployment("shop", "gone") is None
+    finally:
+        await client.close()
