@@ -19,6 +19,7 @@ from podgrace.constants import FIELD_MANAGER, GROUP, PROFILE_PLURAL, VERSION
 APPLY = "application/apply-patch+yaml"
 MERGE = "application/merge-patch+json"
 PARTIAL_METADATA_LIST = "application/json;as=PartialObjectMetadataList;v=v1;g=meta.k8s.io,application/json"
+PARTIAL_METADATA = "application/json;as=PartialObjectMetadata;v=v1;g=meta.k8s.io,application/json"
 
 
 class ApiError(Exception):
@@ -112,6 +113,9 @@ class KubeClient:
     async def apply_deployment(
         self, namespace: str, name: str, body: dict[str, Any], *, force: bool = False, dry_run: bool = False
     ) -> dict[str, Any]:
+        """Server-side apply under podgrace's field manager. A dry run returns the whole object (the
+        capability probe reads its spec); a real apply returns only the object's metadata, which is all the
+        reconciler reads (the API server then neither encodes nor sends the spec and status)."""
         params = {"fieldManager": FIELD_MANAGER}
         if force:
             params["force"] = "true"
@@ -123,6 +127,7 @@ class KubeClient:
             params=params,
             body=body,
             content_type=APPLY,
+            accept=None if dry_run else PARTIAL_METADATA,
         )
         if not dry_run and self.applied is not None:
             self.applied(result)

@@ -11,7 +11,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from podgrace.kube import APPLY, ApiError, KubeClient
+from podgrace.kube import APPLY, PARTIAL_METADATA, ApiError, KubeClient
 
 DEPLOYMENT = "/apis/apps/v1/namespaces/shop/deployments/web"
 
@@ -33,6 +33,7 @@ async def server() -> AsyncIterator[tuple[TestServer, list[dict[str, Any]]]]:
                 "method": request.method,
                 "query": dict(request.query),
                 "content_type": request.headers.get("Content-Type"),
+                "accept": request.headers.get("Accept"),
                 "body": orjson.loads(await request.read()) if request.can_read_body else None,
             }
         )
@@ -67,9 +68,24 @@ async def test_apply_sends_json_with_the_field_manager_and_returns_the_object(se
             "method": "PATCH",
             "query": {"fieldManager": "podgrace", "force": "true"},
             "content_type": APPLY,
+            "accept": PARTIAL_METADATA,  # the reconciler reads only the metadata of what it wrote
             "body": {"spec": {"x": "ü"}},
         }
     ]
+
+
+async def test_a_dry_run_apply_asks_for_the_whole_object(server: Any) -> None:
+    test_server, seen = server
+    client = client_for(test_server)
+    applied: list[dict[str, Any]] = []
+    client.applied = applied.append
+    try:
+        await client.apply_deployment("shop", "web", {"spec": {}}, dry_run=True)
+    finally:
+        await client.close()
+    assert applied == []  # a dry run is not a write to recognise later
+    assert seen[0]["query"] == {"fieldManager": "podgrace", "dryRun": "All"}
+    assert seen[0]["accept"] == "application/json"
 
 
 @pytest.mark.parametrize(
