@@ -72,7 +72,6 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--metrics-port", type=_port, default=9090, help="Prometheus /metrics port (default 9090)"
     )
-    run.add_argument("--no-standalone", action="store_true", help="use Kopf peering (needs its CRDs)")
     run.add_argument("--workers", type=int, default=20, help="concurrent reconciles (default 20)")
     run.add_argument(
         "--stop-signals",

@@ -7,7 +7,7 @@ so podgrace has one way to authenticate and no second Kubernetes client library.
 from __future__ import annotations
 
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, Protocol
 
 import aiohttp
@@ -18,7 +18,6 @@ from podgrace.constants import FIELD_MANAGER, GROUP, PROFILE_PLURAL, VERSION
 
 APPLY = "application/apply-patch+yaml"
 MERGE = "application/merge-patch+json"
-PARTIAL_METADATA_LIST = "application/json;as=PartialObjectMetadataList;v=v1;g=meta.k8s.io,application/json"
 PARTIAL_METADATA = "application/json;as=PartialObjectMetadata;v=v1;g=meta.k8s.io,application/json"
 
 
@@ -95,9 +94,7 @@ class KubeClient:
         except orjson.JSONDecodeError:
             payload = None
         if response.status >= 400:
-            details = payload if isinstance(payload, dict) else {}
-            text = raw.decode(errors="replace")
-            raise ApiError(response.status, str(details.get("reason", "")), str(details.get("message", text)))
+            raise _error(response.status, raw)
         if not isinstance(payload, dict):
             raise ApiError(response.status, "BadResponse", f"not a JSON object: {raw[:200]!r}")
         return payload
@@ -161,26 +158,30 @@ class KubeClient:
         items: list[dict[str, Any]] = result.get("items") or []
         return items
 
-    async def list_deployment_annotations(
-        self, namespaces: list[str], *, page: int = 500
-    ) -> list[tuple[str, str, dict[str, str]]]:
-        """(namespace, name, annotations) of every Deployment, cluster-wide or in these namespaces: read as
-        metadata only and in pages, so a few hundred kilobytes are in flight rather than whole objects."""
-        paths = [f"/apis/apps/v1/namespaces/{ns}/deployments" for ns in namespaces]
-        found: list[tuple[str, str, dict[str, str]]] = []
-        for path in paths or ["/apis/apps/v1/deployments"]:
-            params = {"limit": str(page)}
-            while True:
-                result = await self._request("GET", path, params=params, accept=PARTIAL_METADATA_LIST)
-                for item in result.get("items") or []:
-                    meta = item.get("metadata") or {}
-                    namespace, name = str(meta.get("namespace")), str(meta.get("name"))
-                    found.append((namespace, name, meta.get("annotations") or {}))
-                token = (result.get("metadata") or {}).get("continue")
-                if not token:
-                    break
-                params["continue"] = token
-        return found
+    async def list_page(self, path: str, params: Mapping[str, str]) -> dict[str, Any]:
+        """One page of a list (`limit`, `continue` in params)."""
+        return await self._request("GET", path, params=dict(params))
+
+    async def watch(self, path: str, params: Mapping[str, str]) -> AsyncIterator[dict[str, Any]]:
+        """The events of a watch request, decoded, until the API server ends the stream."""
+        url = self._server + path + "?" + urllib.parse.urlencode(params)
+        seconds = float(params.get("timeoutSeconds", "600"))
+        # No total timeout: a watch lasts as long as the server keeps it (timeoutSeconds); a stream silent
+        # for longer than that plus a margin is dead.
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=seconds + 60)
+        async with self._client().get(url, timeout=timeout) as response:
+            if response.status >= 400:
+                raise _error(response.status, await response.read())
+            pending = bytearray()
+            async for chunk in response.content.iter_any():
+                pending += chunk
+                start = 0
+                while (end := pending.find(b"\n", start)) >= 0:
+                    line = bytes(pending[start:end])
+                    start = end + 1
+                    if line.strip():
+                        yield orjson.loads(line)
+                del pending[:start]
 
     async def list_events(self, namespace: str, field_selector: str) -> list[dict[str, Any]]:
         result = await self._request(
@@ -188,3 +189,14 @@ class KubeClient:
         )
         items: list[dict[str, Any]] = result.get("items") or []
         return items
+
+
+def _error(status: int, raw: bytes) -> ApiError:
+    """An ApiError from an error response: a Status object's reason and message, else the text."""
+    try:
+        payload = orjson.loads(raw) if raw else {}
+    except orjson.JSONDecodeError:
+        payload = None
+    details = payload if isinstance(payload, dict) else {}
+    text = raw.decode(errors="replace")
+    return ApiError(status, str(details.get("reason", "")), str(details.get("message", text)))

@@ -1,4 +1,5 @@
-"""The operator's process-wide objects, built once by `podgrace run` and used by the Kopf handlers."""
+"""The operator's process-wide objects, built once by `podgrace run`: the Deployment informer and work
+queue, the reconciler, the profile index; the Kopf handlers reach them through `current()`."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import orjson
 from podgrace.constants import ANN_PROFILE
 from podgrace.detect import CapabilityCache
 from podgrace.events import EventRecorder
+from podgrace.informer import DeploymentInformer
 from podgrace.kube import KubeClient
 from podgrace.metrics import Metrics
 from podgrace.profile_store import ProfileStore
@@ -34,9 +36,6 @@ class Item:
     signature: bytes = b""
 
 
-# How long Kopf's listing has to confirm a Deployment seen by the start-up census (it normally takes
-# well under a second: every listed object reaches the handler before it waits for a reconcile slot).
-CENSUS_CONFIRMATION = 120.0
 SETTLED = frozenset({Result.APPLIED, Result.REVERTED, Result.UNCHANGED})
 WROTE = frozenset({Result.APPLIED, Result.REVERTED})
 REVISION_ANNOTATION = "deployment.kubernetes.io/revision"  # podgrace never reads it
@@ -46,7 +45,7 @@ EVENT_POSTERS = 2
 
 
 def profile_annotation(annotations: Mapping[str, Any] | None) -> str | None:
-    """The profile a Deployment names (as Kopf's index keyed it before: stripped, empty is none)."""
+    """The profile a Deployment names (stripped; empty is none)."""
     value = (annotations or {}).get(ANN_PROFILE)
     return (str(value).strip() or None) if value else None
 
@@ -111,11 +110,10 @@ def slim(body: Mapping[str, Any]) -> dict[str, Any]:
 class DeploymentQueue:
     """The latest event of each Deployment, reconciled by `workers` tasks, one Deployment at a time.
 
-    controller-runtime's work queue: a Kopf handler only records the event and returns, so Kopf's worker
-    for the object finishes at once instead of waiting for a reconcile slot with the whole object and its
-    stack of frames held (tens of kilobytes per Deployment, all of them during a cold start). Events of a
-    Deployment that arrive while it waits are coalesced: only the newest is reconciled. A Deployment is
-    never handled by two tasks at once, so events keep their order as under Kopf.
+    controller-runtime's work queue: the informer only records the event and reads on, so a cold start
+    holds one slim body per Deployment waiting for a reconcile slot, not a whole object and a stack of
+    frames. Events of a Deployment that arrive while it waits are coalesced: only the newest is reconciled.
+    A Deployment is never handled by two tasks at once, so its events keep their order.
     """
 
     def __init__(self, handle: Callable[[Key, Item], Awaitable[None]], workers: int) -> None:
@@ -157,7 +155,7 @@ class DeploymentQueue:
             self._active.add(key)
             try:
                 await self._handle(key, item)
-            except Exception:  # as with a failing Kopf event handler: logged, the next event retries
+            except Exception:  # logged; the Deployment's next event retries
                 log.exception("reconciling Deployment %s/%s failed", *key)
             finally:
                 self._active.discard(key)
@@ -183,10 +181,11 @@ class Runtime:
     dirty_profiles: set[str] = field(default_factory=set)
     # Which Deployments name which profile: for a profile's fan-out and its status count. podgrace keeps it
     # itself rather than as a Kopf index: Kopf holds every handler until all objects are indexed, and that
-    # wait costs O(N^2) wake-ups (200 s of start-up at 5,000 Deployments).
+    # wait costs O(N^2) wake-ups (200 s of start-up at 5,000 Deployments). It is complete once the
+    # informer has listed every Deployment (`wait_listed`).
     users: dict[str, set[Key]] = field(default_factory=dict)
     _profile_of: dict[Key, str] = field(default_factory=dict)
-    _unconfirmed: set[Key] = field(default_factory=set)
+    informer: DeploymentInformer | None = None
     queue: DeploymentQueue | None = None  # None until started: events are then handled inline
     # Deployments whose last reconcile had nothing to report (no Warning, nothing failed), with the
     # signature of what it saw and the profiles' version then: an event with the same signature (a
@@ -197,7 +196,7 @@ class Runtime:
     _written: dict[Key, bytes] = field(default_factory=dict)
     _profile_generations: dict[str, Any] = field(default_factory=dict)
     _flusher: asyncio.Task[None] | None = None
-    _census_expiry: asyncio.TimerHandle | None = None
+    _watcher: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         self.client = KubeClient(self.connection, connection_limit=max(10, self.options.workers * 2))
@@ -207,7 +206,6 @@ class Runtime:
         for body in await self.client.list_profiles():
             store.upsert(body)
             self._profile_generations[str(body["metadata"]["name"])] = body["metadata"].get("generation")
-        await self._census()
         capabilities = CapabilityCache(self.client, version, stop_signal_override=self.options.stop_signals)
         events = EventRecorder(self.client, self.metrics, background=EVENT_POSTERS)
         self.reconciler = Reconciler(
@@ -215,38 +213,24 @@ class Runtime:
         )
         self.queue = DeploymentQueue(self._handle_deployment, self.options.workers)
         self.queue.start()
+        self.informer = DeploymentInformer(self.client, self.options.namespaces, self.deployment_event)
+        self._watcher = asyncio.create_task(self.informer.run(), name="deployment-informer")
         self._flusher = asyncio.create_task(self._flush_statuses())
         log.info("podgrace started: API server %s.%s, %d ShutdownProfiles", *version, len(store.names()))
 
-    async def _census(self) -> None:
-        """Seed the index from the Deployments' metadata before any handler runs, so a profile's first
-        status and fan-out already see all its users. A Deployment deleted between this list and Kopf's
-        own never gets a DELETED event: entries Kopf's listing does not confirm are dropped after a while."""
-        assert self.client is not None
-        census = await self.client.list_deployment_annotations(list(self.options.namespaces))
-        for namespace, name, names in census:
-            self._set_profile((namespace, name), profile_annotation(names), mark_dirty=False)
-        self._unconfirmed = set(self._profile_of)
-        self._census_expiry = asyncio.get_running_loop().call_later(CENSUS_CONFIRMATION, self._expire_census)
-        log.info("%d Deployments name a ShutdownProfile", len(self._profile_of))
-
-    def _expire_census(self) -> None:
-        for key in self._unconfirmed:
-            self._set_profile(key, None)
-        self._unconfirmed = set()
-
     def observe_deployment(self, namespace: str, name: str, annotations: Mapping[str, Any] | None) -> None:
-        """A Deployment as Kopf delivered it (listed, added or modified): index the profile it names."""
-        key = (namespace, name)
-        self._unconfirmed.discard(key)
-        self._set_profile(key, profile_annotation(annotations))
+        """A Deployment as the informer delivered it (listed, added or modified): index its profile."""
+        self._set_profile((namespace, name), profile_annotation(annotations))
 
     def forget_deployment(self, namespace: str, name: str) -> None:
-        key = (namespace, name)
-        self._unconfirmed.discard(key)
-        self._set_profile(key, None)
+        self._set_profile((namespace, name), None)
 
-    def _set_profile(self, key: Key, profile: str | None, *, mark_dirty: bool = True) -> None:
+    async def wait_listed(self) -> None:
+        """Until every Deployment has been listed once: a profile's users are then all known."""
+        if self.informer is not None:
+            await self.informer.listed.wait()
+
+    def _set_profile(self, key: Key, profile: str | None) -> None:
         """Index `key` under `profile` (None: under nothing); a profile whose users changed is marked for
         its status to be recounted."""
         before = self._profile_of.get(key)
@@ -263,11 +247,10 @@ class Runtime:
         else:
             self._profile_of[key] = profile
             self.users.setdefault(profile, set()).add(key)
-        if mark_dirty:
-            self.dirty_profiles.update(p for p in (before, profile) if p)
+        self.dirty_profiles.update(p for p in (before, profile) if p)
 
     async def deployment_event(self, event_type: str, body: Mapping[str, Any]) -> None:
-        """A Deployment event from Kopf: index it now, reconcile it (or forget it) through the queue."""
+        """A Deployment event from the informer: index it now, then reconcile or forget it via the queue."""
         metadata = body.get("metadata") or {}
         key = (str(metadata.get("namespace")), str(metadata.get("name")))
         if event_type == "DELETED":
@@ -318,14 +301,13 @@ class Runtime:
             self._profile_generations[name] = generation
 
     async def stop(self) -> None:
+        for task in (self._watcher, self._flusher):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self.queue is not None:
             await self.queue.stop()
-        if self._census_expiry is not None:
-            self._census_expiry.cancel()
-        if self._flusher is not None:
-            self._flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._flusher
         if self.reconciler is not None:
             await self.reconciler.events.close()
         if self.client is not None:
@@ -336,6 +318,7 @@ class Runtime:
 
     async def _flush_statuses(self) -> None:
         """Profiles whose set of users changed get their status recounted, coalesced once a second."""
+        await self.wait_listed()
         while True:
             await asyncio.sleep(1.0)
             dirty, self.dirty_profiles = self.dirty_profiles, set()

@@ -118,3 +118,40 @@ async def test_a_missing_deployment_is_none(server: Any) -> None:
         assert await client.get_deployment("shop", "gone") is None
     finally:
         await client.close()
+
+
+async def test_watch_decodes_one_event_per_line_across_chunk_boundaries() -> None:
+    events = [
+        {"type": "ADDED", "object": {"metadata": {"name": f"web-{i}", "pad": "x" * 3000}}} for i in range(5)
+    ]
+    stream = b"".join(orjson.dumps(e) + b"\n" for e in events) + b"\n"  # a blank line is skipped
+    seen_params: list[dict[str, str]] = []
+
+    async def watch(request: web.Request) -> web.StreamResponse:
+        seen_params.append(dict(request.query))
+        response = web.StreamResponse()
+        await response.prepare(request)
+        for i in range(0, len(stream), 1000):  # chunks that cut events in the middle
+            await response.write(stream[i : i + 1000])
+        await response.write_eof()
+        return response
+
+    async def forbidden(request: web.Request) -> web.Response:
+        return web.Response(status=403, body=orjson.dumps({"reason": "Forbidden", "message": "no watch"}))
+
+    app = web.Application()
+    app.router.add_get("/apis/apps/v1/deployments", watch)
+    app.router.add_get("/apis/apps/v1/namespaces/locked/deployments", forbidden)
+    async with TestServer(app) as test_server:
+        client = client_for(test_server)
+        try:
+            params = {"watch": "true", "resourceVersion": "7", "timeoutSeconds": "5"}
+            got = [e async for e in client.watch("/apis/apps/v1/deployments", params)]
+            with pytest.raises(ApiError) as raised:
+                async for _ in client.watch("/apis/apps/v1/namespaces/locked/deployments", params):
+                    pass
+        finally:
+            await client.close()
+    assert got == events
+    assert seen_params == [params]
+    assert (raised.value.status, raised.value.reason, raised.value.message) == (403, "Forbidden", "no watch")

@@ -10,7 +10,7 @@ import pytest
 from fake_api import FakeApi
 from prometheus_client import CollectorRegistry
 
-from podgrace import handlers, profiles, runtime
+from podgrace import profiles, runtime
 from podgrace.detect import CapabilityCache
 from podgrace.events import EventRecorder
 from podgrace.kube import ApiError
@@ -272,7 +272,7 @@ async def test_metrics_count_managed_and_at_risk_workloads() -> None:
     assert registry.get_sample_value("podgrace_workloads_at_risk", {"finding": "NoPreStop"}) == 0
 
 
-async def test_handlers_delegate_to_the_reconciler() -> None:
+async def test_runtime_delegates_deployment_events_to_the_reconciler() -> None:
     api = FakeApi()
     reconciler = make(api)
     rt = runtime.Runtime(
@@ -282,16 +282,11 @@ async def test_handlers_delegate_to_the_reconciler() -> None:
         reconciler=reconciler,
     )
     runtime.install(rt)
-    import kopf
-
     live = api.create(deployment())
-    index = {"nginx-php-fpm": [("web", "shop")]}
-    await handlers.deployment_event(type="ADDED", body=kopf.Body(live), workloads_by_profile=index)
+    await rt.deployment_event("ADDED", live)
     assert len(api.writes()) == 1
     assert rt.dirty_profiles == {"nginx-php-fpm"}
-    await handlers.deployment_event(
-        type="DELETED", body=kopf.Body(api.get("web", "shop")), workloads_by_profile={}
-    )
+    await rt.deployment_event("DELETED", api.get("web", "shop"))
     assert (
         reconciler.metrics.registry.get_sample_value(
             "podgrace_managed_workloads", {"profile": "nginx-php-fpm"}

@@ -1,0 +1,196 @@
+"""The Deployment informer (operator/podgrace/informer.py) against a scripted API: list in pages, watch
+from the list's resourceVersion, resume, relist on 410 Gone, retry on errors, never stop."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import pytest
+
+from podgrace.informer import DeploymentInformer, scope_paths
+from podgrace.kube import ApiError
+
+ALL = "/apis/apps/v1/deployments"
+
+
+def dep(namespace: str, name: str, rv: str, uid: str = "") -> dict[str, Any]:
+    return {"metadata": {"namespace": namespace, "name": name, "resourceVersion": rv, "uid": uid or name}}
+
+
+def event(kind: str, obj: dict[str, Any]) -> dict[str, Any]:
+    return {"type": kind, "object": obj}
+
+
+class ScriptedSource:
+    """Lists and watches answered from scripts; a watch with nothing scripted blocks until cancelled."""
+
+    def __init__(self, lists: list[list[dict[str, Any]]], watches: list[Any]) -> None:
+        self.lists = lists  # each entry: the pages of one list (a page: {"items":..., "metadata":...})
+        self.watches = watches  # each entry: a list of events, or an exception to raise
+        self.list_calls: list[dict[str, str]] = []
+        self.watch_calls: list[dict[str, str]] = []
+        self._pages: list[dict[str, Any]] = []
+
+    async def list_page(self, path: str, params: Mapping[str, str]) -> dict[str, Any]:
+        self.list_calls.append({"path": path, **params})
+        if "continue" not in params:
+            if not self.lists:
+                raise ApiError(503, "ServiceUnavailable", "no list scripted")
+            self._pages = list(self.lists.pop(0))
+        page = self._pages.pop(0)
+        if isinstance(page, Exception):
+            raise page
+        return page
+
+    async def watch(self, path: str, params: Mapping[str, str]) -> AsyncIterator[dict[str, Any]]:
+        self.watch_calls.append({"path": path, **params})
+        if not self.watches:
+            await asyncio.Event().wait()
+        script = self.watches.pop(0)
+        if isinstance(script, Exception):
+            raise script
+        for item in script:
+            yield item
+
+
+def page(items: list[dict[str, Any]], rv: str, token: str = "") -> dict[str, Any]:
+    metadata: dict[str, Any] = {"resourceVersion": rv}
+    if token:
+        metadata["continue"] = token
+    return {"items": items, "metadata": metadata}
+
+
+async def run_until(
+    source: ScriptedSource,
+    done: Any,
+    namespaces: list[str] | None = None,
+    fail_on: set[str] | None = None,
+) -> tuple[list[tuple[str, str, str]], DeploymentInformer]:
+    seen: list[tuple[str, str, str]] = []
+
+    async def on_event(kind: str, obj: Mapping[str, Any]) -> None:
+        meta = obj["metadata"]
+        seen.append((kind, meta["name"], obj.get("kind", "")))
+        if fail_on and meta["name"] in fail_on:
+            raise RuntimeError("handler failed")
+
+    informer = DeploymentInformer(source, namespaces or [], on_event, page=2, retry_delays=(0.0,))
+    task = asyncio.create_task(informer.run())
+    try:
+        for _ in range(500):
+            if done(seen, source):
+                break
+            await asyncio.sleep(0.001)
+        else:
+            raise AssertionError(f"not reached; seen {seen}, watches {source.watch_calls}")
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    return seen, informer
+
+
+async def test_lists_in_pages_then_watches_from_the_lists_version() -> None:
+    source = ScriptedSource(
+        lists=[
+            [
+                page([dep("a", "web", "1"), dep("a", "api", "2")], "10", "next"),
+                page([dep("b", "x", "3")], "11"),
+            ]
+        ],
+        watches=[],
+    )
+    seen, informer = await run_until(source, lambda seen, s: s.watch_calls)
+    assert seen == [
+        ("ADDED", "web", "Deployment"),
+        ("ADDED", "api", "Deployment"),
+        ("ADDED", "x", "Deployment"),
+    ]
+    assert informer.listed.is_set()
+    assert source.list_calls == [{"path": ALL, "limit": "2"}, {"path": ALL, "limit": "2", "continue": "next"}]
+    assert source.watch_calls == [
+        {
+            "path": ALL,
+            "watch": "true",
+            "resourceVersion": "11",
+            "allowWatchBookmarks": "true",
+            "timeoutSeconds": "600",
+        }
+    ]
+
+
+async def test_watch_events_are_delivered_and_a_stream_end_resumes_from_the_last_version() -> None:
+    source = ScriptedSource(
+        lists=[[page([], "5")]],
+        watches=[
+            [
+                event("ADDED", dep("a", "web", "6")),
+                event("MODIFIED", dep("a", "web", "7")),
+                event("BOOKMARK", {"kind": "Deployment", "metadata": {"resourceVersion": "9"}}),
+            ],
+            [event("DELETED", dep("a", "web", "10"))],
+        ],
+    )
+    seen, _ = await run_until(source, lambda seen, s: len(s.watch_calls) == 3)
+    assert seen == [("ADDED", "web", "Deployment"), ("MODIFIED", "web", "Deployment"), ("DELETED", "web", "")]
+    assert [c["resourceVersion"] for c in source.watch_calls] == ["5", "9", "10"]
+    assert len(source.list_calls) == 1  # resumed, not relisted
+
+
+async def test_410_gone_relists_and_reports_what_vanished_meanwhile() -> None:
+    source = ScriptedSource(
+        lists=[
+            [page([dep("a", "web", "1"), dep("a", "old", "2", uid="u-old")], "5")],
+            [page([dep("a", "web", "8")], "20")],
+        ],
+        watches=[[event("ERROR", {"kind": "Status", "code": 410, "reason": "Expired"})]],
+    )
+    seen, _ = await run_until(source, lambda seen, s: len(s.watch_calls) == 2)
+    assert seen == [
+        ("ADDED", "web", "Deployment"),
+        ("ADDED", "old", "Deployment"),
+        ("ADDED", "web", "Deployment"),
+        ("DELETED", "old", "Deployment"),  # a stub with namespace, name and uid
+    ]
+    assert source.watch_calls[-1]["resourceVersion"] == "20"
+
+
+async def test_errors_are_retried_and_a_failing_handler_does_not_stop_the_watch() -> None:
+    source = ScriptedSource(
+        lists=[
+            [ApiError(403, "Forbidden", "not yet")],
+            [page([dep("a", "bad", "1"), dep("a", "good", "2")], "5")],
+        ],
+        watches=[
+            ApiError(500, "InternalError", "etcd"),
+            [event("ERROR", {"kind": "Status", "code": 500, "reason": "InternalError"})],
+            [event("MODIFIED", dep("a", "good", "6"))],
+        ],
+    )
+    seen, informer = await run_until(source, lambda seen, s: len(seen) == 3, fail_on={"bad"})
+    assert seen == [
+        ("ADDED", "bad", "Deployment"),
+        ("ADDED", "good", "Deployment"),
+        ("MODIFIED", "good", "Deployment"),
+    ]
+    assert informer.listed.is_set()
+    # Errors other than 410 resume from the same version: no relist.
+    assert [c["resourceVersion"] for c in source.watch_calls[:3]] == ["5", "5", "5"]
+    assert len([c for c in source.list_calls if "continue" not in c]) == 2
+
+
+async def test_namespaced_scopes_are_listed_before_listed_is_set() -> None:
+    assert scope_paths([]) == [ALL]
+    assert scope_paths(["shop", "blog"]) == [
+        "/apis/apps/v1/namespaces/shop/deployments",
+        "/apis/apps/v1/namespaces/blog/deployments",
+    ]
+    source = ScriptedSource(lists=[[page([dep("shop", "web", "1")], "5")]], watches=[])
+    # The second namespace's list fails (nothing scripted): the informer is not yet "listed".
+    seen, informer = await run_until(
+        source, lambda seen, s: len(s.list_calls) >= 3, namespaces=["shop", "blog"]
+    )
+    assert seen == [("ADDED", "web", "Deployment")]
+    assert not informer.listed.is_set()
