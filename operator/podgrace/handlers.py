@@ -51,6 +51,11 @@ async def cleanup(**_: Any) -> None:
     await current().stop()
 
 
+@kopf.on.probe(id="deployments")
+def deployments_probe(**_: Any) -> dict[str, Any]:
+    return current().health()
+
+
 @kopf.on.login()
 def login(**_: Any) -> kopf.ConnectionInfo:
     return current().connection

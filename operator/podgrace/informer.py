@@ -71,6 +71,7 @@ class DeploymentInformer:
         self.listed = asyncio.Event()
         if not self._unlisted:
             self.listed.set()
+        self.failing: set[str] = set()  # scopes whose last list or watch failed (for the health probe)
 
     async def run(self) -> None:
         await asyncio.gather(*(self._run_scope(path) for path in self._paths))
@@ -84,6 +85,7 @@ class DeploymentInformer:
                 if version is None:
                     version = await self._list(path, known)
                     self._mark_listed(path)
+                self.failing.discard(path)
                 version = await self._watch(path, version, known)
                 failures = 0
             except asyncio.CancelledError:
@@ -94,6 +96,7 @@ class DeploymentInformer:
             except Exception as error:  # the API server restarting, a network error, RBAC being fixed
                 delay = self._retry_delays[min(failures, len(self._retry_delays) - 1)]
                 failures += 1
+                self.failing.add(path)
                 log.warning("watching %s failed (%s); retrying in %.0f s", path, error, delay)
                 await asyncio.sleep(delay)
 

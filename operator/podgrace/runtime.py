@@ -225,6 +225,18 @@ class Runtime:
     def forget_deployment(self, namespace: str, name: str) -> None:
         self._set_profile((namespace, name), None)
 
+    def health(self) -> dict[str, Any]:
+        """For Kopf's liveness endpoint: fails only if the informer task has ended (it never should: a
+        restart then helps); list or watch errors are reported but do not fail it (a restart would not
+        help an API server that is down or RBAC that is missing)."""
+        if self._watcher is not None and self._watcher.done():
+            raise RuntimeError("the Deployment informer has stopped")
+        informer = self.informer
+        return {
+            "listed": informer is not None and informer.listed.is_set(),
+            "failing": sorted(informer.failing) if informer is not None else [],
+        }
+
     async def wait_listed(self) -> None:
         """Until every Deployment has been listed once: a profile's users are then all known."""
         if self.informer is not None:

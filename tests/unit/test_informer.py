@@ -176,6 +176,7 @@ async def test_errors_are_retried_and_a_failing_handler_does_not_stop_the_watch(
         ("MODIFIED", "good", "Deployment"),
     ]
     assert informer.listed.is_set()
+    assert informer.failing == set()  # recovered
     # Errors other than 410 resume from the same version: no relist.
     assert [c["resourceVersion"] for c in source.watch_calls[:3]] == ["5", "5", "5"]
     assert len([c for c in source.list_calls if "continue" not in c]) == 2
@@ -194,3 +195,28 @@ async def test_namespaced_scopes_are_listed_before_listed_is_set() -> None:
     )
     assert seen == [("ADDED", "web", "Deployment")]
     assert not informer.listed.is_set()
+    assert informer.failing == {"/apis/apps/v1/namespaces/blog/deployments"}
+
+
+async def test_runtime_health_reports_the_informer_and_fails_once_it_has_stopped() -> None:
+    from podgrace import runtime
+
+    rt = runtime.Runtime(
+        options=runtime.Options(namespaces=[], workers=1, stop_signals=None),
+        connection=None,  # type: ignore[arg-type]
+        metrics=None,  # type: ignore[arg-type]
+    )
+    source = ScriptedSource(lists=[[page([], "1")]], watches=[])
+
+    async def ignore(kind: str, obj: Mapping[str, Any]) -> None:
+        pass
+
+    rt.informer = DeploymentInformer(source, [], ignore)
+    rt._watcher = asyncio.create_task(rt.informer.run())
+    await rt.informer.listed.wait()
+    assert rt.health() == {"listed": True, "failing": []}
+    rt._watcher.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await rt._watcher
+    with pytest.raises(RuntimeError, match="informer has stopped"):
+        rt.health()
