@@ -12,7 +12,7 @@ import contextlib
 import datetime
 import logging
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from podgrace.constants import FIELD_MANAGER
@@ -23,11 +23,19 @@ log = logging.getLogger(__name__)
 NORMAL = "Normal"
 WARNING = "Warning"
 _SEEN_LIMIT = 50_000
+# The longest a background Normal Event waits for the reconcilers to be idle before it is posted anyway.
+IDLE_WAIT_LIMIT = 10.0
 
 
 class EventRecorder:
     def __init__(
-        self, api: Api, metrics: Metrics, *, instance: str = "podgrace", background: int = 0
+        self,
+        api: Api,
+        metrics: Metrics,
+        *,
+        instance: str = "podgrace",
+        background: int = 0,
+        idle: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._api = api
         self._metrics = metrics
@@ -35,8 +43,11 @@ class EventRecorder:
         self._seen: OrderedDict[tuple[str, str, str, str], None] = OrderedDict()
         # Normal Events (Applied, Reverted) can go out after the reconcile, from `background` tasks: a
         # Deployment's settings are written first, the informational Event follows (its timestamp is the
-        # reconcile's). 0: every Event is posted before post() returns.
+        # reconcile's). 0: every Event is posted before post() returns. `idle` (the work queue's) holds
+        # them back while Deployments wait for their settings (at most IDLE_WAIT_LIMIT seconds each): in a
+        # cold start over 5,000 Deployments they otherwise competed with the applies for the API server.
         self._background = background
+        self._idle = idle
         self._pending: asyncio.Queue[tuple[str, dict[str, Any], tuple[str, str, str, str]]] | None = None
         self._posters: list[asyncio.Task[None]] = []
 
@@ -83,6 +94,9 @@ class EventRecorder:
         assert self._pending is not None
         while True:
             namespace, event, key = await self._pending.get()
+            if self._idle is not None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._idle(), IDLE_WAIT_LIMIT)
             try:
                 await self._api.create_event(namespace, event)
             except Exception as error:  # best effort, as inline: log it, never stop the lane

@@ -124,6 +124,11 @@ class DeploymentQueue:
         self._queued: set[Key] = set()
         self._active: set[Key] = set()
         self._tasks: list[asyncio.Task[None]] = []
+        self._idle = asyncio.Event()  # nothing queued, nothing being reconciled
+        self._idle.set()
+
+    async def wait_idle(self) -> None:
+        await self._idle.wait()
 
     def start(self) -> None:
         self._tasks = [asyncio.create_task(self._work(), name=f"reconcile-{i}") for i in range(self._workers)]
@@ -143,6 +148,7 @@ class DeploymentQueue:
     def _enqueue(self, key: Key) -> None:
         if key not in self._queued and key not in self._active:
             self._queued.add(key)
+            self._idle.clear()
             self._ready.put_nowait(key)
 
     async def _work(self) -> None:
@@ -151,6 +157,7 @@ class DeploymentQueue:
             self._queued.discard(key)
             item = self._latest.pop(key, None)
             if item is None:
+                self._mark_idle()
                 continue
             self._active.add(key)
             try:
@@ -161,6 +168,11 @@ class DeploymentQueue:
                 self._active.discard(key)
                 if key in self._latest:
                     self._enqueue(key)
+                self._mark_idle()
+
+    def _mark_idle(self) -> None:
+        if not self._queued and not self._active:
+            self._idle.set()
 
 
 @dataclass
@@ -207,11 +219,11 @@ class Runtime:
             store.upsert(body)
             self._profile_generations[str(body["metadata"]["name"])] = body["metadata"].get("generation")
         capabilities = CapabilityCache(self.client, version, stop_signal_override=self.options.stop_signals)
-        events = EventRecorder(self.client, self.metrics, background=EVENT_POSTERS)
+        self.queue = DeploymentQueue(self._handle_deployment, self.options.workers)
+        events = EventRecorder(self.client, self.metrics, background=EVENT_POSTERS, idle=self.queue.wait_idle)
         self.reconciler = Reconciler(
             self.client, store, capabilities, events, self.metrics, concurrency=self.options.workers
         )
-        self.queue = DeploymentQueue(self._handle_deployment, self.options.workers)
         self.queue.start()
         self.informer = DeploymentInformer(self.client, self.options.namespaces, self.deployment_event)
         self._watcher = asyncio.create_task(self.informer.run(), name="deployment-informer")
@@ -284,6 +296,8 @@ class Runtime:
             self.reconciler.forget_deployment(item.body)
             return
         version = self.profiles_version
+        if item.signature and self._settled.get(key) == (item.signature, version):
+            return  # settled while it waited: the echo of podgrace's own write, queued during that write
         self._written.pop(key, None)
         outcome = await self.reconciler.reconcile_deployment(item.body)
         written = self._written.pop(key, None)

@@ -351,3 +351,42 @@ async def test_conflict_is_requeued_and_planned_again() -> None:
     )
     await asyncio.sleep(0.3)
     assert len(api.writes()) == 1  # the requeued reconcile applied on a fresh read
+
+
+async def test_the_echo_of_podgraces_own_write_is_not_reconciled_even_if_it_arrives_during_the_write() -> (
+    None
+):
+    api = FakeApi()
+    reconciler = make(api)
+    rt = runtime.Runtime(
+        options=runtime.Options(namespaces=[], workers=2, stop_signals=None),
+        connection=None,  # type: ignore[arg-type]
+        metrics=reconciler.metrics,
+        reconciler=reconciler,
+    )
+    real_apply = api.apply_deployment
+
+    async def apply_then_echo(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        result = await real_apply(*args, **kwargs)
+        if not kwargs.get("dry_run"):
+            rt._applied(result)  # as KubeClient.applied does
+            # The watch delivers the written object before the reconcile has finished.
+            await rt.deployment_event("MODIFIED", api.get("web", "shop"))
+        return result
+
+    api.apply_deployment = apply_then_echo  # type: ignore[method-assign]
+    rt.queue = runtime.DeploymentQueue(rt._handle_deployment, 2)
+    rt.queue.start()
+    try:
+        await rt.deployment_event("ADDED", api.create(deployment()))
+        await asyncio.sleep(0)
+        await asyncio.wait_for(rt.queue.wait_idle(), 2)
+        await rt.deployment_event("MODIFIED", api.get("web", "shop"))  # and once more, after it settled
+        await asyncio.wait_for(rt.queue.wait_idle(), 2)
+    finally:
+        await rt.queue.stop()
+    assert len(api.writes()) == 1
+    total = reconciler.metrics.registry.get_sample_value(
+        "podgrace_reconcile_total", {"controller": "deployment", "result": "success"}
+    )
+    assert total == 1  # the first event only: both echoes were recognised without planning again

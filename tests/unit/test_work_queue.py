@@ -1,0 +1,89 @@
+"""The Deployment work queue (runtime.DeploymentQueue) and the Normal-Event lane that waits for it."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from fake_api import FakeApi
+from prometheus_client import CollectorRegistry
+
+from podgrace import events as events_mod
+from podgrace.events import NORMAL, EventRecorder
+from podgrace.metrics import Metrics
+from podgrace.runtime import DeploymentQueue, Item, Key
+
+
+async def settle() -> None:
+    for _ in range(20):
+        await asyncio.sleep(0)
+
+
+async def test_events_of_a_waiting_deployment_are_coalesced_and_idle_follows_the_work() -> None:
+    release = asyncio.Event()
+    handled: list[tuple[Key, str]] = []
+
+    async def handle(key: Key, item: Item) -> None:
+        handled.append((key, str(item.body["v"])))
+        await release.wait()
+
+    queue = DeploymentQueue(handle, workers=1)
+    await asyncio.wait_for(queue.wait_idle(), 1)  # idle before any work
+    queue.start()
+    try:
+        queue.put(("shop", "web"), Item("ADDED", {"v": 1}))
+        await settle()
+        for v in (2, 3, 4):  # arrive while v1 is being reconciled: only the newest is kept
+            queue.put(("shop", "web"), Item("MODIFIED", {"v": v}))
+        idle = asyncio.create_task(queue.wait_idle())
+        await settle()
+        assert not idle.done()
+        release.set()
+        await asyncio.wait_for(idle, 1)
+        assert handled == [(("shop", "web"), "1"), (("shop", "web"), "4")]
+    finally:
+        await queue.stop()
+
+
+async def test_background_normal_events_wait_for_idle_reconcilers() -> None:
+    api = FakeApi()
+    idle = asyncio.Event()
+    recorder = EventRecorder(api, Metrics(CollectorRegistry()), background=1, idle=idle.wait)
+    obj: dict[str, Any] = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "web", "uid": "u1"},
+    }
+    try:
+        await recorder.post(obj, NORMAL, "Applied", "podgrace applied")
+        await settle()
+        assert api.events == []  # Deployments still wait for their settings
+        idle.set()
+        await settle()
+        assert [e["reason"] for e in api.events] == ["Applied"]
+    finally:
+        await recorder.close()
+
+
+async def test_a_background_event_is_posted_anyway_after_the_wait_limit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(events_mod, "IDLE_WAIT_LIMIT", 0.05)
+    api = FakeApi()
+    never = asyncio.Event()
+    recorder = EventRecorder(api, Metrics(CollectorRegistry()), background=1, idle=never.wait)
+    obj: dict[str, Any] = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "web", "uid": "u1"},
+    }
+    try:
+        await recorder.post(obj, NORMAL, "Applied", "podgrace applied")
+        for _ in range(50):
+            if api.events:
+                break
+            await asyncio.sleep(0.01)
+        assert [e["reason"] for e in api.events] == ["Applied"]
+    finally:
+        await recorder.close()
