@@ -52,21 +52,33 @@ class KubeClient:
         self._ssl = info.as_ssl_context() if self._server.startswith("https") else False
         self._limit = connection_limit
         self._session: aiohttp.ClientSession | None = None
+        # Watches hold their connection for minutes, one per watched namespace: they get their own pool,
+        # without a limit, so that they can never take the connections the reconcilers' requests need.
+        self._watch_session: aiohttp.ClientSession | None = None
         # Called with the object a (non-dry-run) apply returned: the runtime recognises the watch event of
         # podgrace's own write by it.
         self.applied: Callable[[dict[str, Any]], None] | None = None
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(ssl=self._ssl, limit=self._limit)
-            self._session = aiohttp.ClientSession(
-                connector=connector, headers=self._headers, timeout=aiohttp.ClientTimeout(total=30)
-            )
+            self._session = self._new_session(self._limit)
         return self._session
 
+    def _watch_client(self) -> aiohttp.ClientSession:
+        if self._watch_session is None or self._watch_session.closed:
+            self._watch_session = self._new_session(0)  # 0: no limit
+        return self._watch_session
+
+    def _new_session(self, limit: int) -> aiohttp.ClientSession:
+        connector = aiohttp.TCPConnector(ssl=self._ssl, limit=limit)
+        return aiohttp.ClientSession(
+            connector=connector, headers=self._headers, timeout=aiohttp.ClientTimeout(total=30)
+        )
+
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        for session in (self._session, self._watch_session):
+            if session is not None:
+                await session.close()
 
     async def _request(
         self,
@@ -169,7 +181,7 @@ class KubeClient:
         # No total timeout: a watch lasts as long as the server keeps it (timeoutSeconds); a stream silent
         # for longer than that plus a margin is dead.
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=seconds + 60)
-        async with self._client().get(url, timeout=timeout) as response:
+        async with self._watch_client().get(url, timeout=timeout) as response:
             if response.status >= 400:
                 raise _error(response.status, await response.read())
             pending = bytearray()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -155,3 +156,44 @@ async def test_watch_decodes_one_event_per_line_across_chunk_boundaries() -> Non
     assert got == events
     assert seen_params == [params]
     assert (raised.value.status, raised.value.reason, raised.value.message) == (403, "Forbidden", "no watch")
+
+
+async def test_open_watches_never_take_the_connections_requests_need() -> None:
+    # One watch per watched namespace stays open for minutes; with a pool of one connection, a request
+    # must still get through while two watches are open.
+    opened = asyncio.Event()
+    watching = 0
+
+    async def watch(request: web.Request) -> web.StreamResponse:
+        nonlocal watching
+        response = web.StreamResponse()
+        await response.prepare(request)
+        watching += 1
+        if watching == 2:
+            opened.set()
+        await asyncio.sleep(30)  # a watch with nothing to say
+        return response
+
+    async def get(request: web.Request) -> web.Response:
+        return web.Response(body=orjson.dumps({"metadata": {"name": request.match_info["name"]}}))
+
+    app = web.Application()
+    app.router.add_get("/apis/apps/v1/namespaces/{ns}/deployments", watch)
+    app.router.add_get("/apis/apps/v1/namespaces/{ns}/deployments/{name}", get)
+    async with TestServer(app) as test_server:
+        client = KubeClient(kopf.ConnectionInfo(server=str(test_server.make_url("/"))), connection_limit=1)
+
+        async def drain(namespace: str) -> None:
+            async for _ in client.watch(f"/apis/apps/v1/namespaces/{namespace}/deployments", {"watch": "1"}):
+                pass
+
+        watches = [asyncio.create_task(drain(ns)) for ns in ("shop", "blog")]
+        try:
+            await asyncio.wait_for(opened.wait(), 5)
+            got = await asyncio.wait_for(client.get_deployment("shop", "web"), 5)
+        finally:
+            for task in watches:
+                task.cancel()
+            await asyncio.gather(*watches, return_exceptions=True)
+            await client.close()
+    assert got == {"metadata": {"name": "web"}}
