@@ -94,6 +94,10 @@ class DeploymentInformer:
                 log.info("watch of %s expired (410 Gone): listing again", path)
                 version = None
             except Exception as error:  # the API server restarting, a network error, RBAC being fixed
+                if isinstance(error, ApiError) and error.status == 410:  # a too-old version, refused outright
+                    log.info("watch of %s expired (410 Gone): listing again", path)
+                    version = None
+                    continue
                 delay = self._retry_delays[min(failures, len(self._retry_delays) - 1)]
                 failures += 1
                 self.failing.add(path)

@@ -220,3 +220,14 @@ async def test_runtime_health_reports_the_informer_and_fails_once_it_has_stopped
         await rt._watcher
     with pytest.raises(RuntimeError, match="informer has stopped"):
         rt.health()
+
+
+async def test_a_watch_refused_with_http_410_relists() -> None:
+    source = ScriptedSource(
+        lists=[[page([dep("a", "web", "1")], "5")], [page([dep("a", "web", "1")], "30")]],
+        watches=[ApiError(410, "Gone", "too old resource version: 5 (25)")],
+    )
+    seen, _ = await run_until(source, lambda seen, s: len(s.watch_calls) == 2)
+    assert [c["resourceVersion"] for c in source.watch_calls] == ["5", "30"]
+    assert len(source.list_calls) == 2
+    assert seen == [("ADDED", "web", "Deployment")] * 2  # listed twice, nothing vanished
