@@ -48,8 +48,8 @@ class BenchOperator(OperatorProcess):
         return self.proc.pid
 
     def stats(self) -> dict[str, float]:
-        """Peak RSS (VmHWM, MiB), current RSS (MiB) and CPU seconds (utime + stime) of the process so far."""
-        out = {"peak_rss_mib": 0.0, "rss_mib": 0.0, "cpu_s": 0.0}
+        """Peak RSS (VmHWM, MiB), current RSS (MiB) and CPU seconds (utime + stime, and each) so far."""
+        out = {"peak_rss_mib": 0.0, "rss_mib": 0.0, "cpu_s": 0.0, "user_s": 0.0, "sys_s": 0.0}
         with _quiet():
             for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
                 if line.startswith("VmHWM:"):
@@ -57,7 +57,9 @@ class BenchOperator(OperatorProcess):
                 elif line.startswith("VmRSS:"):
                     out["rss_mib"] = int(line.split()[1]) / 1024
             fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-            out["cpu_s"] = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime (fields 14, 15)
+            out["user_s"] = int(fields[11]) / CLOCK_TICKS  # utime, stime: fields 14 and 15 of proc(5)
+            out["sys_s"] = int(fields[12]) / CLOCK_TICKS
+            out["cpu_s"] = out["user_s"] + out["sys_s"]
         return out
 
     def reconciles(self) -> float:

@@ -127,6 +127,16 @@ def server_side(writes: list[Request]) -> dict[str, float]:
     }
 
 
+def python_speed() -> float:
+    """CPU seconds of a fixed pure-Python loop (5 million additions): how fast this machine runs Python
+    right now, so that runs on different (or differently loaded) machines can be compared."""
+    started = time.process_time()
+    total = 0
+    for i in range(5_000_000):
+        total += i
+    return time.process_time() - started
+
+
 def is_podgrace(r: Request) -> bool:
     return r.user == OPERATOR_USER and r.user_agent != FLOOR_AGENT
 
@@ -141,6 +151,7 @@ class Bench:
             "params": dataclasses.asdict(params),
             "started": time.strftime("%Y-%m-%d %H:%M:%S"),
             "loadavg_before": os.getloadavg(),
+            "python_loop_s": {"before": python_speed()},
         }
         self.cluster: LocalCluster | None = None
         self.audit: AuditTail | None = None
@@ -547,6 +558,8 @@ class Bench:
                 self.floor()
             derive(self.result)
             self.result["loadavg_after"] = os.getloadavg()
+            self.result["python_loop_s"]["after"] = python_speed()
+            log(f"Python speed (CPU s of a 5M-addition loop): {self.result['python_loop_s']}")
             return self.result
         except BaseException:
             if self.cluster is not None:
