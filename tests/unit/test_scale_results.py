@@ -1,0 +1,38 @@
+"""The scale tables in README.md and bench/scale/README.md are the committed benchmark results rendered by
+the benchmark's own `table()`, not figures typed by hand."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench.scale.report import table  # noqa: E402
+
+RESULTS = ROOT / "bench" / "scale" / "results"
+
+
+def rendered(day: str) -> str:
+    files = sorted((RESULTS / day).glob("result-*.json"), key=lambda f: int(f.stem.split("-")[1]))
+    assert files, f"no results for {day}"
+    return table(json.loads(f.read_text()) for f in files)
+
+
+@pytest.mark.parametrize(
+    ("document", "day"),
+    [
+        ("README.md", "2026-11-26"),
+        ("bench/scale/README.md", "2026-11-26"),
+        ("bench/scale/README.md", "2026-11-22"),
+    ],
+)
+def test_documented_table_is_the_committed_results(document: str, day: str) -> None:
+    assert rendered(day) in (ROOT / document).read_text(), (
+        f"{document}'s table for {day} differs from python -m bench.scale --table on results/{day}"
+    )
