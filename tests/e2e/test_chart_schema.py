@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 from localcluster import KubectlError, LocalCluster
+from podgrace_env import wait_until
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "hack" / "chart"))
 import helmchart
@@ -58,7 +59,16 @@ def _apply_crds(cluster: LocalCluster, path: Path, names: tuple[str, ...]) -> No
         *("apply", "--server-side", "--force-conflicts", "--field-manager=podgrace-chart-tests"),
         *("-f", str(path)),
     )
-    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", *(f"crd/{n}" for n in names))
+    # Polled, not `kubectl wait --for=condition=Established`: that fails at once ("accessor error: <nil>")
+    # when it reads a CRD before the API server has written any status condition.
+    for name in names:
+        wait_until(f"CRD {name} Established", lambda name=name: _established(cluster, name))
+
+
+def _established(cluster: LocalCluster, name: str) -> bool:
+    crd = cluster.kubectl_json("get", f"crd/{name}")
+    conditions = (crd.get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "Established" and c.get("status") == "True" for c in conditions)
 
 
 @pytest.fixture(scope="module")
