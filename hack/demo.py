@@ -10,11 +10,10 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "tests" / "cluster"), str(ROOT / "tests" / "e2e")]
+from tests.cluster.localcluster import STOP_SIGNALS_GATES, LocalCluster
+from tests.support.podgrace_env import OperatorProcess, install_chart, wait_until
 
-from localcluster import STOP_SIGNALS_GATES, LocalCluster  # noqa: E402
-from podgrace_env import OperatorProcess, install_chart, wait_until  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 EXAMPLE = ROOT / "examples" / "php-fpm-deployment.yaml"
 

@@ -9,4 +9,4 @@ cd "$(dirname "$0")/.."
 python3 -c "import podgrace" 2>/dev/null || python3 -m pip install -q -e .
 python3 -c "import cryptography" 2>/dev/null || python3 -m pip install -q cryptography
 bash tests/cluster/build.sh >/dev/null
-exec python3 hack/demo.py "$@"
+exec python3 -m hack.demo "$@"

@@ -17,12 +17,12 @@ from typing import Any
 
 from bench.scale.client import APPLY, Client, bounded
 
-from podgrace.applybody import apply_body
-from podgrace.capabilities import Capabilities
-from podgrace.constants import FIELD_MANAGER
-from podgrace.planner import Outcome, plan
-from podgrace.profile_store import ProfileStore
-from podgrace.workloads import from_object
+from podgrace.core.apply_body import apply_body
+from podgrace.core.capabilities import Capabilities
+from podgrace.core.constants import FIELD_MANAGER
+from podgrace.core.planner import Outcome, plan
+from podgrace.core.profile_store import ProfileStore
+from podgrace.core.workload_parser import from_object
 
 
 @dataclasses.dataclass(frozen=True)

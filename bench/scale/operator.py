@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from podgrace_env import NAMESPACE, SERVICE_ACCOUNT, OperatorProcess
+from tests.support.podgrace_env import NAMESPACE, SERVICE_ACCOUNT, OperatorProcess
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 

@@ -47,10 +47,10 @@ from bench.scale.workload import (
     list_set,
     wait_settled,
 )
-from localcluster import ADMIN_USER, LocalCluster, ensure_binaries
-from podgrace_env import NAMESPACE, OPERATOR_USER, SERVICE_ACCOUNT, install_chart, wait_until
+from tests.cluster.localcluster import ADMIN_USER, LocalCluster, ensure_binaries
+from tests.support.podgrace_env import NAMESPACE, OPERATOR_USER, SERVICE_ACCOUNT, install_chart, wait_until
 
-from podgrace.capabilities import NATIVE_SLEEP_SINCE, STOP_SIGNALS_GATE, Capabilities
+from podgrace.core.capabilities import NATIVE_SLEEP_SINCE, STOP_SIGNALS_GATE, Capabilities
 
 PHASES = ("sync", "restart", "churn", "fanout", "floor")
 FLOOR_AGENT = "podgrace-bench-floor"

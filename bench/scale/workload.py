@@ -18,7 +18,7 @@ import time
 from typing import Any
 
 from bench.scale.client import Client, bounded
-from podgrace_env import deployment
+from tests.support.podgrace_env import deployment
 
 SET_LABEL = "bench.podgrace.dev/set"
 FANOUT_PROFILE = "bench-fanout"

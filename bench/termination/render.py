@@ -26,7 +26,7 @@ def podgrace_argv(podgrace: str | None = None) -> list[str]:
     exe = shutil.which("podgrace")
     if exe:
         return [exe]
-    return [sys.executable, "-c", "import sys; from podgrace.cli import main; sys.exit(main())"]
+    return [sys.executable, "-c", "import sys; from podgrace.cli.main import main; sys.exit(main())"]
 
 
 def render_command(manifest: Path, mode: str, podgrace: str | None = None) -> list[str]:

@@ -2,7 +2,7 @@
 # Copy the canonical CRD and built-in ShutdownProfiles into the Helm chart.
 #
 #   hack/chart/sync.sh          copy crds/*.yaml -> charts/podgrace/crds/ and
-#                               operator/podgrace/builtin/profiles.yaml -> charts/podgrace/files/builtin-profiles.yaml
+#                               operator/podgrace/core/builtin/profiles.yaml -> charts/podgrace/files/builtin-profiles.yaml
 #   hack/chart/sync.sh --check  copy nothing; exit 1 (and list them) if a copy differs from its source
 #
 # The top-level files are the source of truth; tests/unit/test_chart_sync.py fails when the copies drift.
@@ -11,7 +11,7 @@ set -Eeuo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 CHART="$ROOT/charts/podgrace"
 
-PAIRS=("$ROOT/operator/podgrace/builtin/profiles.yaml=$CHART/files/builtin-profiles.yaml")
+PAIRS=("$ROOT/operator/podgrace/core/builtin/profiles.yaml=$CHART/files/builtin-profiles.yaml")
 for crd in "$ROOT"/crds/*.yaml; do
   PAIRS+=("$crd=$CHART/crds/$(basename "$crd")")
 done

@@ -10,16 +10,12 @@ The binaries are built by tests/cluster/build.sh on first use (cold ~20 min, the
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "cluster"))
-
-from localcluster import (
+from tests.cluster.localcluster import (
     STOP_SIGNALS_GATES,
     ClusterError,
     LocalCluster,

@@ -16,17 +16,14 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from localcluster import KubectlError, LocalCluster
-from podgrace_env import wait_until
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "hack" / "chart"))
-import helmchart
+from hack.chart import helmchart
+from tests.cluster.localcluster import KubectlError, LocalCluster
+from tests.support.podgrace_env import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import pytest
-from localcluster import ADMIN_USER, LocalCluster
+from tests.cluster.localcluster import ADMIN_USER, LocalCluster
 
 T = TypeVar("T")
 

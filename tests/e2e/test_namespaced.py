@@ -10,8 +10,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from localcluster import LocalCluster
-from podgrace_env import CHART, NAMESPACE, OPERATOR_USER, RELEASE, OperatorProcess, deployment, wait_until
+from tests.cluster.localcluster import LocalCluster
+from tests.support.podgrace_env import (
+    CHART,
+    NAMESPACE,
+    OPERATOR_USER,
+    RELEASE,
+    OperatorProcess,
+    deployment,
+    wait_until,
+)
 
 
 @pytest.fixture(scope="module")

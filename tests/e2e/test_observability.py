@@ -31,11 +31,11 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pytest
-from podgrace_env import (
+from hack.chart import helmchart
+from tests.support.podgrace_env import (
     NAMESPACE,
     OPERATOR_USER,
     RELEASE,
@@ -44,7 +44,7 @@ from podgrace_env import (
     install_chart,
     wait_until,
 )
-from prometheus_env import (
+from tests.support.prometheus_env import (
     PanelQuery,
     Prometheus,
     dashboard_queries,
@@ -53,9 +53,6 @@ from prometheus_env import (
     scrape_config,
     substitute,
 )
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "hack" / "chart"))
-import helmchart
 
 from podgrace import __version__
 

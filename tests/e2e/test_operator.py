@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 import yaml
-from podgrace_env import (
+from tests.support.podgrace_env import (
     CHART,
     NAMESPACE,
     OPERATOR_USER,

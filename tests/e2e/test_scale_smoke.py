@@ -8,17 +8,13 @@ numbers are printed.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
+from bench.scale.report import table
+from bench.scale.scenario import Bench, Params
 
 ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from bench.scale.report import table  # noqa: E402
-from bench.scale.scenario import Bench, Params  # noqa: E402
 
 SIZE = 100
 

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from podgrace_env import OperatorProcess, deployment, running_operator, wait_until
+from tests.support.podgrace_env import OperatorProcess, deployment, running_operator, wait_until
 
 
 @pytest.fixture(scope="module")

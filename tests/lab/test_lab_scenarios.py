@@ -7,19 +7,15 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
+from bench.termination import scenario
+from bench.termination.kubelet import LabError
+from bench.termination.plan import plan_from_text
+from bench.termination.procs import REGISTRY
 
 ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from bench.termination import scenario  # noqa: E402
-from bench.termination.kubelet import LabError  # noqa: E402
-from bench.termination.plan import plan_from_text  # noqa: E402
-from bench.termination.procs import REGISTRY  # noqa: E402
 
 pytestmark = [
     pytest.mark.lab,

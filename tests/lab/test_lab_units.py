@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
+from bench.termination import plan as P
+from bench.termination.matrix import CELLS, Row, full_rows, markdown, short_rows, verdict
+from bench.termination.servers import haproxy_conf, parse_haproxy_log
 
 ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from bench.termination import plan as P  # noqa: E402
-from bench.termination.matrix import CELLS, Row, full_rows, markdown, short_rows, verdict  # noqa: E402
-from bench.termination.servers import haproxy_conf, parse_haproxy_log  # noqa: E402
 
 MANIFESTS = ROOT / "bench" / "termination" / "manifests"
 

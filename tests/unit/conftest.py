@@ -14,9 +14,10 @@ from typing import Any
 import pytest
 import yaml
 
-from podgrace import cli, profiles
-from podgrace.constants import ANN_PROFILE
-from podgrace.models import ContainerView, Ownership, PreStop, ShutdownProfile, Workload
+from podgrace.cli import main as cli
+from podgrace.core import profiles
+from podgrace.core.constants import ANN_PROFILE
+from podgrace.core.models import ContainerView, Ownership, PreStop, ShutdownProfile, Workload
 
 REPO = Path(__file__).resolve().parents[2]
 

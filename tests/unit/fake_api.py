@@ -11,9 +11,9 @@ import copy
 import json
 from typing import Any
 
-from podgrace.constants import FIELD_MANAGER
-from podgrace.kube import ApiError
-from podgrace.managed_fields import Path, _value_at, desired_leaves, manager_leaves
+from podgrace.controller.kube_api import ApiError
+from podgrace.core.constants import FIELD_MANAGER
+from podgrace.core.managed_fields import Path, _value_at, desired_leaves, manager_leaves
 
 
 def _nest(paths: set[Path]) -> dict[str, Any]:

@@ -6,13 +6,13 @@ from typing import Any
 
 import pytest
 
-from podgrace import applybody, assess, planner, workloads
-from podgrace.capabilities import Capabilities
-from podgrace.constants import ANN_MODE, ANN_PRESTOP_SLEEP
-from podgrace.findings import ERRORS, RISKS, Code, Finding
-from podgrace.models import Role, ShutdownProfile
-from podgrace.planner import Outcome
-from podgrace.timing import Expectation
+from podgrace.core import apply_body, assess, planner, workload_parser
+from podgrace.core.capabilities import Capabilities
+from podgrace.core.constants import ANN_MODE, ANN_PRESTOP_SLEEP
+from podgrace.core.findings import ERRORS, RISKS, Code, Finding
+from podgrace.core.models import Role, ShutdownProfile
+from podgrace.core.planner import Outcome
+from podgrace.core.timing import Expectation
 
 CAPS = Capabilities(native_sleep=True, stop_signal=False)
 
@@ -147,7 +147,7 @@ def test_not_opted_in(
     grace: int | None,
     expected: set[tuple[Code, str | None]],
 ) -> None:
-    w = workloads.from_object(deployment(containers, grace=grace), with_ownership=False)
+    w = workload_parser.from_object(deployment(containers, grace=grace), with_ownership=False)
     result = planner.plan(w, builtin_profiles, CAPS)
     assert result.outcome is Outcome.NOT_OPTED_IN
     assert {(f.code, f.container) for f in result.findings_before} == expected
@@ -200,7 +200,7 @@ def test_opted_in(
     expected: set[tuple[Code, str | None]],
 ) -> None:
     manifest = deployment(containers, grace=grace, profile=profile, annotations=annotations)
-    result = planner.plan(workloads.from_object(manifest, with_ownership=False), builtin_profiles, CAPS)
+    result = planner.plan(workload_parser.from_object(manifest, with_ownership=False), builtin_profiles, CAPS)
     assert result.outcome in (Outcome.MANAGED, Outcome.AUDIT)
     assert {(f.code, f.container) for f in result.findings_before} == expected
 
@@ -212,7 +212,7 @@ def test_messages_give_the_numbers(builtin_profiles: dict[str, ShutdownProfile],
     findings = {
         f.code: f.message
         for f in planner.plan(
-            workloads.from_object(manifest, with_ownership=False), builtin_profiles, CAPS
+            workload_parser.from_object(manifest, with_ownership=False), builtin_profiles, CAPS
         ).findings_before
     }
     assert findings[SHORT] == "preStop waits 2s, less than the 5s endpoint/load-balancer propagation"
@@ -261,11 +261,11 @@ def test_zero_propagation_is_not_reported_as_missing_prestop(
 ) -> None:
     manifest = deployment([c("nginx", "nginx:1.27")], profile=profile, annotations={ANN_PRESTOP_SLEEP: "0"})
     gate = Capabilities(native_sleep=True, stop_signal=True)
-    result = planner.plan(workloads.from_object(manifest, with_ownership=False), builtin_profiles, gate)
+    result = planner.plan(workload_parser.from_object(manifest, with_ownership=False), builtin_profiles, gate)
     assert result.outcome is Outcome.MANAGED
     assert result.findings_after == ()
-    rendered = applybody.merge_into_manifest(manifest, result)
-    again = planner.plan(workloads.from_object(rendered, with_ownership=False), builtin_profiles, gate)
+    rendered = apply_body.merge_into_manifest(manifest, result)
+    again = planner.plan(workload_parser.from_object(rendered, with_ownership=False), builtin_profiles, gate)
     assert again.findings_before == ()
 
 
@@ -273,5 +273,5 @@ def test_hook_longer_than_the_grace_period(
     builtin_profiles: dict[str, ShutdownProfile], deployment: Any
 ) -> None:
     manifest = deployment([c("nginx", "nginx:1.27", sleep(60, "SIGQUIT"))], grace=40)
-    result = planner.plan(workloads.from_object(manifest, with_ownership=False), builtin_profiles, CAPS)
+    result = planner.plan(workload_parser.from_object(manifest, with_ownership=False), builtin_profiles, CAPS)
     assert {(f.code, f.container) for f in result.findings_before} == {(GRACE, None)}

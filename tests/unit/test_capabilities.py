@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from podgrace import capabilities
-from podgrace.capabilities import Capabilities, CapabilityError
+from podgrace.core import capabilities
+from podgrace.core.capabilities import Capabilities, CapabilityError
 
 
 @pytest.mark.parametrize(

@@ -5,13 +5,9 @@ documents every value), the CRD upgrade path is the one NOTES prints, and every 
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import yaml
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "hack" / "chart"))
-import values_table
+from hack.chart import values_table
 
 CHART = values_table.CHART
 README = (CHART / "README.md").read_text()

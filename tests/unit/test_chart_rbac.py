@@ -6,15 +6,11 @@ ALLOWED, on any `*`, and on a grant that lands outside the watched namespaces.
 
 from __future__ import annotations
 
-import sys
 from collections import defaultdict
-from pathlib import Path
 from typing import Any
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "hack" / "chart"))
-import helmchart
+from hack.chart import helmchart
 
 # (apiGroup, resource) -> verbs: the operator's whole API usage (see the chart's podgrace.rules.* helpers).
 ALLOWED: dict[tuple[str, str], frozenset[str]] = {

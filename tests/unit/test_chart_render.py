@@ -6,18 +6,15 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from hack.chart import helmchart
 
-from podgrace import profiles
-from podgrace.constants import KNOWN_ANNOTATIONS
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "hack" / "chart"))
-import helmchart
+from podgrace.core import profiles
+from podgrace.core.constants import KNOWN_ANNOTATIONS
 
 NS = helmchart.NAMESPACE
 CHART = helmchart.CHART

@@ -9,15 +9,12 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "hack" / "chart"))
-import helmchart
+from hack.chart import helmchart
 
 NS = helmchart.NAMESPACE
 ALERTS = {

@@ -15,7 +15,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "podgrace"
 SYNC = ROOT / "hack" / "chart" / "sync.sh"
-CANONICAL_PROFILES = ROOT / "operator" / "podgrace" / "builtin" / "profiles.yaml"
+CANONICAL_PROFILES = ROOT / "operator" / "podgrace" / "core" / "builtin" / "profiles.yaml"
 CHART_PROFILES = CHART / "files" / "builtin-profiles.yaml"
 HINT = "run hack/chart/sync.sh"
 

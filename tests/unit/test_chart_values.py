@@ -4,14 +4,11 @@ the field (both `helm lint` and `helm template` refuse them).
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "hack" / "chart"))
-import helmchart
+from hack.chart import helmchart
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from podgrace import __version__
-from podgrace.constants import (
+from podgrace.core.constants import (
     ANN_CONTAINERS,
     ANN_DRAIN,
     ANN_EXISTING_PRESTOP,
@@ -91,7 +91,7 @@ def test_render_is_deterministic_and_idempotent(
 
 
 def test_render_as_a_subprocess_is_byte_identical(example: str) -> None:
-    command = [sys.executable, "-m", "podgrace.cli", "render", "-f", example]
+    command = [sys.executable, "-m", "podgrace.cli.main", "render", "-f", example]
     runs = [subprocess.run(command, capture_output=True, text=True, check=True, timeout=60) for _ in range(2)]
     assert runs[0].stdout == runs[1].stdout
     assert runs[0].stdout.count("kind: Deployment") == 1

@@ -1,4 +1,4 @@
-"""podgrace run's garbage-collector settings (operator/podgrace/gctune.py)."""
+"""podgrace run's garbage-collector settings (operator/podgrace/controller/gctune.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from podgrace import gctune
+from podgrace.controller import gctune
 
 
 @pytest.fixture

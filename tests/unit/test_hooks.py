@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
-from podgrace import hooks
-from podgrace.constants import HOOK_MARKER
-from podgrace.models import PreStop, PreStopKind, Signal
+from podgrace.core import hooks
+from podgrace.core.constants import HOOK_MARKER
+from podgrace.core.models import PreStop, PreStopKind, Signal
 
 
 def _pre_stop(handler: dict[str, Any] | None) -> PreStop:

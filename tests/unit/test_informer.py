@@ -1,4 +1,4 @@
-"""The Deployment informer (operator/podgrace/informer.py) against a scripted API: list in pages, watch
+"""The Deployment informer (operator/podgrace/controller/informer.py) against a scripted API: list in pages, watch
 from the list's resourceVersion, resume, relist on 410 Gone, retry on errors, never stop."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from podgrace.informer import DeploymentInformer, scope_paths
-from podgrace.kube import ApiError
+from podgrace.controller.informer import DeploymentInformer, scope_paths
+from podgrace.controller.kube_api import ApiError
 
 ALL = "/apis/apps/v1/deployments"
 
@@ -199,7 +199,7 @@ async def test_namespaced_scopes_are_listed_before_listed_is_set() -> None:
 
 
 async def test_runtime_health_reports_the_informer_and_fails_once_it_has_stopped() -> None:
-    from podgrace import runtime
+    from podgrace.controller import runtime
 
     rt = runtime.Runtime(
         options=runtime.Options(namespaces=[], workers=1, stop_signals=None),

@@ -12,7 +12,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from podgrace.kube import APPLY, PARTIAL_METADATA, ApiError, KubeClient
+from podgrace.controller.kube_api import APPLY, PARTIAL_METADATA, ApiError, KubeClient
 
 DEPLOYMENT = "/apis/apps/v1/namespaces/shop/deployments/web"
 

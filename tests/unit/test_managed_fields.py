@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 
-from podgrace import applybody, managed_fields, planner, workloads
-from podgrace.capabilities import Capabilities, from_description
-from podgrace.constants import ANN_MODE, FIELD_MANAGER
-from podgrace.models import Ownership, ShutdownProfile
-from podgrace.planner import Outcome
+from podgrace.core import apply_body, managed_fields, planner, workload_parser
+from podgrace.core.capabilities import Capabilities, from_description
+from podgrace.core.constants import ANN_MODE, FIELD_MANAGER
+from podgrace.core.models import Ownership, ShutdownProfile
+from podgrace.core.planner import Outcome
 
 TIME = "2026-11-20T10:00:00Z"
 
@@ -193,8 +193,8 @@ def test_from_object_reads_ownership_only_when_asked(deployment: Any) -> None:
         nginx_lifecycle={"preStop": {"sleep": {"seconds": 5}}},
         entries=[entry("podgrace", PODGRACE_SLEEP_AND_GRACE)],
     )
-    assert workloads.from_object(obj, with_ownership=True).ownership.podgrace_pre_stop == {"nginx"}
-    assert workloads.from_object(obj, with_ownership=False).ownership == Ownership()
+    assert workload_parser.from_object(obj, with_ownership=True).ownership.podgrace_pre_stop == {"nginx"}
+    assert workload_parser.from_object(obj, with_ownership=False).ownership == Ownership()
 
 
 def test_container_names_needing_json_escapes() -> None:
@@ -367,9 +367,11 @@ def test_revert_plan_gives_up_every_field(
         grace=40,
         managed_fields=[entry("podgrace", PODGRACE_SLEEP_AND_GRACE)],
     )
-    result = planner.plan(workloads.from_object(obj, with_ownership=True), builtin_profiles, _caps("1.34"))
+    result = planner.plan(
+        workload_parser.from_object(obj, with_ownership=True), builtin_profiles, _caps("1.34")
+    )
     assert result.outcome in (Outcome.NOT_OPTED_IN, Outcome.AUDIT)
-    body = applybody.apply_body("default", "shop", result)
+    body = apply_body.apply_body("default", "shop", result)
     assert "spec" not in body
     assert body == REVERT_BODY
     assert not managed_fields.apply_is_noop(obj, body)
@@ -412,19 +414,23 @@ def test_after_apply_a_resync_is_a_noop(
         entry("kubectl-client-side-apply", user_fields, operation="Update")
     ]
 
-    first = planner.plan(workloads.from_object(manifest, with_ownership=True), builtin_profiles, _caps(caps))
-    body = applybody.apply_body("default", "shop", first)
+    first = planner.plan(
+        workload_parser.from_object(manifest, with_ownership=True), builtin_profiles, _caps(caps)
+    )
+    body = apply_body.apply_body("default", "shop", first)
     assert not managed_fields.apply_is_noop(manifest, body)
 
     # the object as the API server has it after podgrace's apply
-    after = applybody.merge_into_manifest(manifest, first)
+    after = apply_body.merge_into_manifest(manifest, first)
     after["metadata"]["managedFields"] = [
         *manifest["metadata"]["managedFields"],
         entry("podgrace", {"f:spec": fields_of(body["spec"])}),
     ]
     assert managed_fields.apply_is_noop(after, body)
 
-    second = planner.plan(workloads.from_object(after, with_ownership=True), builtin_profiles, _caps(caps))
+    second = planner.plan(
+        workload_parser.from_object(after, with_ownership=True), builtin_profiles, _caps(caps)
+    )
     assert second.decisions == ()
     assert second.findings_before == ()
-    assert applybody.apply_body("default", "shop", second) == body
+    assert apply_body.apply_body("default", "shop", second) == body

@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
-from podgrace import applybody, overrides, planner
-from podgrace.capabilities import Capabilities
-from podgrace.constants import (
+from podgrace.core import apply_body, overrides, planner
+from podgrace.core.capabilities import Capabilities
+from podgrace.core.constants import (
     ANN_CONTAINERS,
     ANN_DRAIN,
     ANN_EXISTING_PRESTOP,
@@ -17,9 +17,9 @@ from podgrace.constants import (
     ANN_PRESTOP_SLEEP,
     ANN_PROFILE,
 )
-from podgrace.findings import Code
-from podgrace.models import ExistingPreStop, Mode, ShutdownProfile
-from podgrace.planner import Outcome
+from podgrace.core.findings import Code
+from podgrace.core.models import ExistingPreStop, Mode, ShutdownProfile
+from podgrace.core.planner import Outcome
 
 GATE = Capabilities(native_sleep=True, stop_signal=True)
 NO_GATE = Capabilities(native_sleep=True, stop_signal=False)
@@ -183,7 +183,7 @@ def test_grace_pinned_too_short_is_still_applied(
     assert result.required_grace_seconds == 65
     assert [(d.code, d.container) for d in result.decisions] == [(Code.GRACE_PINNED, None)]
     assert "45s" in result.decisions[0].message and "65s" in result.decisions[0].message
-    body = applybody.apply_body("default", "shop", result)
+    body = apply_body.apply_body("default", "shop", result)
     assert body["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 45
     assert [f.code for f in result.findings_after] == [Code.GRACE_TOO_SHORT]
 
@@ -227,7 +227,7 @@ def test_containers_annotation_touches_only_named_containers(
     assert [s.name for s in result.containers] == ["php-fpm"]
     # nginx is not managed, so php-fpm waits only for its own propagation + drain
     assert result.containers[0].signal_delay_seconds == 35
-    body = applybody.apply_body("default", "shop", result)
+    body = apply_body.apply_body("default", "shop", result)
     assert [c["name"] for c in body["spec"]["template"]["spec"]["containers"]] == ["php-fpm"]
 
 
@@ -254,7 +254,7 @@ def test_containers_annotation_with_unknown_name_is_invalid(
     assert error.code is Code.INVALID_ANNOTATION
     assert ANN_CONTAINERS in error.message and "fpm, nginx2" in error.message
     assert not result.owns_anything
-    assert "spec" not in applybody.apply_body("default", "shop", result)
+    assert "spec" not in apply_body.apply_body("default", "shop", result)
 
 
 def test_containers_annotation_naming_a_non_matching_container(
@@ -277,7 +277,7 @@ def test_mode_audit_owns_nothing_and_reports(
     assert result.containers == ()
     assert result.termination_grace_period_seconds is None and result.os_name is None
     assert not result.owns_anything
-    assert "spec" not in applybody.apply_body("default", "shop", result)
+    assert "spec" not in apply_body.apply_body("default", "shop", result)
     assert result.findings_after == result.findings_before
     assert {(f.code, f.container) for f in result.findings_before} == {
         (Code.NO_PRESTOP, "nginx"),
@@ -322,7 +322,7 @@ def test_invalid_annotations_make_an_invalid_plan(
     assert result.errors and all(e.code is Code.INVALID_ANNOTATION for e in result.errors)
     assert not result.owns_anything
     assert result.findings_before == result.findings_after == ()
-    assert "spec" not in applybody.apply_body("default", "shop", result)
+    assert "spec" not in apply_body.apply_body("default", "shop", result)
 
 
 @pytest.mark.parametrize(("value", "policy_kept"), [("keep", True), ("replace", False)])
@@ -358,4 +358,4 @@ def test_leftover_annotations_without_a_profile_do_not_block_a_revert(
     w = workload(container("nginx", "nginx:1.27"), annotations={ANN_DRAIN: "abc"})
     result = planner.plan(w, builtin_profiles, GATE)
     assert result.outcome is Outcome.NOT_OPTED_IN
-    assert "spec" not in applybody.apply_body("default", "shop", result)
+    assert "spec" not in apply_body.apply_body("default", "shop", result)

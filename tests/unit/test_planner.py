@@ -1,8 +1,8 @@
 """The planner: every built-in profile x every capability combination, user hooks, pinned settings,
 the grace period formula and idempotence of `render`.
 
-Expected hooks are written out literally here (not computed with podgrace.hooks) so that any change to what
-podgrace writes into users' Deployments shows up as a test failure.
+Expected hooks are written out literally here (not computed with podgrace.core.hooks) so that any change to
+what podgrace writes into users' Deployments shows up as a test failure.
 """
 
 from __future__ import annotations
@@ -11,13 +11,13 @@ from typing import Any
 
 import pytest
 
-from podgrace import applybody, assess, overrides, planner, timing, workloads
-from podgrace.capabilities import STOP_SIGNALS_GATE, Capabilities, from_description
-from podgrace.constants import ANN_DRAIN, ANN_EXISTING_PRESTOP, ANN_PRESTOP_SLEEP, HOOK_MARKER
-from podgrace.findings import RISKS, Code
-from podgrace.models import Ownership, Role, ShutdownProfile
-from podgrace.planner import Outcome
-from podgrace.profiles import parse as parse_profile
+from podgrace.core import apply_body, assess, overrides, planner, timing, workload_parser
+from podgrace.core.capabilities import STOP_SIGNALS_GATE, Capabilities, from_description
+from podgrace.core.constants import ANN_DRAIN, ANN_EXISTING_PRESTOP, ANN_PRESTOP_SLEEP, HOOK_MARKER
+from podgrace.core.findings import RISKS, Code
+from podgrace.core.models import Ownership, Role, ShutdownProfile
+from podgrace.core.planner import Outcome
+from podgrace.core.profiles import parse as parse_profile
 
 # --- capabilities of the target API server ----------------------------------------------------------------
 
@@ -135,7 +135,7 @@ PROFILE_CAPS = [(profile, caps) for profile, caps, *_ in MATRIX]
 
 
 def _workload_of(deployment: Any, profile: str) -> Any:
-    return workloads.from_object(deployment(PODS[profile], profile=profile), with_ownership=False)
+    return workload_parser.from_object(deployment(PODS[profile], profile=profile), with_ownership=False)
 
 
 @pytest.mark.parametrize(
@@ -184,7 +184,7 @@ def test_builtin_profile_apply_body(
     required: int,
 ) -> None:
     result = planner.plan(_workload_of(deployment, profile), builtin_profiles, CAPS[caps])
-    body = applybody.apply_body("default", "shop", result)
+    body = apply_body.apply_body("default", "shop", result)
 
     assert body["apiVersion"] == "apps/v1"
     assert body["kind"] == "Deployment"
@@ -215,13 +215,15 @@ def test_render_is_idempotent(
     builtin_profiles: dict[str, ShutdownProfile], deployment: Any, profile: str, caps: str
 ) -> None:
     manifest = deployment(PODS[profile], profile=profile)
-    first = planner.plan(workloads.from_object(manifest, with_ownership=False), builtin_profiles, CAPS[caps])
-    rendered = applybody.merge_into_manifest(manifest, first)
+    first = planner.plan(
+        workload_parser.from_object(manifest, with_ownership=False), builtin_profiles, CAPS[caps]
+    )
+    rendered = apply_body.merge_into_manifest(manifest, first)
     assert rendered != manifest
 
-    reread = workloads.from_object(rendered, with_ownership=False)
+    reread = workload_parser.from_object(rendered, with_ownership=False)
     second = planner.plan(reread, builtin_profiles, CAPS[caps])
-    assert applybody.merge_into_manifest(rendered, second) == rendered
+    assert apply_body.merge_into_manifest(rendered, second) == rendered
     assert second.decisions == ()
     assert second.findings_before == ()
     assert second.findings_after == ()
@@ -250,9 +252,9 @@ def test_merge_into_manifest_does_not_mutate_its_input(
     manifest = deployment(PODS["nginx-php-fpm"], profile="nginx-php-fpm")
     snapshot = repr(manifest)
     result = planner.plan(
-        workloads.from_object(manifest, with_ownership=False), builtin_profiles, CAPS["1.34"]
+        workload_parser.from_object(manifest, with_ownership=False), builtin_profiles, CAPS["1.34"]
     )
-    applybody.merge_into_manifest(manifest, result)
+    apply_body.merge_into_manifest(manifest, result)
     assert repr(manifest) == snapshot
 
 
@@ -443,7 +445,7 @@ def test_user_hook_kept_file_mode(
         assert settings.stop_signal is None
         assert Code.FAST_STOP_SIGNAL in after
     assert result.termination_grace_period_seconds == 40
-    body = applybody.apply_body("default", "shop", result)
+    body = apply_body.apply_body("default", "shop", result)
     for c in body["spec"]["template"]["spec"].get("containers", []):
         assert "preStop" not in c["lifecycle"]
 
@@ -560,11 +562,12 @@ def test_render_replace_of_a_non_exec_hook_is_idempotent(
         annotations={ANN_EXISTING_PRESTOP: "replace"},
     )
     caps = CAPS["1.34"]
-    once = applybody.merge_into_manifest(
-        manifest, planner.plan(workloads.from_object(manifest, with_ownership=False), builtin_profiles, caps)
+    once = apply_body.merge_into_manifest(
+        manifest,
+        planner.plan(workload_parser.from_object(manifest, with_ownership=False), builtin_profiles, caps),
     )
-    twice = applybody.merge_into_manifest(
-        once, planner.plan(workloads.from_object(once, with_ownership=False), builtin_profiles, caps)
+    twice = apply_body.merge_into_manifest(
+        once, planner.plan(workload_parser.from_object(once, with_ownership=False), builtin_profiles, caps)
     )
     assert twice == once
 
@@ -736,7 +739,7 @@ def test_longer_grace_of_its_owner_is_untouched(
     result = planner.plan(w, builtin_profiles, CAPS["1.34"])
     assert result.termination_grace_period_seconds is None
     assert result.decisions == ()
-    assert "terminationGracePeriodSeconds" not in applybody.pod_spec_fields(result)
+    assert "terminationGracePeriodSeconds" not in apply_body.pod_spec_fields(result)
     assert result.findings_after == ()
 
 
@@ -809,7 +812,7 @@ def test_not_opted_in_owns_nothing_and_is_assessed(
         (Code.NO_PRESTOP, "php-fpm"),
         (Code.GRACE_TOO_SHORT, None),
     }
-    assert "spec" not in applybody.apply_body("default", "shop", result)
+    assert "spec" not in apply_body.apply_body("default", "shop", result)
 
 
 def test_unknown_profile_is_invalid(
@@ -823,7 +826,7 @@ def test_unknown_profile_is_invalid(
     assert "nginxx" in result.errors[0].message
     assert "nginx-php-fpm" in result.errors[0].message  # lists the known ones
     assert not result.owns_anything
-    assert "spec" not in applybody.apply_body("default", "shop", result)
+    assert "spec" not in apply_body.apply_body("default", "shop", result)
 
 
 def test_no_matching_container_owns_nothing(
@@ -835,7 +838,7 @@ def test_no_matching_container_owns_nothing(
     assert result.outcome is Outcome.MANAGED
     assert [d.code for d in result.decisions] == [Code.NO_MATCHING_CONTAINERS]
     assert not result.owns_anything
-    assert "spec" not in applybody.apply_body("default", "shop", result)
+    assert "spec" not in apply_body.apply_body("default", "shop", result)
 
 
 def test_first_matching_rule_wins_and_sidecars_are_untouched(

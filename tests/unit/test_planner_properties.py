@@ -10,9 +10,9 @@ from typing import Any
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from podgrace import applybody, overrides, planner, profiles, workloads
-from podgrace.capabilities import Capabilities
-from podgrace.constants import (
+from podgrace.core import apply_body, overrides, planner, profiles, workload_parser
+from podgrace.core.capabilities import Capabilities
+from podgrace.core.constants import (
     ANN_CONTAINERS,
     ANN_DRAIN,
     ANN_EXISTING_PRESTOP,
@@ -26,10 +26,10 @@ from podgrace.constants import (
     MAX_GRACE_SECONDS,
     MAX_SLEEP_SECONDS,
 )
-from podgrace.findings import Code
-from podgrace.models import GRACEFUL_SIGNAL, ContainerView, Role, ShutdownProfile, Signal, Workload
-from podgrace.planner import Outcome
-from podgrace.timing import KUBERNETES_DEFAULT_GRACE
+from podgrace.core.findings import Code
+from podgrace.core.models import GRACEFUL_SIGNAL, ContainerView, Role, ShutdownProfile, Signal, Workload
+from podgrace.core.planner import Outcome
+from podgrace.core.timing import KUBERNETES_DEFAULT_GRACE
 
 PROPERTIES = settings(
     max_examples=200,
@@ -129,7 +129,7 @@ def test_plan_never_raises_for_any_annotations(
     w = Workload(name="shop", annotations=ann, containers=SHOP)
     result = planner.plan(w, BUILTIN, caps)
     assert result == planner.plan(w, BUILTIN, caps)  # deterministic
-    body = applybody.apply_body("default", "shop", result)
+    body = apply_body.apply_body("default", "shop", result)
     parsed = overrides.parse(ann)
     if parsed.profile is None:
         assert result.outcome is Outcome.NOT_OPTED_IN  # leftovers never block a revert
@@ -340,8 +340,8 @@ def cases(draw: st.DrawFn) -> tuple[ShutdownProfile, dict[str, Any], Capabilitie
 
 
 def _render(manifest: dict[str, Any], known: dict[str, ShutdownProfile], caps: Capabilities) -> Any:
-    result = planner.plan(workloads.from_object(manifest, with_ownership=False), known, caps)
-    return result, applybody.merge_into_manifest(manifest, result)
+    result = planner.plan(workload_parser.from_object(manifest, with_ownership=False), known, caps)
+    return result, apply_body.merge_into_manifest(manifest, result)
 
 
 def _replaces_a_non_exec_hook(manifest: dict[str, Any], result: planner.Plan, caps: Capabilities) -> bool:
@@ -365,7 +365,7 @@ def test_valid_inputs_plan_render_and_rerender(
     known = {"gen": profile}
     first, rendered = _render(manifest, known, caps)
     assert first.outcome is Outcome.MANAGED
-    assert first == planner.plan(workloads.from_object(manifest, with_ownership=False), known, caps)
+    assert first == planner.plan(workload_parser.from_object(manifest, with_ownership=False), known, caps)
     assume(not _replaces_a_non_exec_hook(manifest, first, caps))
 
     # idempotence: plan the planned manifest, merge again: nothing changes
@@ -402,7 +402,7 @@ def test_valid_inputs_plan_render_and_rerender(
             assert grace == max(required + profile.spec.grace_period_margin_seconds, KUBERNETES_DEFAULT_GRACE)
 
     # what podgrace owns
-    pod_spec = applybody.pod_spec_fields(first)
+    pod_spec = apply_body.pod_spec_fields(first)
     owned = {c["name"] for c in pod_spec.get("containers", [])}
     assert owned <= set(by_name)
     if any("stopSignal" in c["lifecycle"] for c in pod_spec.get("containers", [])):
@@ -429,8 +429,8 @@ def test_audit_mode_owns_nothing(
 ) -> None:
     profile, manifest, caps = case
     manifest["metadata"]["annotations"][ANN_MODE] = mode
-    result = planner.plan(workloads.from_object(manifest, with_ownership=False), {"gen": profile}, caps)
+    result = planner.plan(workload_parser.from_object(manifest, with_ownership=False), {"gen": profile}, caps)
     if mode == "audit":
         assert result.outcome is Outcome.AUDIT
-        assert "spec" not in applybody.apply_body("ns", "gen", result)
-        assert applybody.merge_into_manifest(manifest, result) == manifest
+        assert "spec" not in apply_body.apply_body("ns", "gen", result)
+        assert apply_body.merge_into_manifest(manifest, result) == manifest

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 import yaml
 
-from podgrace import constants, profiles
-from podgrace.models import (
+from podgrace.core import constants, profiles
+from podgrace.core.models import (
     GRACEFUL_SIGNAL,
     ContainerMatch,
     ContainerRule,
@@ -21,7 +21,7 @@ from podgrace.models import (
     Signal,
     image_repository,
 )
-from podgrace.profiles import ProfileError
+from podgrace.core.profiles import ProfileError
 
 # --- the built-in profiles ----------------------------------------------------------------------------------
 

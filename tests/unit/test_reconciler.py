@@ -10,13 +10,14 @@ import pytest
 from fake_api import FakeApi
 from prometheus_client import CollectorRegistry
 
-from podgrace import profiles, runtime
-from podgrace.detect import CapabilityCache
-from podgrace.events import EventRecorder
-from podgrace.kube import ApiError
-from podgrace.metrics import Metrics
-from podgrace.profile_store import ProfileStore
-from podgrace.reconciler import Reconciler, Result
+from podgrace.controller import runtime
+from podgrace.controller.capability_probe import CapabilityCache
+from podgrace.controller.event_recorder import EventRecorder
+from podgrace.controller.kube_api import ApiError
+from podgrace.controller.metrics import Metrics
+from podgrace.controller.reconciler import Reconciler, Result
+from podgrace.core import profiles
+from podgrace.core.profile_store import ProfileStore
 
 
 def deployment(name: str = "shop", annotations: dict[str, str] | None = None, **pod: Any) -> dict[str, Any]:

@@ -4,16 +4,12 @@ the benchmark's own `table()`, not figures typed by hand."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
+from bench.scale.report import table
 
 ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from bench.scale.report import table  # noqa: E402
 
 RESULTS = ROOT / "bench" / "scale" / "results"
 

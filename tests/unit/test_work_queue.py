@@ -9,10 +9,10 @@ import pytest
 from fake_api import FakeApi
 from prometheus_client import CollectorRegistry
 
-from podgrace import events as events_mod
-from podgrace.events import NORMAL, EventRecorder
-from podgrace.metrics import Metrics
-from podgrace.runtime import DeploymentQueue, Item, Key
+from podgrace.controller import event_recorder as events_mod
+from podgrace.controller.event_recorder import NORMAL, EventRecorder
+from podgrace.controller.metrics import Metrics
+from podgrace.controller.runtime import DeploymentQueue, Item, Key
 
 
 async def settle() -> None:

@@ -16,17 +16,17 @@ from typing import Any
 
 import aiohttp
 
-from podgrace import overrides
-from podgrace.applybody import apply_body
-from podgrace.detect import CapabilityCache
-from podgrace.events import NORMAL, WARNING, EventRecorder
-from podgrace.findings import Code, Finding
-from podgrace.kube import Api, ApiError
-from podgrace.managed_fields import apply_is_noop
-from podgrace.metrics import DEPLOYMENT, PROFILE, Metrics
-from podgrace.planner import Outcome, Plan, plan
-from podgrace.profile_store import ProfileStore, desired_status, status_differs
-from podgrace.workloads import ManifestError, from_object
+from podgrace.controller.capability_probe import CapabilityCache
+from podgrace.controller.event_recorder import NORMAL, WARNING, EventRecorder
+from podgrace.controller.kube_api import Api, ApiError
+from podgrace.controller.metrics import DEPLOYMENT, PROFILE, Metrics
+from podgrace.core import overrides
+from podgrace.core.apply_body import apply_body
+from podgrace.core.findings import Code, Finding
+from podgrace.core.managed_fields import apply_is_noop
+from podgrace.core.planner import Outcome, Plan, plan
+from podgrace.core.profile_store import ProfileStore, desired_status, status_differs
+from podgrace.core.workload_parser import ManifestError, from_object
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TypeVar
 
-from podgrace.constants import (
+from podgrace.core.constants import (
     ANN_CONTAINERS,
     ANN_DRAIN,
     ANN_EXISTING_PRESTOP,
@@ -21,7 +21,7 @@ from podgrace.constants import (
     MAX_GRACE_SECONDS,
     MAX_SLEEP_SECONDS,
 )
-from podgrace.models import ExistingPreStop, Mode
+from podgrace.core.models import ExistingPreStop, Mode
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")

@@ -12,8 +12,8 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from podgrace.capabilities import NATIVE_SLEEP_SINCE, STOP_SIGNAL_SINCE, Capabilities
-from podgrace.kube import Api, ApiError
+from podgrace.controller.kube_api import Api, ApiError
+from podgrace.core.capabilities import NATIVE_SLEEP_SINCE, STOP_SIGNAL_SINCE, Capabilities
 
 log = logging.getLogger(__name__)
 

@@ -73,7 +73,7 @@ class OperatorProcess:
     def start(self) -> OperatorProcess:
         env = dict(os.environ, KUBECONFIG=str(self.kubeconfig()), PYTHONUNBUFFERED="1")
         argv = [
-            sys.executable, "-m", "podgrace.cli", "run", "--metrics-port", str(self.metrics_port),
+            sys.executable, "-m", "podgrace.cli.main", "run", "--metrics-port", str(self.metrics_port),
             "--liveness-port", str(self.liveness_port), *self.args,
         ]  # fmt: skip
         log = self.log_path.open("ab")

@@ -19,7 +19,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol
 
-from podgrace.kube import ApiError
+from podgrace.controller.kube_api import ApiError
 
 log = logging.getLogger(__name__)
 

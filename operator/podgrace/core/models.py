@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from podgrace.constants import (
+from podgrace.core.constants import (
     MAX_DRAIN_SECONDS,
     MAX_MARGIN_SECONDS,
     MAX_SLEEP_SECONDS,

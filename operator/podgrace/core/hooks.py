@@ -7,8 +7,8 @@ import shlex
 from dataclasses import dataclass
 from typing import Any
 
-from podgrace.constants import HOOK_MARKER
-from podgrace.models import PreStop, PreStopKind, Signal
+from podgrace.core.constants import HOOK_MARKER
+from podgrace.core.models import PreStop, PreStopKind, Signal
 
 
 def native_sleep(seconds: int) -> dict[str, Any]:

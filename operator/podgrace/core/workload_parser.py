@@ -7,8 +7,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from podgrace import managed_fields
-from podgrace.models import ContainerView, Ownership, PreStop, Workload
+from podgrace.core import managed_fields
+from podgrace.core.models import ContainerView, Ownership, PreStop, Workload
 
 LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
 

@@ -9,7 +9,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from podgrace.models import ShutdownProfile
+from podgrace.core.models import ShutdownProfile
 
 BUILTIN_RESOURCE = "builtin/profiles.yaml"
 
@@ -53,7 +53,7 @@ def from_documents(documents: Iterable[Any]) -> dict[str, ShutdownProfile]:
 
 
 def builtin_text() -> str:
-    return resources.files("podgrace").joinpath(BUILTIN_RESOURCE).read_text(encoding="utf-8")
+    return resources.files("podgrace.core").joinpath(BUILTIN_RESOURCE).read_text(encoding="utf-8")
 
 
 def builtin() -> dict[str, ShutdownProfile]:

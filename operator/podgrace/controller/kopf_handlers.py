@@ -7,8 +7,8 @@ from typing import Any
 
 import kopf
 
-from podgrace.constants import GROUP, PROFILE_PLURAL, VERSION
-from podgrace.runtime import current
+from podgrace.controller.runtime import current
+from podgrace.core.constants import GROUP, PROFILE_PLURAL, VERSION
 
 log = logging.getLogger(__name__)
 

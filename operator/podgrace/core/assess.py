@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from podgrace import hooks
-from podgrace.findings import Code, Finding
-from podgrace.models import PreStopKind, Role, Workload
-from podgrace.timing import KUBERNETES_DEFAULT_GRACE, Expectation, required_grace, signal_delays
+from podgrace.core import hooks
+from podgrace.core.findings import Code, Finding
+from podgrace.core.models import PreStopKind, Role, Workload
+from podgrace.core.timing import KUBERNETES_DEFAULT_GRACE, Expectation, required_grace, signal_delays
 
 # The image's own STOPSIGNAL cannot be seen from a manifest; without lifecycle.stopSignal or a hook that
 # delivers the signal itself, the container is assumed to get the kubelet's SIGTERM.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from podgrace.planner import Outcome, Plan
+from podgrace.core.planner import Outcome, Plan
 
 
 def pod_spec_fields(result: Plan) -> dict[str, Any]:

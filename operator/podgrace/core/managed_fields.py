@@ -11,8 +11,8 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from podgrace.constants import FIELD_MANAGER
-from podgrace.models import Ownership
+from podgrace.core.constants import FIELD_MANAGER
+from podgrace.core.models import Ownership
 
 Path = tuple[str, ...]
 DEFAULT_GRACE = 30  # the API server's default terminationGracePeriodSeconds

@@ -14,14 +14,14 @@ from typing import Any
 import kopf
 import orjson
 
-from podgrace.constants import ANN_PROFILE
-from podgrace.detect import CapabilityCache
-from podgrace.events import EventRecorder
-from podgrace.informer import DeploymentInformer
-from podgrace.kube import KubeClient
-from podgrace.metrics import Metrics
-from podgrace.profile_store import ProfileStore
-from podgrace.reconciler import Reconciler, Result
+from podgrace.controller.capability_probe import CapabilityCache
+from podgrace.controller.event_recorder import EventRecorder
+from podgrace.controller.informer import DeploymentInformer
+from podgrace.controller.kube_api import KubeClient
+from podgrace.controller.metrics import Metrics
+from podgrace.controller.reconciler import Reconciler, Result
+from podgrace.core.constants import ANN_PROFILE
+from podgrace.core.profile_store import ProfileStore
 
 log = logging.getLogger(__name__)
 Key = tuple[str, str]  # (namespace, name)

@@ -7,8 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from podgrace import profiles
-from podgrace.models import ShutdownProfile
+from podgrace.core import profiles
+from podgrace.core.models import ShutdownProfile
 
 
 @dataclass(frozen=True)

@@ -15,9 +15,9 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from podgrace.constants import FIELD_MANAGER
-from podgrace.kube import Api, ApiError
-from podgrace.metrics import Metrics
+from podgrace.controller.kube_api import Api, ApiError
+from podgrace.controller.metrics import Metrics
+from podgrace.core.constants import FIELD_MANAGER
 
 log = logging.getLogger(__name__)
 NORMAL = "Normal"

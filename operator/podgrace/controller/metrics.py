@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry, Gauge, Histogram
 from prometheus_client import Counter as PromCounter
 
 from podgrace import __version__
-from podgrace.findings import RISKS, Code
+from podgrace.core.findings import RISKS, Code
 
 WRITE_KINDS = ("apply", "revert", "status", "event")
 # The reasons of the Warning Events podgrace posts (Code values that are not risks).

@@ -9,9 +9,9 @@ import logging
 import kopf
 from prometheus_client import start_http_server
 
-from podgrace import gctune
-from podgrace.metrics import Metrics
-from podgrace.runtime import Options, Runtime, install
+from podgrace.controller import gctune
+from podgrace.controller.metrics import Metrics
+from podgrace.controller.runtime import Options, Runtime, install
 
 
 def login() -> kopf.ConnectionInfo:
@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
         )
     )
     start_http_server(args.metrics_port)
-    import podgrace.handlers  # noqa: F401  (registers the Kopf handlers)
+    import podgrace.controller.kopf_handlers  # noqa: F401  (registers the Kopf handlers)
 
     gctune.tune()
 

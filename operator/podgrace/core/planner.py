@@ -10,12 +10,12 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from podgrace import hooks, overrides
-from podgrace.assess import assess
-from podgrace.capabilities import Capabilities
-from podgrace.constants import ANN_CONTAINERS, ANN_PROFILE
-from podgrace.findings import Code, Finding
-from podgrace.models import (
+from podgrace.core import hooks, overrides
+from podgrace.core.assess import assess
+from podgrace.core.capabilities import Capabilities
+from podgrace.core.constants import ANN_CONTAINERS, ANN_PROFILE
+from podgrace.core.findings import Code, Finding
+from podgrace.core.models import (
     ContainerView,
     ExistingPreStop,
     Mode,
@@ -27,7 +27,7 @@ from podgrace.models import (
     ShutdownProfileSpec,
     Workload,
 )
-from podgrace.timing import (
+from podgrace.core.timing import (
     KUBERNETES_DEFAULT_GRACE,
     Expectation,
     grace_with_margin,

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from podgrace.models import Role, Signal
+from podgrace.core.models import Role, Signal
 
 KUBERNETES_DEFAULT_GRACE = 30
 

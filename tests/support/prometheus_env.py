@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from podgrace_env import free_port, wait_until
+
+from tests.support.podgrace_env import free_port, wait_until
 
 
 def find_prometheus() -> tuple[str, str] | None:

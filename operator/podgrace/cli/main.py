@@ -8,12 +8,13 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from podgrace import __version__, capabilities, profiles
-from podgrace.applybody import merge_into_manifest
-from podgrace.manifests import InputError, dump_stream, read_stream
-from podgrace.models import ShutdownProfile
-from podgrace.planner import Outcome, Plan, plan
-from podgrace.workloads import ManifestError, from_object, is_deployment
+from podgrace import __version__
+from podgrace.cli.yaml_stream import InputError, dump_stream, read_stream
+from podgrace.core import capabilities, profiles
+from podgrace.core.apply_body import merge_into_manifest
+from podgrace.core.models import ShutdownProfile
+from podgrace.core.planner import Outcome, Plan, plan
+from podgrace.core.workload_parser import ManifestError, from_object, is_deployment
 
 EXIT_FINDINGS = 1
 EXIT_USAGE = 2
@@ -186,7 +187,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_render(args)
         if args.command == "audit":
             return cmd_audit(args)
-        from podgrace.runner import run  # the operator's imports are only paid for by `run`
+        from podgrace.controller.run import run  # the operator's imports are only paid for by `run`
 
         return run(args)
     except (CliError, InputError, ManifestError, profiles.ProfileError) as error:

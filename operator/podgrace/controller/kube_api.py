@@ -14,7 +14,7 @@ import aiohttp
 import kopf
 import orjson
 
-from podgrace.constants import FIELD_MANAGER, GROUP, PROFILE_PLURAL, VERSION
+from podgrace.core.constants import FIELD_MANAGER, GROUP, PROFILE_PLURAL, VERSION
 
 APPLY = "application/apply-patch+yaml"
 MERGE = "application/merge-patch+json"

@@ -1,0 +1,1 @@
+"""Developer tooling (the demo, chart helpers), importable from the repository root."""
