@@ -20,9 +20,9 @@ from podgrace.controller.capability_probe import CapabilityCache
 from podgrace.controller.event_recorder import NORMAL, WARNING, EventRecorder
 from podgrace.controller.kube_api import Api, ApiError
 from podgrace.controller.metrics import DEPLOYMENT, PROFILE, Metrics
-from podgrace.core import overrides
 from podgrace.core.apply_body import apply_body
 from podgrace.core.findings import Code, Finding
+from podgrace.core.hook_intent import SignalAndWait
 from podgrace.core.managed_fields import apply_is_noop
 from podgrace.core.planner import Outcome, Plan, plan
 from podgrace.core.profile_store import ProfileStore, desired_status, status_differs
@@ -109,7 +109,7 @@ class Reconciler:
         except ManifestError as error:
             log.error("cannot read Deployment %s: %s", key, error)
             return ReconcileOutcome(Result.FAILED)
-        profile_name = overrides.parse(workload.annotations).profile
+        profile_name = workload.overrides.profile
         invalid_profile = self.store.error(profile_name) if profile_name else None
         if invalid_profile is not None:
             message = f"ShutdownProfile {profile_name} is not valid: {invalid_profile}"
@@ -251,20 +251,12 @@ class Reconciler:
 def summary(result: Plan) -> str:
     parts = []
     for s in result.containers:
-        signal = s.stop_signal or (
-            f"{_hook_signal(s.pre_stop)} via preStop" if _hook_signal(s.pre_stop) else ""
-        )
+        hook = s.pre_stop
+        via_hook = f"{hook.signal.value} via preStop" if isinstance(hook, SignalAndWait) else ""
+        signal = s.stop_signal or via_hook
         parts.append(
             f"{s.name}: stop after {s.signal_delay_seconds}s" + (f" with {signal}" if signal else "")
         )
     grace = result.termination_grace_period_seconds
     tail = f"; terminationGracePeriodSeconds {grace}" if grace is not None else ""
     return f"podgrace applied ShutdownProfile {result.profile}: " + ", ".join(parts) + tail
-
-
-def _hook_signal(pre_stop: Mapping[str, Any] | None) -> str | None:
-    command = ((pre_stop or {}).get("exec") or {}).get("command") or []
-    for line in (command[-1] if command else "").splitlines():
-        if line.startswith("kill -") and line.endswith(" 1") and not line.startswith("kill -0"):
-            return "SIG" + line.split()[1].lstrip("-")
-    return None

@@ -20,7 +20,7 @@ from podgrace.controller.informer import DeploymentInformer
 from podgrace.controller.kube_api import KubeClient
 from podgrace.controller.metrics import Metrics
 from podgrace.controller.reconciler import Reconciler, Result
-from podgrace.core.constants import ANN_PROFILE
+from podgrace.core import overrides
 from podgrace.core.profile_store import ProfileStore
 
 log = logging.getLogger(__name__)
@@ -46,8 +46,7 @@ EVENT_POSTERS = 2
 
 def profile_annotation(annotations: Mapping[str, Any] | None) -> str | None:
     """The profile a Deployment names (stripped; empty is none)."""
-    value = (annotations or {}).get(ANN_PROFILE)
-    return (str(value).strip() or None) if value else None
+    return overrides.profile_name(annotations or {}) or None
 
 
 def signature(body: Mapping[str, Any]) -> bytes:
