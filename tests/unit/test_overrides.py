@@ -56,6 +56,16 @@ def test_all_annotations_valid() -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("annotations", "name"),
+    [({}, None), ({ANN_PROFILE: " nginx "}, "nginx"), ({ANN_PROFILE: ""}, ""), ({"other": "nginx"}, None)],
+)
+def test_profile_name(annotations: dict[str, str], name: str | None) -> None:
+    # the one reading of the profile annotation: parse() and the operator's profile index use it
+    assert overrides.profile_name(annotations) == name
+    assert overrides.parse(annotations).profile == name
+
+
 # (annotation, value, parsed attribute, expected value) for values that parse
 VALID = [
     pytest.param(ANN_PRESTOP_SLEEP, "0", "pre_stop_sleep_seconds", 0, id="sleep-zero"),

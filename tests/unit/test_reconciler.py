@@ -15,8 +15,9 @@ from podgrace.controller.capability_probe import CapabilityCache
 from podgrace.controller.event_recorder import EventRecorder
 from podgrace.controller.kube_api import ApiError
 from podgrace.controller.metrics import Metrics
-from podgrace.controller.reconciler import Reconciler, Result
-from podgrace.core import profiles
+from podgrace.controller.reconciler import Reconciler, Result, summary
+from podgrace.core import capabilities, profiles, workload_parser
+from podgrace.core.planner import plan
 from podgrace.core.profile_store import ProfileStore
 
 
@@ -391,3 +392,26 @@ async def test_the_echo_of_podgraces_own_write_is_not_reconciled_even_if_it_arri
         "podgrace_reconcile_total", {"controller": "deployment", "result": "success"}
     )
     assert total == 1  # the first event only: both echoes were recognised without planning again
+
+
+@pytest.mark.parametrize(
+    ("caps", "expected"),
+    [
+        (
+            capabilities.Capabilities(native_sleep=False, stop_signal=False),
+            "nginx: stop after 5s with SIGQUIT via preStop, php-fpm: stop after 35s with SIGQUIT via preStop",
+        ),
+        (
+            capabilities.Capabilities(native_sleep=True, stop_signal=True),
+            "nginx: stop after 5s with SIGQUIT, php-fpm: stop after 35s with SIGQUIT",
+        ),
+    ],
+    ids=["signal-from-the-hook", "stop-signal"],
+)
+def test_applied_summary_names_where_the_graceful_signal_comes_from(
+    caps: capabilities.Capabilities, expected: str
+) -> None:
+    result = plan(workload_parser.from_object(deployment(), with_ownership=False), profiles.builtin(), caps)
+    assert summary(result) == (
+        f"podgrace applied ShutdownProfile nginx-php-fpm: {expected}; terminationGracePeriodSeconds 70"
+    )
