@@ -175,13 +175,9 @@ class _Matched:
     expectation: Expectation
     delay: int  # seconds from pod deletion until its stop signal
     stop_signal: str | None  # lifecycle.stopSignal podgrace owns
+    hook_signal: Signal | None  # the graceful signal podgrace's hook delivers, where stopSignal cannot
     users_hook: bool  # its preStop is somebody else's: neither absent nor podgrace's own
     keeps_users_hook: bool  # ... and podgrace keeps it (existingPreStop: keep, or no in-place replacement)
-
-    @property
-    def hook_signal(self) -> Signal | None:
-        """The graceful signal podgrace's hook delivers itself, when lifecycle.stopSignal cannot."""
-        return self.expectation.signal if self.stop_signal is None else None
 
     @property
     def kept_hook_wait(self) -> int:
@@ -211,13 +207,11 @@ def _match(
                     f"lifecycle.stopSignal {container.stop_signal} is set by its owner and kept",
                 )
             )
+    hook_signal = e.signal if stop_signal is None else None
     users_hook = not _podgrace_may_rewrite(container, ownership)
-    replaceable = _replaceable(
-        container.pre_stop, needs_signal_hook=e.signal is not None and stop_signal is None, delay=delay,
-        capabilities=capabilities,
-    )  # fmt: skip
+    replaceable = _replaceable(container.pre_stop, hook_signal is not None, delay, capabilities)
     keeps = users_hook and not (policy is ExistingPreStop.REPLACE and replaceable)
-    return _Matched(container, e, delay, stop_signal, users_hook, keeps)
+    return _Matched(container, e, delay, stop_signal, hook_signal, users_hook, keeps)
 
 
 def _settle(
@@ -230,9 +224,10 @@ def _settle(
         current.podgrace_hook, _hook(m.hook_signal, m.delay, wait, native_sleep=capabilities.native_sleep)
     )
     pre_stop = desired
+    # somebody else's hook, and not already the one podgrace wants
     conflict = m.users_hook and (desired is None or current.podgrace_hook != desired)
-    if conflict and not m.keeps_users_hook:
-        # In the user's handler type: see _replaceable.
+    replaces = conflict and not m.keeps_users_hook
+    if replaces:  # with podgrace's hook in the user's handler type: see _replaceable
         pre_stop = _hook(m.hook_signal, m.delay, wait, native_sleep=current.kind is PreStopKind.SLEEP)
     elif conflict:
         pre_stop = None
@@ -252,7 +247,7 @@ def _settle(
     settings = ContainerSettings(
         e.container, e.rule, e.role, m.delay, e.drain_seconds, pre_stop=pre_stop, stop_signal=m.stop_signal
     )
-    return settings, conflict and not m.keeps_users_hook
+    return settings, replaces
 
 
 def _hold_until_grace_ends(delay: int, drain: int, grace: int) -> int:
@@ -284,9 +279,7 @@ def _equivalent_current(current: HookIntent | None, desired: HookIntent | None) 
     return desired
 
 
-def _replaceable(
-    current: PreStop, *, needs_signal_hook: bool, delay: int, capabilities: Capabilities
-) -> bool:
+def _replaceable(current: PreStop, needs_signal_hook: bool, delay: int, capabilities: Capabilities) -> bool:
     """Whether podgrace's hook can take the user's hook over.
 
     A forced server-side apply takes over only the fields it sends: the user's other handler type would
