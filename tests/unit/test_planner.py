@@ -1,8 +1,8 @@
 """The planner: every built-in profile x every capability combination, user hooks, pinned settings,
 the grace period formula and idempotence of `render`.
 
-Expected hooks are written out literally here (not computed with podgrace.core.hooks) so that any change to
-what podgrace writes into users' Deployments shows up as a test failure.
+Expected hooks are written out literally here (not rendered with podgrace.core.hook_intent) so that any change
+to what podgrace writes into users' Deployments shows up as a test failure.
 """
 
 from __future__ import annotations
