@@ -1,5 +1,5 @@
-"""The Deployment informer (operator/podgrace/controller/informer.py) against a scripted API: list in pages, watch
-from the list's resourceVersion, resume, relist on 410 Gone, retry on errors, never stop."""
+"""The Deployment informer (operator/podgrace/controller/informer.py) against a scripted API: list in
+pages, watch from the list's resourceVersion, resume, relist on 410 Gone, retry on errors, never stop."""
 
 from __future__ import annotations
 
