@@ -80,6 +80,7 @@ class FakeApi:
         self.applies: list[tuple[str, str, dict[str, Any], bool, bool]] = []
         self.keep_stop_signal = True  # False models an API server without ContainerStopSignals
         self.fail_next: list[ApiError] = []
+        self.version = (1, 35)  # what server_version() answers
 
     # --- test set-up ----------------------------------------------------------------------------------
 
@@ -148,6 +149,9 @@ class FakeApi:
         if not dry_run:
             self.deployments[(namespace, name)] = obj
         return copy.deepcopy(obj)
+
+    async def server_version(self) -> tuple[int, int]:
+        return self.version
 
     async def patch_profile_status(self, name: str, status: dict[str, Any]) -> None:
         self.statuses[name] = copy.deepcopy(status)
