@@ -81,6 +81,7 @@ class FakeApi:
         self.keep_stop_signal = True  # False models an API server without ContainerStopSignals
         self.fail_next: list[ApiError] = []
         self.version = (1, 35)  # what server_version() answers
+        self.fail_next_status: ApiError | None = None
 
     # --- test set-up ----------------------------------------------------------------------------------
 
@@ -154,6 +155,9 @@ class FakeApi:
         return self.version
 
     async def patch_profile_status(self, name: str, status: dict[str, Any]) -> None:
+        if self.fail_next_status is not None:
+            error, self.fail_next_status = self.fail_next_status, None
+            raise error
         self.statuses[name] = copy.deepcopy(status)
 
     async def create_event(self, namespace: str, event: dict[str, Any]) -> None:

@@ -18,9 +18,11 @@ from podgrace.controller.deployment_events import DeploymentEvents
 from podgrace.controller.event_recorder import EventRecorder
 from podgrace.controller.kube_api import ApiError
 from podgrace.controller.metrics import Metrics
+from podgrace.controller.profile_events import ProfileEvents
 from podgrace.controller.profile_index import ProfileIndex
 from podgrace.controller.reconciler import Reconciler, Result, summary
 from podgrace.controller.skip_record import SkipRecord
+from podgrace.controller.status_flusher import StatusFlusher
 from podgrace.controller.work_queue import DeploymentQueue
 from podgrace.controller.workload_gauges import WorkloadGauges
 from podgrace.core import capabilities, profiles, workload_parser
@@ -455,3 +457,63 @@ def test_applied_summary_names_where_the_graceful_signal_comes_from(
     assert summary(result) == (
         f"podgrace applied ShutdownProfile nginx-php-fpm: {expected}; terminationGracePeriodSeconds 70"
     )
+
+
+def profile_events(p: Pipeline, flusher: StatusFlusher) -> ProfileEvents:
+    async def listed() -> None:
+        pass
+
+    r = p.reconciler
+    return ProfileEvents(r.store, p.index, r.record, flusher, r, listed)
+
+
+async def test_only_a_new_profile_generation_or_a_deletion_unsettles_its_deployments() -> None:
+    api = FakeApi()
+    async with pipeline(api) as p:
+        events = profile_events(p, StatusFlusher(p.reconciler, p.index, p.queue.wait_idle))
+        registry = p.reconciler.metrics.registry
+
+        def reconciles() -> float | None:
+            labels = {"controller": "deployment", "result": "success"}
+            return registry.get_sample_value("podgrace_reconcile_total", labels)
+
+        await p.deliver("ADDED", api.create(deployment()))
+        await p.deliver("MODIFIED", api.get("web", "shop"))
+        assert reconciles() == 1  # settled
+        body = next(b for b in builtin_bodies() if b["metadata"]["name"] == "nginx-php-fpm")
+        await events.on_event("MODIFIED", body)  # the generation the store has: e.g. a status update
+        await p.deliver("MODIFIED", api.get("web", "shop"))
+        assert reconciles() == 1
+        body["metadata"]["generation"] = 2
+        await events.on_event("MODIFIED", body)
+        assert reconciles() == 2  # its users, reconciled by the fan-out
+        assert api.statuses["nginx-php-fpm"]["workloads"] == 1
+        await p.deliver("MODIFIED", api.get("web", "shop"))
+        assert reconciles() == 3  # settled under the former generation: planned again
+        await p.deliver("MODIFIED", api.get("web", "shop"))
+        assert reconciles() == 3
+        await events.on_event("DELETED", body)
+        assert p.reconciler.store.entry("nginx-php-fpm") is None
+        await p.deliver("MODIFIED", api.get("web", "shop"))
+        assert reconciles() == 4
+
+
+async def test_statuses_are_recounted_when_users_change_and_retried_when_the_write_fails() -> None:
+    api = FakeApi()
+    async with pipeline(api) as p:
+        flusher = StatusFlusher(p.reconciler, p.index, p.queue.wait_idle)
+        body = next(b for b in builtin_bodies() if b["metadata"]["name"] == "nginx-php-fpm")
+        flusher.track(body)
+        await p.deliver("ADDED", api.create(deployment("a")))
+        await p.deliver("ADDED", api.create(deployment("b")))
+        api.fail_next_status = ApiError(403, "Forbidden", "RBAC")
+        await flusher.flush()
+        assert "nginx-php-fpm" not in api.statuses
+        await flusher.flush()  # marked again after the failure
+        assert api.statuses["nginx-php-fpm"]["workloads"] == 2
+        api.statuses.clear()
+        await flusher.flush()  # nothing changed since
+        assert api.statuses == {}
+        await p.deliver("DELETED", api.get("web", "a"))
+        await flusher.flush()
+        assert api.statuses["nginx-php-fpm"]["workloads"] == 1

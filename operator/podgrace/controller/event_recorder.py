@@ -17,6 +17,7 @@ from typing import Any
 
 from podgrace.controller.kube_api import Api, ApiError
 from podgrace.controller.metrics import Metrics
+from podgrace.controller.tasks import cancel_and_wait
 from podgrace.core.constants import FIELD_MANAGER
 
 log = logging.getLogger(__name__)
@@ -119,11 +120,7 @@ class EventRecorder:
             deadline = asyncio.get_running_loop().time() + drain_timeout
             while not self._pending.empty() and asyncio.get_running_loop().time() < deadline:
                 await asyncio.sleep(0.05)
-        for task in self._posters:
-            task.cancel()
-        for task in self._posters:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(self._posters)
         self._posters = []
 
     def _remember(self, key: tuple[str, str, str, str]) -> None:

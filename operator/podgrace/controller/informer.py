@@ -15,13 +15,13 @@ backoff; the informer never stops on its own.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from podgrace.controller.deployment_key import Key
 from podgrace.controller.kube_api import ApiError
+from podgrace.controller.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -79,10 +79,7 @@ class DeploymentInformer:
         self._task = asyncio.create_task(self.run(), name="deployment-informer")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait([self._task])
 
     def health(self) -> dict[str, Any]:
         """For the liveness probe: fails only if the informer has ended (it never should: a restart then

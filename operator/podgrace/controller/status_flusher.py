@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from podgrace.controller.profile_index import ProfileIndex
 from podgrace.controller.reconciler import Reconciler
+from podgrace.controller.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 FLUSH_INTERVAL = 1.0  # seconds
@@ -35,10 +35,7 @@ class StatusFlusher:
         self._task = asyncio.create_task(self._run(), name="profile-status-flusher")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait([self._task])
 
     async def _run(self) -> None:
         await self._listed()

@@ -4,7 +4,6 @@ a slim body with the signature of what a reconcile of it depends on."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping
@@ -14,6 +13,7 @@ from typing import Any
 import orjson
 
 from podgrace.controller.deployment_key import Key
+from podgrace.controller.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -118,11 +118,7 @@ class DeploymentQueue:
         ]
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(self._tasks)
         self._tasks = []
 
     def put(self, key: Key, item: Item) -> None:
