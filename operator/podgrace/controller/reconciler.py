@@ -1,6 +1,6 @@
 """Reconciling Deployments and ShutdownProfiles: read, plan, apply only what changes, report.
 
-No Kopf here: the handlers module adapts Kopf's callbacks to these methods, and the unit tests drive them
+No Kopf here: deployment_events and profile_events call these methods, and the unit tests drive them
 with a fake API.
 """
 
@@ -153,6 +153,8 @@ class Reconciler:
             )
             return ReconcileOutcome(Result.FAILED, result)
         self.metrics.writes.labels("revert" if reverting else "apply").inc()
+        # Recorded here rather than by the caller: the fan-out and the requeue reconcile without the work
+        # queue, and their writes, too, make older watch events stale.
         self.record.wrote(key, written)
         if reverting:
             await self.events.post(body, NORMAL, "Reverted", "podgrace removed the settings it had injected")
