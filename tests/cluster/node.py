@@ -12,8 +12,9 @@ What it touches on the host, and how it gives it back (also when a start fails h
   containerd starts (found by their mount namespace) and the containers' processes (found in the node's
   cgroups). :meth:`RealNode.stop` ends each of them by PID: SIGTERM, then SIGKILL.
 - Mounts: none on the host. Everything is mounted inside the private mount namespace: a tmpfs over
-  /run (containerd's hard-coded shim socket dir /run/containerd/s, runc's state), a tmpfs over /var/lib
-  (libcni's cache /var/lib/cni), the sysctl files below, the kubelet's volume tmpfs mounts, the overlay
+  /run (containerd's hard-coded shim socket dir /run/containerd/s, runc's state), over /var/lib
+  (libcni's cache /var/lib/cni) and over /var/log (the kubelet's /var/log/containers symlinks), the
+  sysctl files below, the kubelet's volume tmpfs mounts, the overlay
   snapshots and the pods' network-namespace files. They vanish with the namespace's last process.
 - Host sysctls: never written. The kubelet checks six kernel tunables at start (``protectKernelDefaults:
   true`` makes it refuse instead of rewriting them); those that differ on the host are bind-mounted
@@ -25,7 +26,8 @@ What it touches on the host, and how it gives it back (also when a start fails h
 - Network: one Linux bridge ``pgn<N>`` with ``10.213.<N>.1/24`` (kubelet ``--node-ip``); the CNI
   ``bridge`` plugin attaches pods to it with ``isGateway: false``, ``ipMasq: false`` and no routes, so
   pods reach only that /24, ip_forward and iptables are never touched and no pod packet can leave the
-  machine. 10.213.0.0/16 was picked because no route of this host covers it (checked at start: a
+  machine. The kubelet's iptables chains are off (``makeIPTablesUtilChains: false``).
+  10.213.0.0/16 was picked because no route of this host covers it (checked at start: a
   subnet that overlaps any route or address is skipped). The bridge (and so its connected route) is
   deleted at the end; the pods' veths die with their network namespaces.
 
@@ -69,6 +71,9 @@ CNI_BIN_DIRS = ("/usr/lib/cni", "/opt/cni/bin")
 SUBNET_POOL = ipaddress.ip_network("10.213.0.0/16")
 CLUSTER_DNS = "10.96.0.10"  # inside the cluster's Service CIDR; nothing answers (pods have no route)
 REAL_NODE_LABEL = "podgrace.dev/real-node"
+# LocalCluster(extra_apiserver_args=APISERVER_ARGS): the apiserver reaches the kubelet (logs, exec,
+# port-forward) on the node's InternalIP; the node's Hostname address is its name, which no DNS knows.
+APISERVER_ARGS: tuple[str, ...] = ("--kubelet-preferred-address-types=InternalIP",)
 
 # What the kubelet's setupKernelTunables wants (pkg/kubelet/cm/container_manager_linux.go).
 KUBELET_SYSCTLS: Mapping[str, int] = {
@@ -599,16 +604,26 @@ class RealNode:
             if self.cgroup_root:
                 report.cgroups += remove_cgroup_tree(h.dir(self.cgroup_root))
         for d in reversed(self._created_cgroups):
-            with contextlib.suppress(FileNotFoundError):
-                try:
-                    os.rmdir(d)
-                except OSError as err:
-                    if err.errno != errno.EBUSY or (self.cgroup_root and str(d).endswith(self.cgroup_root)):
-                        report.cgroups.append(d)
+            try:
+                os.rmdir(d)
+            except FileNotFoundError:
+                pass
+            except OSError as err:
+                # EBUSY on a shared intermediate level (another node's cgroups below it) is fine
+                if err.errno != errno.EBUSY or d.name == self.name:
+                    report.cgroups.append(d)
         # network
         if self.bridge:
             veths = self.bridge_ports()
             _ip("link", "del", self.bridge, check=False)
+            # a pod's veth goes when the kernel frees its network namespace (asynchronously, once the
+            # mount namespace holding the netns file is gone); delete what is still there after 10 s
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and any(link_exists(v) for v in veths):
+                time.sleep(0.1)
+            for v in veths:
+                if link_exists(v):
+                    _ip("link", "del", v, check=False)
             report.links = [n for n in [self.bridge, *veths] if link_exists(n)]
         # mounts: none should ever have reached the host's mount namespace
         report.mounts = [m for m in _host_mounts() if str(self.workdir) in m]
@@ -722,6 +737,8 @@ class RealNode:
             "mount -t tmpfs -o mode=0755,size=64m podgrace-run /run",
             # libcni caches results in /var/lib/cni
             "mount -t tmpfs -o mode=0755,size=16m podgrace-varlib /var/lib",
+            # the kubelet hard-codes /var/log/containers for its log symlinks
+            "mount -t tmpfs -o mode=0755,size=16m podgrace-varlog /var/log",
         ]
         for key, want in KUBELET_SYSCTLS.items():
             host = int(Path("/proc/sys", key).read_text().split()[0])
@@ -908,6 +925,8 @@ state = "{cd / "state"}"
                 "imagefs.available": "1%",
                 "imagefs.inodesFree": "1%",
             },
+            # no KUBE-FIREWALL / KUBE-IPTABLES-HINT / canary chains in the host's iptables
+            "makeIPTablesUtilChains": False,
             "serializeImagePulls": False,
             "registerNode": True,
             "registerWithTaints": [_taint(t) for t in self.taints],

@@ -26,7 +26,7 @@ from images import Image, build_image, nginx_image
 from localcluster import STOP_SIGNALS_GATES, ClusterError, LocalCluster, ensure_binaries
 from realnode_env import NodeCluster
 
-from node import NodeError, RealNode, ensure_node_binaries, missing_prerequisites
+from node import APISERVER_ARGS, NodeError, RealNode, ensure_node_binaries, missing_prerequisites
 
 NODE_DIR = Path(__file__).resolve().parent
 
@@ -85,7 +85,9 @@ def _session_node_cluster(
     gates: dict[str, bool] | None,
 ) -> Iterator[NodeCluster]:
     config = request.config
-    cluster = LocalCluster(binaries=bins[0], feature_gates=gates, name=name, nodes=0)
+    cluster = LocalCluster(
+        binaries=bins[0], feature_gates=gates, name=name, nodes=0, extra_apiserver_args=APISERVER_ARGS
+    )
     node = RealNode(cluster, binaries=bins[1], name=f"{name}-node")
     with _uncaptured(config):
         cluster.start()

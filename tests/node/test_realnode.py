@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 from localcluster import LocalCluster
 from realnode_env import NodeCluster
 
-from node import KUBELET_SYSCTLS, RealNode, cgroup_hierarchies, link_exists, pids_in_mount_ns
+from node import APISERVER_ARGS, KUBELET_SYSCTLS, RealNode, cgroup_hierarchies, link_exists, pids_in_mount_ns
 
 T = TypeVar("T")
 
@@ -229,15 +229,34 @@ def test_stop_signal_reaches_nginx_with_gate(node_cluster_stopsignals: NodeClust
     assert warnings == [], [(e["reason"], e["message"]) for e in warnings]
 
 
+HOST_PATHS = ("/var/lib/kubelet", "/var/log/pods", "/var/log/containers", "/var/lib/cni", "/run/containerd",
+              "/var/lib/containerd", "/run/runc", "/etc/kubernetes", "/usr/libexec/kubernetes")  # fmt: skip
+
+
 def _sysctls() -> dict[str, str]:
     keys = [*KUBELET_SYSCTLS, "net/ipv4/ip_forward"]
     return {k: Path("/proc/sys", k).read_text().strip() for k in keys}
 
 
+def _host_state() -> dict[str, Any]:
+    """Host sysctls, iptables/ip6tables rules and chains (without counters), the kubelet's and
+    containerd's default paths: a node must change none of them."""
+    state: dict[str, Any] = {"sysctl": _sysctls()}
+    for tool in ("iptables-save", "ip6tables-save"):
+        proc = subprocess.run([tool], capture_output=True, text=True, check=False)
+        state[tool] = sorted(
+            line.split(" [")[0] for line in proc.stdout.splitlines() if line and not line.startswith("#")
+        )
+    state["paths"] = sorted(p for p in HOST_PATHS if Path(p).exists())
+    return state
+
+
 def test_stopped_node_leaves_nothing_behind(node_binaries: tuple[Path, Path], nginx: Any) -> None:
     """A node of its own with a running pod; after stop(): no process, cgroup, link, mount or file."""
-    before = _sysctls()
-    with LocalCluster(binaries=node_binaries[0], nodes=0, name="cleanup") as cluster:
+    before = _host_state()
+    with LocalCluster(
+        binaries=node_binaries[0], nodes=0, name="cleanup", extra_apiserver_args=APISERVER_ARGS
+    ) as cluster:
         node = RealNode(cluster, binaries=node_binaries[1], name="cleanup-node")
         try:
             node.start()
@@ -255,7 +274,7 @@ def test_stopped_node_leaves_nothing_behind(node_binaries: tuple[Path, Path], ng
             }
             assert container_pids
             mount_ns, workdir, bridge = node.mount_ns, node.workdir, node.bridge
-            assert _sysctls() == before, "the kubelet changed host sysctls"
+            assert _host_state() == before, "the running node changed host sysctls, iptables or paths"
         finally:
             # stop with the pod still running (the node has to kill it itself)
             report = node.stop()
@@ -269,7 +288,7 @@ def test_stopped_node_leaves_nothing_behind(node_binaries: tuple[Path, Path], ng
     assert not link_exists(bridge) and not any(link_exists(p) for p in ports)
     assert not any(str(workdir) in line for line in Path("/proc/self/mountinfo").read_text().splitlines())
     assert not workdir.exists()
-    assert _sysctls() == before
+    assert _host_state() == before
 
 
 def _alive(pid: int) -> bool:
