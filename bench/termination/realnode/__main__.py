@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -18,6 +19,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--request-ms", type=int, default=300)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
+
+    def stop(signum: int, _frame: object) -> None:  # run every finally: node, cluster, HAProxy cleanup
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGHUP, stop)
     results = run_all(
         args.only, rate=args.rate, request_ms=args.request_ms, log=lambda m: print(m, flush=True)
     )

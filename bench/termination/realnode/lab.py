@@ -173,7 +173,6 @@ class EndpointSync:
         self.slices: dict[str, set[str]] = {}
         self.changes: list[tuple[float, str]] = []  # (monotonic, "add ip" / "remove ip")
         self._stop = threading.Event()
-        self._resp: Any = None
         self._thread = threading.Thread(target=self._run, name="endpointslice-watch", daemon=True)
         self.synced = threading.Event()
 
@@ -181,11 +180,10 @@ class EndpointSync:
         self._thread.start()
 
     def stop(self) -> None:
+        # The watch below ends every few seconds (timeoutSeconds) and then sees the flag; closing the
+        # response from this thread instead would block on the reader's lock until the next event.
         self._stop.set()
-        with contextlib.suppress(Exception):
-            if self._resp is not None:
-                self._resp.close()
-        self._thread.join(5)
+        self._thread.join(10)
 
     def ready_addresses(self) -> set[str]:
         return set().union(*self.slices.values()) if self.slices else set()
@@ -205,21 +203,23 @@ class EndpointSync:
 
     def _run(self) -> None:
         ctx = ssl.create_default_context(cafile=str(self.cluster.pki / "ca.crt"))
-        sel = f"kubernetes.io/service-name={self.service}"
-        url = (
+        base = (
             f"{self.cluster.server}/apis/discovery.k8s.io/v1/namespaces/{self.ns}/endpointslices"
-            f"?watch=1&labelSelector={sel}&allowWatchBookmarks=false"
+            f"?watch=1&timeoutSeconds=3&labelSelector=kubernetes.io/service-name={self.service}"
         )
+        rv = ""
         while not self._stop.is_set():
+            url = base + (f"&resourceVersion={rv}" if rv else "")
             req = urllib.request.Request(url, headers={"Authorization": f"Bearer {self.cluster.admin_token}"})
             try:
-                with urllib.request.urlopen(req, context=ctx, timeout=3600) as resp:
-                    self._resp = resp
+                with urllib.request.urlopen(req, context=ctx, timeout=30) as resp:
                     for line in resp:
-                        if self._stop.is_set():
-                            return
                         ev = json.loads(line)
                         obj = ev["object"]
+                        if ev["type"] == "ERROR":  # e.g. 410 Gone: start over with a fresh list
+                            rv = ""
+                            break
+                        rv = obj["metadata"].get("resourceVersion", rv)
                         name = obj["metadata"]["name"]
                         if ev["type"] == "DELETED":
                             self.slices.pop(name, None)
@@ -239,7 +239,7 @@ class EndpointSync:
 
 
 def run_scenario(
-    cluster: LocalCluster, node: RealNode, image: Image, name: str, p: Params, workdir: Path
+    cluster: LocalCluster, node: RealNode, image: Image, name: str, p: Params, workdir: Path, log: Any = print
 ) -> Outcome:
     ns = f"lab-{name}"
     upstream_port = _free_port(node.node_ip)
@@ -282,7 +282,9 @@ def run_scenario(
         cluster.kubectl(
             "apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": docs})
         )
+        log(f"{name}: waiting for the rollout")
         cluster.kubectl("rollout", "status", "deployment/web", "-n", ns, "--timeout=120s", timeout=150)
+        log(f"{name}: rolled out; syncing HAProxy from the EndpointSlices")
         sync = EndpointSync(cluster, ns, "web", workdir)
         sync.start()
         deadline = time.monotonic() + 30
@@ -294,6 +296,7 @@ def run_scenario(
             i["metadata"]["name"]: i["status"].get("podIP")
             for i in cluster.kubectl_json("get", "pods", "-n", ns, "-l", "app=web")["items"]
         }
+        log(f"{name}: HAProxy has {sorted(sync.slots)}; load for {p.warmup + p.after:.0f}s")
         load = LoadGenerator("127.0.0.1", lb_port, p.rate, p.request_ms, timeout_s=15.0)
         t0 = time.monotonic() + 0.2
         load.start(t0, t0 + p.warmup + p.after)
@@ -328,18 +331,20 @@ def run_scenario(
             lb_changes=[(round(t - t_scale, 3), what) for t, what in sync.changes],
         )
     finally:
-        if sync is not None:
-            sync.stop()
+        # processes first (by PID), so that an interrupt during a later step cannot leave them behind
         for proc in procs:
             if proc.poll() is None:
                 proc.terminate()
-                try:
-                    proc.wait(5)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(5)
+        for proc in procs:
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
         for fh in logs.values():
             fh.close()
+        if sync is not None:
+            sync.stop()
         with contextlib.suppress(Exception):
             cluster.kubectl("delete", "namespace", ns, "--wait=true", timeout=120)
 
@@ -363,7 +368,7 @@ def run_all(
             for name in names or list(SCENARIOS):
                 base = SCENARIOS[name]
                 p = Params(**{**asdict(base), "rate": rate, "request_ms": request_ms})
-                res = run_scenario(cluster, node, image, name, p, workdir)
+                res = run_scenario(cluster, node, image, name, p, workdir, log=log)
                 log(
                     f"{name}: {res.requests} requests, {res.failed} failed {res.outcomes}; "
                     f"endpoint removed +{res.endpoint_removed_after_s}s, pod gone +{res.pod_gone_after_s}s"
