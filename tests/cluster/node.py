@@ -59,10 +59,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Protocol
 
-try:  # importable both as tests.cluster.node and with tests/cluster on sys.path
-    from tests.cluster import images as _images
-except ImportError:  # pragma: no cover
-    import images as _images  # type: ignore[no-redef]
+from tests.cluster import images as _images
 
 HERE = Path(__file__).resolve().parent
 BUILD_NODE_SH = HERE / "build-node.sh"

@@ -19,14 +19,16 @@ from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "cluster"))
-
-from images import Image, build_image, nginx_image
-from localcluster import STOP_SIGNALS_GATES, ClusterError, LocalCluster, ensure_binaries
-from realnode_env import NodeCluster
-
-from node import APISERVER_ARGS, NodeError, RealNode, ensure_node_binaries, missing_prerequisites
+from tests.cluster.images import Image, build_image, nginx_image
+from tests.cluster.localcluster import STOP_SIGNALS_GATES, ClusterError, LocalCluster, ensure_binaries
+from tests.cluster.node import (
+    APISERVER_ARGS,
+    NodeError,
+    RealNode,
+    ensure_node_binaries,
+    missing_prerequisites,
+)
+from tests.support.realnode_env import NodeCluster
 
 NODE_DIR = Path(__file__).resolve().parent
 

@@ -13,10 +13,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from localcluster import LocalCluster
-from realnode_env import NodeCluster
-
-from node import APISERVER_ARGS, KUBELET_SYSCTLS, RealNode, cgroup_hierarchies, link_exists, pids_in_mount_ns
+from tests.cluster.localcluster import LocalCluster
+from tests.cluster.node import (
+    APISERVER_ARGS,
+    KUBELET_SYSCTLS,
+    RealNode,
+    cgroup_hierarchies,
+    link_exists,
+    pids_in_mount_ns,
+)
+from tests.support.realnode_env import NodeCluster
 
 T = TypeVar("T")
 

@@ -5,17 +5,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
 import tarfile
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "cluster"))
-
-import images
-
-from node import Hierarchy, NodeError, _taint, node_cgroup_parent
+from tests.cluster import images
+from tests.cluster.node import Hierarchy, NodeError, _taint, node_cgroup_parent
 
 
 @pytest.fixture

@@ -32,15 +32,9 @@ from typing import Any
 from bench.termination import servers
 from bench.termination.load import LoadGenerator
 from bench.termination.scenario import haproxy_command
-
-CLUSTER_DIR = Path(__file__).resolve().parents[3] / "tests" / "cluster"
-if str(CLUSTER_DIR) not in sys.path:
-    sys.path.insert(0, str(CLUSTER_DIR))
-
-from images import Image, build_image, nginx_image  # noqa: E402
-from localcluster import LocalCluster  # noqa: E402
-
-from node import APISERVER_ARGS, RealNode  # noqa: E402
+from tests.cluster.images import Image, build_image, nginx_image
+from tests.cluster.localcluster import LocalCluster
+from tests.cluster.node import APISERVER_ARGS, RealNode
 
 SLOTS = 8  # HAProxy server slots (server-template) the watch fills with pod IPs
 

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 
-from images import Image
-from localcluster import LocalCluster
-
-from node import RealNode
+from tests.cluster.images import Image
+from tests.cluster.localcluster import LocalCluster
+from tests.cluster.node import RealNode
 
 
 @dataclasses.dataclass
