@@ -37,6 +37,7 @@ with it through PR_SET_PDEATHSIG; shims and containers would be left).
 
 from __future__ import annotations
 
+import atexit
 import base64
 import contextlib
 import dataclasses
@@ -556,6 +557,7 @@ class RealNode:
             raise
         self.start_seconds = time.monotonic() - t0
         self._started = True
+        atexit.register(self.stop)  # in case nobody calls stop()
         return self
 
     def stop(self) -> CleanupReport:
@@ -563,6 +565,7 @@ class RealNode:
         if self._stopped and self.last_cleanup is not None:
             return self.last_cleanup
         self._stopped = True
+        atexit.unregister(self.stop)
         report = CleanupReport()
         kubelet = self._procs.get("kubelet")
         if kubelet is not None:
