@@ -31,8 +31,10 @@ What it touches on the host, and how it gives it back (also when a start fails h
   subnet that overlaps any route or address is skipped). The bridge (and so its connected route) is
   deleted at the end; the pods' veths die with their network namespaces.
 
-Not done: cleaning up after a test process that was SIGKILLed (the holder, kubelet and containerd die
-with it through PR_SET_PDEATHSIG; shims and containers would be left).
+A test process that is SIGKILLed cannot stop its node: the holder, kubelet and containerd die with it
+(PR_SET_PDEATHSIG), the shims, containers, cgroups and the bridge stay. Each node records what to undo in
+``/run/podgrace-nodes/<name>-<pid>-<rand>.json``; :func:`cleanup_stale` (run before the tests/node
+fixtures start a node, or ``python -m tests.cluster.node cleanup``) undoes the nodes whose owner died.
 """
 
 from __future__ import annotations
@@ -69,6 +71,8 @@ CNI_BIN_DIRS = ("/usr/lib/cni", "/opt/cni/bin")
 SUBNET_POOL = ipaddress.ip_network("10.213.0.0/16")
 CLUSTER_DNS = "10.96.0.10"  # inside the cluster's Service CIDR; nothing answers (pods have no route)
 REAL_NODE_LABEL = "podgrace.dev/real-node"
+# One JSON file per running node (what to undo); cleanup_stale() reads those whose process died.
+STATE_DIR = Path(os.environ.get("PODGRACE_NODE_STATE_DIR", "/run/podgrace-nodes"))
 # LocalCluster(extra_apiserver_args=APISERVER_ARGS): the apiserver reaches the kubelet (logs, exec,
 # port-forward) on the node's InternalIP; the node's Hostname address is its name, which no DNS knows.
 APISERVER_ARGS: tuple[str, ...] = ("--kubelet-preferred-address-types=InternalIP",)
@@ -521,6 +525,7 @@ class RealNode:
         self._started = False
         self._stopped = False
         self._pause: _images.Image | None = None
+        self._state_file = STATE_DIR / f"{self.name}-{os.getpid()}-{secrets.token_hex(2)}.json"
 
     # ---------------------------------------------------------------- public
 
@@ -632,6 +637,8 @@ class RealNode:
             shutil.rmtree(self.workdir, ignore_errors=True)
         self._delete_node_object()
         self.last_cleanup = report
+        if report.clean:
+            self._state_file.unlink(missing_ok=True)
         if not report.clean:
             self._log(f"cleanup left: {report}")
         return report
@@ -680,8 +687,31 @@ class RealNode:
 
     def _step(self, what: str, fn: Callable[[], None]) -> None:
         t0 = time.monotonic()
-        fn()
+        try:
+            fn()
+        finally:
+            self._write_state()
         self.timings[what] = round(time.monotonic() - t0, 3)
+
+    def _write_state(self) -> None:
+        """What cleanup_stale() needs to undo this node if this process dies without stop()."""
+        STATE_DIR.mkdir(parents=True, exist_ok=True)
+        state = {
+            "owner": os.getpid(),
+            "owner_start": _start_time(os.getpid()),
+            "name": self.name,
+            "cgroup_parent": self.cgroup_root.rsplit("/", 1)[0],
+            "workdir": str(self.workdir),
+            "mount_ns": self.mount_ns,
+            "cgroup_dirs": [str(d) for d in self.cgroup_dirs()],
+            "created_cgroups": [str(d) for d in self._created_cgroups],
+            "bridge": self.bridge,
+            "node_ip": self.node_ip,
+            "bin_dir": str(self._bin_dir or ""),
+        }
+        tmp = self._state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=2))
+        os.replace(tmp, self._state_file)
 
     def _start(self) -> None:
         for b in ("kubelet", "containerd", "containerd-shim-runc-v2", "ctr", "pause"):
@@ -1015,6 +1045,73 @@ def _taint(spec: str) -> dict[str, str]:
     return out
 
 
+def _start_time(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
+
+
+def cleanup_stale(log: Callable[[str], None] = print) -> list[str]:
+    """Undo the nodes whose owning process died without stop() (SIGKILL, a killed pytest): the
+    containers (PIDs in the node's cgroups), the shims (PIDs in the node's mount namespace whose
+    executable is in the node's bin dir), the cgroups, the bridge, the work dir. Nodes of live
+    processes are left alone, and so are nodes started from another cgroup (another user's session:
+    not ours to end). Returns the names of the nodes cleaned up."""
+    done = []
+    try:
+        parent = node_cgroup_parent(cgroup_hierarchies()).rstrip("/")
+    except NodeError:
+        return done
+    for f in sorted(STATE_DIR.glob("*.json")) if STATE_DIR.is_dir() else []:
+        try:
+            st = json.loads(f.read_text())
+        except (OSError, ValueError):
+            continue
+        owner = int(st.get("owner", 0))
+        if owner and _pid_alive(owner) and _start_time(owner) == st.get("owner_start"):
+            continue  # its process is alive: not stale
+        if st.get("cgroup_parent", None) != parent:
+            continue  # started from another cgroup
+        dirs = [Path(d) for d in st.get("cgroup_dirs", [])]
+        for _ in range(20):
+            pids: set[int] = set()
+            for d in dirs:
+                pids |= cgroup_procs(d)
+            if not pids:
+                break
+            _kill_pids(pids, grace=0)
+            time.sleep(0.1)
+        ns, bin_dir = int(st.get("mount_ns") or 0), st.get("bin_dir", "")
+        if ns:
+            ours = []
+            for pid in pids_in_mount_ns(ns):
+                with contextlib.suppress(OSError):
+                    exe = os.readlink(f"/proc/{pid}/exe")
+                    if (bin_dir and exe.startswith(bin_dir + "/")) or exe.endswith(("/sleep", "/runc")):
+                        ours.append(pid)
+            _kill_pids(ours, grace=2.0)
+        left = []
+        for d in dirs:
+            left += remove_cgroup_tree(d)
+        for c in reversed(st.get("created_cgroups", [])):
+            with contextlib.suppress(OSError):
+                os.rmdir(c)
+        bridge, ip = st.get("bridge", ""), st.get("node_ip", "")
+        if bridge and ip and ip in _ip("-4", "addr", "show", "dev", bridge, check=False).stdout:
+            _ip("link", "del", bridge, check=False)
+        workdir = Path(st.get("workdir", ""))
+        if workdir.name.startswith("podgrace-node-") and not any(str(workdir) in m for m in _host_mounts()):
+            shutil.rmtree(workdir, ignore_errors=True)
+        if left:
+            log(f"[node] stale node {st.get('name')}: cgroups left {left}")
+        else:
+            f.unlink(missing_ok=True)
+        log(f"[node] cleaned up stale node {st.get('name')} (owner {owner} is gone)")
+        done.append(str(st.get("name")))
+    return done
+
+
 def _host_mounts() -> list[str]:
     try:
         return Path("/proc/self/mountinfo").read_text().splitlines()
@@ -1027,3 +1124,18 @@ def real_node(cluster: ClusterLike, **kw: Any) -> Iterator[RealNode]:
     node = RealNode(cluster, **kw)
     with node:
         yield node
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m tests.cluster.node", description="real test nodes")
+    ap.add_argument("cmd", choices=["cleanup"], help="undo the nodes whose owning process died")
+    ap.parse_args(argv)
+    done = cleanup_stale()
+    print(f"{len(done)} stale node(s) cleaned up" + (f": {', '.join(done)}" if done else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

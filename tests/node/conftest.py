@@ -25,6 +25,7 @@ from tests.cluster.node import (
     APISERVER_ARGS,
     NodeError,
     RealNode,
+    cleanup_stale,
     ensure_node_binaries,
     missing_prerequisites,
 )
@@ -65,6 +66,7 @@ def node_binaries(pytestconfig: pytest.Config) -> tuple[Path, Path]:
     if missing:
         pytest.fail(f"a real node needs {missing} (tests/cluster/build-node.sh --apt)", pytrace=False)
     with _uncaptured(pytestconfig):
+        cleanup_stale(log=_say)  # nodes left by a test process that was killed
         try:
             return ensure_binaries(log=_say), ensure_node_binaries(log=_say)
         except (ClusterError, NodeError) as err:

@@ -6,7 +6,9 @@ stop signal reaches nginx and shows in the container status; a stopped node leav
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Callable
@@ -17,8 +19,10 @@ from tests.cluster.localcluster import LocalCluster
 from tests.cluster.node import (
     APISERVER_ARGS,
     KUBELET_SYSCTLS,
+    STATE_DIR,
     RealNode,
     cgroup_hierarchies,
+    cleanup_stale,
     link_exists,
     pids_in_mount_ns,
 )
@@ -315,3 +319,58 @@ def _alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except (OSError, IndexError):
         return False
+
+
+KILLED_OWNER = """
+import json, sys, time
+from pathlib import Path
+from tests.cluster.localcluster import LocalCluster
+from tests.cluster.node import APISERVER_ARGS, RealNode
+img = json.loads(sys.argv[1])
+cluster = LocalCluster(
+    binaries=Path(sys.argv[2]), nodes=0, name="killed", extra_apiserver_args=APISERVER_ARGS
+).start()
+node = RealNode(cluster, binaries=Path(sys.argv[3]), name="killed-node").start()
+node.ctr("images", "import", "--platform=linux/amd64", img["path"])
+cluster.kubectl("run", "orphan", f"--image={img['ref']}", "--image-pull-policy=Never")
+cluster.kubectl("wait", "pod/orphan", "--for=condition=Ready", "--timeout=120s", timeout=150)
+print(json.dumps({"bridge": node.bridge, "cgroups": [str(d) for d in node.cgroup_dirs()],
+                  "mount_ns": node.mount_ns, "workdir": str(node.workdir),
+                  "state": str(node._state_file), "cluster": str(cluster.workdir)}), flush=True)
+time.sleep(600)
+"""
+
+
+def test_node_of_a_killed_process_is_cleaned_up(node_binaries: tuple[Path, Path], nginx: Any) -> None:
+    """SIGKILL the process that owns a node with a running pod: nothing can run its stop(). Its
+    kubelet, containerd and holder die with it (PDEATHSIG); cleanup_stale() removes the rest."""
+    img = json.dumps({"ref": nginx.ref, "path": str(nginx.path)})
+    repo = Path(__file__).resolve().parents[2]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", KILLED_OWNER, img, str(node_binaries[0]), str(node_binaries[1])],
+        cwd=repo,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line, "the owner process died before its node ran a pod"
+        info = json.loads(line)
+        state = Path(info["state"])
+        assert state.parent == STATE_DIR and state.exists()
+        assert link_exists(info["bridge"]) and pids_in_mount_ns(info["mount_ns"])
+        assert cleanup_stale(log=lambda m: None) == [], "a live owner's node is not stale"
+    finally:
+        proc.kill()
+        proc.wait()
+    time.sleep(1.0)
+    assert "killed-node" in cleanup_stale(log=lambda m: None)
+    assert not state.exists()
+    assert pids_in_mount_ns(info["mount_ns"]) == set()
+    assert not any(Path(d).exists() for d in info["cgroups"])
+    assert not link_exists(info["bridge"])
+    assert not Path(info["workdir"]).exists()
+    shutil.rmtree(info["cluster"], ignore_errors=True)  # the dead LocalCluster's temp dir
