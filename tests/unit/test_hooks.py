@@ -11,7 +11,7 @@ from podgrace.core import hook_intent, hooks
 from podgrace.core.constants import HOOK_MARKER
 from podgrace.core.hook_intent import ExecSleep, HookIntent, NativeSleep, SignalAndWait
 from podgrace.core.models import PreStop, PreStopKind
-from podgrace.core.signals import Signal
+from podgrace.core.signals import Role, Signal
 
 
 def _pre_stop(handler: dict[str, Any] | None) -> PreStop:
@@ -40,6 +40,44 @@ def test_signal_and_wait_script() -> None:
         "i=0\n"
         'while kill -0 1 2>/dev/null && [ "$i" -lt 30 ]; do sleep 1; i=$((i+1)); done',
     )
+
+
+def test_signal_and_wait_finds_the_master_of_a_known_server() -> None:
+    script = hook_intent.render(SignalAndWait(5, Signal.SIGWINCH, 33, Role.APACHE))["exec"]["command"][2]
+    assert script == (
+        "# podgrace graceful stop\n"
+        "sleep 5\n"
+        "m=1\n"
+        "for d in /proc/[0-9]*; do\n"
+        '  read -r c <"$d/comm" || continue\n'
+        "  case $c in apache2|httpd) ;; *) continue ;; esac\n"
+        '  read -r s <"$d/stat" || continue\n'
+        "  set -- ${s##*) }\n"
+        '  c=; read -r c <"/proc/$2/comm"\n'
+        "  case $c in apache2|httpd) ;; *) m=${d#/proc/}; break ;; esac\n"
+        "done 2>/dev/null\n"
+        'kill -WINCH "$m"\n'
+        "i=0\n"
+        'while kill -0 "$m" 2>/dev/null && [ "$i" -lt 33 ]; do\n'
+        "  k=\n"
+        "  for d in /proc/[0-9]*; do\n"
+        '    read -r s <"$d/stat" || continue\n'
+        "    set -- ${s##*) }\n"
+        '    [ "$2" = "$m" ] && k=1 && break\n'
+        "  done 2>/dev/null\n"
+        '  [ -n "$k" ] || break\n'
+        "  sleep 1; i=$((i+1))\n"
+        "done"
+    )
+
+
+def test_read_tells_the_roles_apart() -> None:
+    nginx = hook_intent.render(SignalAndWait(5, Signal.SIGQUIT, 33, Role.NGINX))
+    php = hook_intent.render(SignalAndWait(5, Signal.SIGQUIT, 33, Role.PHP_FPM))
+    assert hook_intent.read(nginx) == SignalAndWait(5, Signal.SIGQUIT, 33, Role.NGINX)
+    assert hook_intent.read(php) == SignalAndWait(5, Signal.SIGQUIT, 33, Role.PHP_FPM)
+    edited = nginx["exec"]["command"][2].replace("in nginx)", "in nginx|angie)")
+    assert hook_intent.read(_exec("/bin/sh", "-c", edited)) is None
 
 
 @pytest.mark.parametrize("signal", list(Signal), ids=[s.value for s in Signal])
@@ -161,6 +199,8 @@ OWN_HOOKS = [
     ExecSleep(12),
     *(SignalAndWait(35, signal, 33) for signal in Signal),
     SignalAndWait(0, Signal.SIGWINCH, 1800),
+    *(SignalAndWait(5, Signal.SIGQUIT, 33, role) for role in Role),
+    SignalAndWait(0, Signal.SIGWINCH, 1800, Role.APACHE),
 ]
 
 

@@ -39,16 +39,45 @@ def test_capability_matrix_is_what_the_tables_assume() -> None:
 # --- the hooks podgrace writes, spelled out ---------------------------------------------------------------
 
 
-def signal_wait(delay: int, signal: str, wait: int) -> dict[str, Any]:
+def signal_wait(delay: int, signal: str, wait: int, names: str | None) -> dict[str, Any]:
     """podgrace's fallback hook; `wait` = max(drain, grace - delay - 2): it holds the kubelet's own stop
-    signal back until 2 s before the grace period ends."""
-    script = (
-        f"{HOOK_MARKER}\n"
-        f"sleep {delay}\n"
-        f"kill -{signal} 1\n"
-        "i=0\n"
-        f'while kill -0 1 2>/dev/null && [ "$i" -lt {wait} ]; do sleep 1; i=$((i+1)); done'
-    )
+    signal back until 2 s before the grace period ends. `names`: the server's process names (a `case`
+    pattern); the hook signals the master process of that name and waits while it has workers. None: the
+    form for a generic server (and the form of earlier podgrace versions): signal PID 1, wait until it exits."""
+    if names is None:
+        script = (
+            f"{HOOK_MARKER}\n"
+            f"sleep {delay}\n"
+            f"kill -{signal} 1\n"
+            "i=0\n"
+            f'while kill -0 1 2>/dev/null && [ "$i" -lt {wait} ]; do sleep 1; i=$((i+1)); done'
+        )
+    else:
+        script = (
+            f"{HOOK_MARKER}\n"
+            f"sleep {delay}\n"
+            "m=1\n"
+            "for d in /proc/[0-9]*; do\n"
+            '  read -r c <"$d/comm" || continue\n'
+            f"  case $c in {names}) ;; *) continue ;; esac\n"
+            '  read -r s <"$d/stat" || continue\n'
+            "  set -- ${s##*) }\n"
+            '  c=; read -r c <"/proc/$2/comm"\n'
+            f"  case $c in {names}) ;; *) m=${{d#/proc/}}; break ;; esac\n"
+            "done 2>/dev/null\n"
+            f'kill -{signal} "$m"\n'
+            "i=0\n"
+            f'while kill -0 "$m" 2>/dev/null && [ "$i" -lt {wait} ]; do\n'
+            "  k=\n"
+            "  for d in /proc/[0-9]*; do\n"
+            '    read -r s <"$d/stat" || continue\n'
+            "    set -- ${s##*) }\n"
+            '    [ "$2" = "$m" ] && k=1 && break\n'
+            "  done 2>/dev/null\n"
+            '  [ -n "$k" ] || break\n'
+            "  sleep 1; i=$((i+1))\n"
+            "done"
+        )
     return {"exec": {"command": ["/bin/sh", "-c", script]}}
 
 
@@ -77,20 +106,20 @@ PODS: dict[str, list[dict[str, Any]]] = {
 #   os: spec.os.name podgrace owns; grace: terminationGracePeriodSeconds; required: grace without margin
 MATRIX = [
     # nginx: SIGQUIT; 5s propagation, 30s drain -> grace 5 + 30 + 5
-    ("nginx", "1.29", {"nginx": (signal_wait(5, "QUIT", 33), None)}, None, 40, 35),
-    ("nginx", "1.34", {"nginx": (signal_wait(5, "QUIT", 33), None)}, None, 40, 35),
+    ("nginx", "1.29", {"nginx": (signal_wait(5, "QUIT", 33, "nginx"), None)}, None, 40, 35),
+    ("nginx", "1.34", {"nginx": (signal_wait(5, "QUIT", 33, "nginx"), None)}, None, 40, 35),
     ("nginx", "1.34+gate", {"nginx": (native(5), "SIGQUIT")}, "linux", 40, 35),
     ("nginx", "1.35+gate", {"nginx": (native(5), "SIGQUIT")}, "linux", 40, 35),
     # php-fpm alone: signalled only after its propagation + its longest request (5 + 30)
-    ("php-fpm", "1.29", {"app": (signal_wait(35, "QUIT", 33), None)}, None, 70, 65),
-    ("php-fpm", "1.34", {"app": (signal_wait(35, "QUIT", 33), None)}, None, 70, 65),
+    ("php-fpm", "1.29", {"app": (signal_wait(35, "QUIT", 33, "php-fpm*"), None)}, None, 70, 65),
+    ("php-fpm", "1.34", {"app": (signal_wait(35, "QUIT", 33, "php-fpm*"), None)}, None, 70, 65),
     ("php-fpm", "1.34+gate", {"app": (native(35), "SIGQUIT")}, "linux", 70, 65),
     ("php-fpm", "1.35+gate", {"app": (native(35), "SIGQUIT")}, "linux", 70, 65),
     # nginx in front of php-fpm: php-fpm waits nginx's sleep + nginx's drain (5 + 30)
     (
         "nginx-php-fpm",
         "1.29",
-        {"nginx": (signal_wait(5, "QUIT", 63), None), "php-fpm": (signal_wait(35, "QUIT", 33), None)},
+        {"nginx": (signal_wait(5, "QUIT", 63, "nginx"), None), "php-fpm": (signal_wait(35, "QUIT", 33, "php-fpm*"), None)},
         None,
         70,
         65,
@@ -98,7 +127,7 @@ MATRIX = [
     (
         "nginx-php-fpm",
         "1.34",
-        {"nginx": (signal_wait(5, "QUIT", 63), None), "php-fpm": (signal_wait(35, "QUIT", 33), None)},
+        {"nginx": (signal_wait(5, "QUIT", 63, "nginx"), None), "php-fpm": (signal_wait(35, "QUIT", 33, "php-fpm*"), None)},
         None,
         70,
         65,
@@ -120,8 +149,8 @@ MATRIX = [
         65,
     ),
     # Apache: SIGWINCH (graceful-stop)
-    ("apache", "1.29", {"web": (signal_wait(5, "WINCH", 33), None)}, None, 40, 35),
-    ("apache", "1.34", {"web": (signal_wait(5, "WINCH", 33), None)}, None, 40, 35),
+    ("apache", "1.29", {"web": (signal_wait(5, "WINCH", 33, "apache2|httpd"), None)}, None, 40, 35),
+    ("apache", "1.34", {"web": (signal_wait(5, "WINCH", 33, "apache2|httpd"), None)}, None, 40, 35),
     ("apache", "1.34+gate", {"web": (native(5), "SIGWINCH")}, "linux", 40, 35),
     ("apache", "1.35+gate", {"web": (native(5), "SIGWINCH")}, "linux", 40, 35),
     # generic web server: a sleep only, never a signal (so never spec.os either)
@@ -460,7 +489,7 @@ def test_user_hook_replaced_file_mode(
     )
     result = planner.plan(w, builtin_profiles, CAPS[caps])
     (settings,) = result.containers
-    assert handler(settings) == signal_wait(5, "QUIT", 33)
+    assert handler(settings) == signal_wait(5, "QUIT", 33, "nginx")
     assert result.force is True
     assert result.decisions == ()
     assert result.findings_after == ()
@@ -481,7 +510,7 @@ def test_replace_policy_from_the_profile(
     w = workload(container("nginx", "nginx:1.27", pre_stop=NGINX_QUIT), profile="nginx-replace")
     result = planner.plan(w, known, CAPS["1.34"])
     assert result.force is True
-    assert handler(result.containers[0]) == signal_wait(5, "QUIT", 33)
+    assert handler(result.containers[0]) == signal_wait(5, "QUIT", 33, "nginx")
     # ... and the annotation wins over the profile
     w_keep = workload(
         container("nginx", "nginx:1.27", pre_stop=NGINX_QUIT),
@@ -521,7 +550,7 @@ def test_user_hook_replaced_cluster_mode_without_gate(
     result = planner.plan(w, builtin_profiles, CAPS["1.34"])
     assert result.force is True
     # an exec form takes over the user's exec.command: the object keeps a single handler
-    assert handler(result.containers[0]) == signal_wait(5, "QUIT", 33)
+    assert handler(result.containers[0]) == signal_wait(5, "QUIT", 33, "nginx")
 
 
 def test_replacing_a_users_exec_hook_keeps_one_handler_type(
@@ -608,10 +637,10 @@ def test_podgraces_own_exec_hook_is_recognised_by_its_marker(
     handler: Any, builtin_profiles: dict[str, ShutdownProfile], workload: Any, container: Any, caps: str
 ) -> None:
     # an older render with other timings: carries the marker, so it is podgrace's and gets updated
-    old = signal_wait(3, "QUIT", 10)
+    old = signal_wait(3, "QUIT", 10, None)
     w = workload(container("nginx", "nginx:1.27", pre_stop=old), profile="nginx")
     result = planner.plan(w, builtin_profiles, CAPS[caps])
-    assert handler(result.containers[0]) == signal_wait(5, "QUIT", 33)
+    assert handler(result.containers[0]) == signal_wait(5, "QUIT", 33, "nginx")
     assert result.force is False
     assert result.decisions == ()
 
@@ -662,7 +691,7 @@ def test_cluster_mode_trusts_managed_fields_over_the_marker(
 ) -> None:
     # a user copied an old podgrace hook into their own manifest: kubectl owns it, so it is theirs
     w = workload(
-        container("nginx", "nginx:1.27", pre_stop=signal_wait(3, "QUIT", 10)),
+        container("nginx", "nginx:1.27", pre_stop=signal_wait(3, "QUIT", 10, None)),
         profile="nginx",
         ownership=CLUSTER_USER_HOOK,
     )
@@ -697,7 +726,7 @@ def test_user_stop_signal_is_kept_and_podgrace_signals_from_its_hook(
     result = planner.plan(w, builtin_profiles, CAPS["1.34+gate"])
     (settings,) = result.containers
     assert settings.stop_signal is None
-    assert handler(settings) == signal_wait(5, "QUIT", 33)  # the graceful stop comes from the hook instead
+    assert handler(settings) == signal_wait(5, "QUIT", 33, "nginx")  # the graceful stop comes from the hook instead
     assert result.os_name is None
     assert [(d.code, d.container) for d in result.decisions] == [(Code.STOP_SIGNAL_KEPT, "nginx")]
     assert result.findings_after == ()

@@ -21,8 +21,10 @@ class HookEffect:
 
 
 _SLEEP = re.compile(r"(?:^|[\s;&|(])(?:/usr)?(?:/bin/)?sleep\s+(\d+)(?:\.\d+)?s?\b")
-_KILL_PID1 = re.compile(r"\bkill\s+(?:-s\s+)?-?(?:SIG)?([A-Z]+[12]?)\s+1\b")
-_WAIT_PID1 = re.compile(r"\bkill\s+-0\s+1\b")
+# PID 1, or a PID the script found (podgrace's hook finds the server's master process under /proc)
+_TARGET = r"""(?:1\b|"\$\w+"|\$\w+\b)"""
+_KILL_PID1 = re.compile(rf"\bkill\s+(?:-s\s+)?-?(?:SIG)?([A-Z]+[12]?)\s+{_TARGET}")
+_WAIT_PID1 = re.compile(rf"\bkill\s+-0\s+{_TARGET}")
 _SERVER_SIGNAL = (
     (re.compile(r"\bnginx\s+-s\s+quit\b"), "SIGQUIT"),
     (re.compile(r"\b(?:apache2?ctl|httpd)\s+-k\s+graceful-stop\b"), "SIGWINCH"),

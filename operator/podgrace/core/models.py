@@ -20,14 +20,7 @@ from podgrace.core.constants import (
     MAX_SLEEP_SECONDS,
 )
 from podgrace.core.hook_intent import HookIntent
-from podgrace.core.signals import Signal
-
-
-class Role(StrEnum):
-    NGINX = "nginx"
-    PHP_FPM = "php-fpm"
-    APACHE = "apache"
-    GENERIC = "generic"
+from podgrace.core.signals import Role, Signal
 
 
 # The graceful stop of each role; nginx and php-fpm treat SIGTERM as fast shutdown, Apache too (WINCH is

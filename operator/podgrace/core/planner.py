@@ -221,14 +221,14 @@ def _settle(
     e, current = m.expectation, m.view.pre_stop
     wait = _hold_until_grace_ends(m.delay, e.drain_seconds, grace)
     desired = _equivalent_current(
-        current.podgrace_hook, _hook(m.hook_signal, m.delay, wait, native_sleep=capabilities.native_sleep)
+        current.podgrace_hook, _hook(m.hook_signal, e.role, m.delay, wait, native_sleep=capabilities.native_sleep)
     )
     pre_stop = desired
     # somebody else's hook, and not already the one podgrace wants
     conflict = m.users_hook and (desired is None or current.podgrace_hook != desired)
     replaces = conflict and not m.keeps_users_hook
     if replaces:  # with podgrace's hook in the user's handler type: see _replaceable
-        pre_stop = _hook(m.hook_signal, m.delay, wait, native_sleep=current.kind is PreStopKind.SLEEP)
+        pre_stop = _hook(m.hook_signal, e.role, m.delay, wait, native_sleep=current.kind is PreStopKind.SLEEP)
     elif conflict:
         pre_stop = None
         why = (
@@ -258,9 +258,11 @@ def _hold_until_grace_ends(delay: int, drain: int, grace: int) -> int:
     return max(drain, grace - delay - KUBELET_STOP_TAIL)
 
 
-def _hook(hook_signal: Signal | None, delay: int, wait: int, *, native_sleep: bool) -> HookIntent | None:
+def _hook(
+    hook_signal: Signal | None, role: Role, delay: int, wait: int, *, native_sleep: bool
+) -> HookIntent | None:
     if hook_signal is not None:
-        return SignalAndWait(delay, hook_signal, wait)
+        return SignalAndWait(delay, hook_signal, wait, role)
     if delay == 0:
         return None
     return NativeSleep(delay) if native_sleep else ExecSleep(delay)
