@@ -42,8 +42,8 @@ def test_capability_matrix_is_what_the_tables_assume() -> None:
 def signal_wait(delay: int, signal: str, wait: int, names: str | None) -> dict[str, Any]:
     """podgrace's fallback hook; `wait` = max(drain, grace - delay - 2): it holds the kubelet's own stop
     signal back until 2 s before the grace period ends. `names`: the server's process names (a `case`
-    pattern); the hook signals the master process of that name and waits while it has workers. None: the
-    form for a generic server (and the form of earlier podgrace versions): signal PID 1, wait until it exits."""
+    pattern); the hook signals the master process of that name and waits while it has workers. None:
+    the form for a generic server (and of earlier podgrace versions): signal PID 1, wait until it exits."""
     if names is None:
         script = (
             f"{HOOK_MARKER}\n"
@@ -119,7 +119,10 @@ MATRIX = [
     (
         "nginx-php-fpm",
         "1.29",
-        {"nginx": (signal_wait(5, "QUIT", 63, "nginx"), None), "php-fpm": (signal_wait(35, "QUIT", 33, "php-fpm*"), None)},
+        {
+            "nginx": (signal_wait(5, "QUIT", 63, "nginx"), None),
+            "php-fpm": (signal_wait(35, "QUIT", 33, "php-fpm*"), None),
+        },
         None,
         70,
         65,
@@ -127,7 +130,10 @@ MATRIX = [
     (
         "nginx-php-fpm",
         "1.34",
-        {"nginx": (signal_wait(5, "QUIT", 63, "nginx"), None), "php-fpm": (signal_wait(35, "QUIT", 33, "php-fpm*"), None)},
+        {
+            "nginx": (signal_wait(5, "QUIT", 63, "nginx"), None),
+            "php-fpm": (signal_wait(35, "QUIT", 33, "php-fpm*"), None),
+        },
         None,
         70,
         65,
@@ -726,7 +732,9 @@ def test_user_stop_signal_is_kept_and_podgrace_signals_from_its_hook(
     result = planner.plan(w, builtin_profiles, CAPS["1.34+gate"])
     (settings,) = result.containers
     assert settings.stop_signal is None
-    assert handler(settings) == signal_wait(5, "QUIT", 33, "nginx")  # the graceful stop comes from the hook instead
+    assert handler(settings) == signal_wait(
+        5, "QUIT", 33, "nginx"
+    )  # the graceful stop comes from the hook instead
     assert result.os_name is None
     assert [(d.code, d.container) for d in result.decisions] == [(Code.STOP_SIGNAL_KEPT, "nginx")]
     assert result.findings_after == ()
@@ -898,3 +906,98 @@ def test_findings_are_all_risks_and_decisions_are_not(
     result = planner.plan(w, builtin_profiles, CAPS["1.29"])
     assert all(f.code in RISKS for f in (*result.findings_before, *result.findings_after))
     assert result.decisions and not any(d.is_risk or d.is_error for d in result.decisions)
+
+
+# --- pods that share their process namespace: PID 1 is the pause process ---------------------------------
+
+
+def _shared_pid(w: Any) -> Any:
+    return w.model_copy(update={"share_process_namespace": True})
+
+
+def test_parser_reads_share_process_namespace(deployment: Any) -> None:
+    doc = deployment([{"name": "web", "image": "nginx:1.27"}], profile="nginx")
+    assert workload_parser.from_object(doc, with_ownership=False).share_process_namespace is False
+    doc["spec"]["template"]["spec"]["shareProcessNamespace"] = True
+    assert workload_parser.from_object(doc, with_ownership=False).share_process_namespace is True
+
+
+def test_shared_pid_namespace_known_servers_get_the_hook_that_finds_them(
+    handler: Any, builtin_profiles: dict[str, ShutdownProfile], workload: Any, container: Any
+) -> None:
+    w = _shared_pid(
+        workload(
+            container("nginx", "nginx:1.27"), container("php-fpm", "php:8.2-fpm"), profile="nginx-php-fpm"
+        )
+    )
+    result = planner.plan(w, builtin_profiles, CAPS["1.34"])
+    assert result.outcome is Outcome.MANAGED and result.errors == ()
+    nginx, php = result.containers
+    assert handler(nginx) == signal_wait(5, "QUIT", 63, "nginx")
+    assert handler(php) == signal_wait(35, "QUIT", 33, "php-fpm*")
+    assert result.findings_after == ()
+
+
+GENERIC_SIGTERM = {
+    "apiVersion": "podgrace.dev/v1alpha1",
+    "kind": "ShutdownProfile",
+    "metadata": {"name": "term"},
+    "spec": {
+        "containers": [
+            {
+                "name": "app",
+                "match": {"images": ["*"]},
+                "role": "generic",
+                "stopSignal": "SIGTERM",
+                "preStopSleepSeconds": 5,
+                "drainSeconds": 10,
+            }
+        ]
+    },
+}
+
+
+@pytest.mark.parametrize("caps", ["1.29", "1.34"])
+def test_shared_pid_namespace_generic_signal_hook_is_refused(
+    builtin_profiles: dict[str, ShutdownProfile], workload: Any, container: Any, caps: str
+) -> None:
+    profiles = {**builtin_profiles, "term": parse_profile(GENERIC_SIGTERM)}
+    w = workload(container("app", "example/app:1"), profile="term")
+    assert planner.plan(w, profiles, CAPS[caps]).outcome is Outcome.MANAGED  # its own PID namespace: fine
+    result = planner.plan(_shared_pid(w), profiles, CAPS[caps])
+    assert result.outcome is Outcome.INVALID
+    assert [(e.code, e.container) for e in result.errors] == [(Code.SIGNAL_UNREACHABLE, "app")]
+    assert result.containers == () and not result.owns_anything  # the Deployment is left unchanged
+
+
+def test_shared_pid_namespace_generic_with_stop_signal_needs_no_hook(
+    builtin_profiles: dict[str, ShutdownProfile], workload: Any, container: Any
+) -> None:
+    profiles = {**builtin_profiles, "term": parse_profile(GENERIC_SIGTERM)}
+    result = planner.plan(
+        _shared_pid(workload(container("app", "x:1"), profile="term")), profiles, CAPS["1.35+gate"]
+    )
+    assert result.outcome is Outcome.MANAGED and result.errors == ()
+    assert result.containers[0].stop_signal == "SIGTERM"
+
+
+@pytest.mark.parametrize(
+    ("script", "at_risk"),
+    [
+        ("sleep 5; kill -QUIT 1; while kill -0 1; do sleep 1; done", True),
+        ("sleep 5; kill -TERM 1; while kill -0 1; do sleep 1; done", True),
+        ('sleep 5; kill -QUIT "$m"; while kill -0 "$m"; do sleep 1; done', False),
+        ("sleep 5", False),
+    ],
+)
+def test_audit_flags_a_hook_that_signals_pause(
+    builtin_profiles: dict[str, ShutdownProfile], workload: Any, container: Any, script: str, at_risk: bool
+) -> None:
+    hook = {"exec": {"command": ["/bin/sh", "-c", script]}}
+    w = workload(container("nginx", "nginx:1.27", pre_stop=hook), profile="nginx", grace=60)
+    expectations = planner.profile_expectations(w, builtin_profiles["nginx"].spec, w.overrides)
+    assert Code.SIGNAL_HITS_PAUSE not in {f.code for f in assess.assess(w, expectations)}
+    codes = {f.code for f in assess.assess(_shared_pid(w), expectations)}
+    assert (Code.SIGNAL_HITS_PAUSE in codes) is at_risk
+    if at_risk:
+        assert Code.FAST_STOP_SIGNAL in codes  # the server gets the kubelet's SIGTERM instead

@@ -17,6 +17,7 @@ class Code(StrEnum):
     FAST_STOP_SIGNAL = "FastStopSignal"
     GRACE_TOO_SHORT = "GracePeriodTooShort"
     PHP_FPM_BEFORE_DRAIN = "PhpFpmStopsBeforeDrain"
+    SIGNAL_HITS_PAUSE = "SignalHookHitsPause"
     # Decisions: podgrace left something as the user had it.
     USER_HOOK_KEPT = "UserHookKept"
     STOP_SIGNAL_KEPT = "UserStopSignalKept"
@@ -27,6 +28,8 @@ class Code(StrEnum):
     UNKNOWN_PROFILE = "UnknownProfile"
     INVALID_PROFILE = "InvalidProfile"
     APPLY_FAILED = "ApplyFailed"
+    # podgrace cannot deliver the graceful signal: nothing is changed.
+    SIGNAL_UNREACHABLE = "SignalHookCannotReachServer"
 
 
 RISKS = frozenset(
@@ -37,9 +40,18 @@ RISKS = frozenset(
         Code.FAST_STOP_SIGNAL,
         Code.GRACE_TOO_SHORT,
         Code.PHP_FPM_BEFORE_DRAIN,
+        Code.SIGNAL_HITS_PAUSE,
     }
 )
-ERRORS = frozenset({Code.INVALID_ANNOTATION, Code.UNKNOWN_PROFILE, Code.INVALID_PROFILE, Code.APPLY_FAILED})
+ERRORS = frozenset(
+    {
+        Code.INVALID_ANNOTATION,
+        Code.UNKNOWN_PROFILE,
+        Code.INVALID_PROFILE,
+        Code.APPLY_FAILED,
+        Code.SIGNAL_UNREACHABLE,
+    }
+)
 
 
 @dataclass(frozen=True, order=True)

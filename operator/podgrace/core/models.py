@@ -22,7 +22,6 @@ from podgrace.core.constants import (
 from podgrace.core.hook_intent import HookIntent
 from podgrace.core.signals import Role, Signal
 
-
 # The graceful stop of each role; nginx and php-fpm treat SIGTERM as fast shutdown, Apache too (WINCH is
 # its graceful-stop). A generic server is assumed to drain on the image's default signal.
 GRACEFUL_SIGNAL: dict[Role, Signal | None] = {
@@ -283,6 +282,8 @@ class Workload(_Strict):
     termination_grace_period_seconds: int | None = None
     os_name: str | None = None
     ownership: Ownership = Ownership()
+    # spec.template.spec.shareProcessNamespace: PID 1 is the pause process, not a container's server
+    share_process_namespace: bool = False
 
     @field_validator("containers")
     @classmethod
