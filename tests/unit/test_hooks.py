@@ -107,7 +107,7 @@ def test_pre_stop_from_api() -> None:
 
 E = hooks.HookEffect
 
-# (preStop handler, HookEffect(delay, signal, waits_for_exit, known_bad))
+# (preStop handler, HookEffect(delay, signal, waits_for_exit, known_bad[, signals_pid1]))
 ANALYZE = [
     pytest.param(None, E(0, None, False, False), id="none"),
     pytest.param({"sleep": {"seconds": 7}}, E(7, None, False, False), id="native-sleep"),
@@ -138,30 +138,37 @@ ANALYZE = [
     pytest.param(
         _exec("sh", "-c", "httpd -k graceful-stop"), E(0, "SIGWINCH", False, True), id="httpd-graceful"
     ),
-    pytest.param(_exec("sh", "-c", "sleep 5; kill -QUIT 1"), E(5, "SIGQUIT", False, True), id="kill-no-wait"),
+    pytest.param(
+        _exec("sh", "-c", "sleep 5; kill -QUIT 1"), E(5, "SIGQUIT", False, True, True), id="kill-no-wait"
+    ),
     pytest.param(
         _exec("sh", "-c", "sleep 4; kill -s QUIT 1; while kill -0 1; do sleep 1; done"),
-        E(4, "SIGQUIT", True, False),
+        E(4, "SIGQUIT", True, False, True),
         id="kill-s-and-wait",
     ),
     pytest.param(
         _exec("sh", "-c", "kill -SIGWINCH 1 && while kill -0 1 2>/dev/null; do sleep 1; done"),
-        E(0, "SIGWINCH", True, False),
+        E(0, "SIGWINCH", True, False, True),
         id="kill-sigwinch-and-wait",
     ),
-    pytest.param(_exec("sh", "-c", "kill -USR1 1"), E(0, "SIGUSR1", False, True), id="kill-usr1"),
+    pytest.param(_exec("sh", "-c", "kill -USR1 1"), E(0, "SIGUSR1", False, True, True), id="kill-usr1"),
     pytest.param(_exec("sh", "-c", "sleep 3; kill -QUIT 10"), E(3, None, False, False), id="not-pid-1"),
     # podgrace's own forms, as hooks.analyze reads a copy somebody else owns
     pytest.param(hook_intent.render(ExecSleep(5)), E(5, None, False, False), id="podgrace-exec-sleep"),
     pytest.param(
         hook_intent.render(SignalAndWait(35, Signal.SIGQUIT, 30)),
-        E(35, "SIGQUIT", True, False),
+        E(35, "SIGQUIT", True, False, True),
         id="podgrace-quit",
     ),
     pytest.param(
         hook_intent.render(SignalAndWait(0, Signal.SIGWINCH, 30)),
-        E(0, "SIGWINCH", True, False),
+        E(0, "SIGWINCH", True, False, True),
         id="podgrace-winch-0",
+    ),
+    pytest.param(
+        hook_intent.render(SignalAndWait(5, Signal.SIGQUIT, 30, Role.NGINX)),
+        E(5, "SIGQUIT", True, False, False),
+        id="podgrace-finds-nginx",
     ),
 ]
 
@@ -179,7 +186,7 @@ def test_wait_loop_sleep_is_not_counted_as_delay() -> None:
 
 def test_marker_alone_does_not_make_a_signal_hook_good() -> None:
     script = f"{HOOK_MARKER}\nsleep 5\nkill -QUIT 1"
-    assert hooks.analyze(_pre_stop(_exec("/bin/sh", "-c", script))) == E(5, "SIGQUIT", False, True)
+    assert hooks.analyze(_pre_stop(_exec("/bin/sh", "-c", script))) == E(5, "SIGQUIT", False, True, True)
 
 
 @pytest.mark.parametrize(
