@@ -273,7 +273,8 @@ def build_plan(
             stop_signal = normalize_signal(image_stop_signals.get(name) or default_image_stop_signal(image))
             source = "image"
         runtime = runtime_for_image(image)
-        plans.append(ContainerPlan(name, image, runtime, stop_signal, source, hook, init_for(c.get("command"))))
+        init = init_for(c.get("command"))
+        plans.append(ContainerPlan(name, image, runtime, stop_signal, source, hook, init))
     annotations = {str(k): str(v) for k, v in (meta.get("annotations") or {}).items()}
     return PodPlan(
         deployment=str(meta.get("name") or "deployment"),
