@@ -61,8 +61,10 @@ def test_render_example(run_cli: Any, example: str) -> None:
     assert nginx["image"] == "nginx:1.27" and nginx["ports"] == [{"containerPort": 80}]
     nginx_script = nginx["lifecycle"]["preStop"]["exec"]["command"][2]
     php_script = php["lifecycle"]["preStop"]["exec"]["command"][2]
-    assert nginx_script.startswith(f"{HOOK_MARKER}\nsleep 5\nkill -QUIT 1\n")
-    assert php_script.startswith(f"{HOOK_MARKER}\nsleep 35\nkill -QUIT 1\n")
+    assert nginx_script.startswith(f"{HOOK_MARKER}\nsleep 5\nm=1\n")
+    assert "case $c in nginx)" in nginx_script and '\nkill -QUIT "$m"\n' in nginx_script
+    assert php_script.startswith(f"{HOOK_MARKER}\nsleep 35\nm=1\n")
+    assert "case $c in php-fpm*)" in php_script and '\nkill -QUIT "$m"\n' in php_script
     assert "stopSignal" not in nginx["lifecycle"]
     # multi-line scripts are printed as YAML block scalars
     assert "- |-\n" in result.out

@@ -17,6 +17,7 @@ class Code(StrEnum):
     FAST_STOP_SIGNAL = "FastStopSignal"
     GRACE_TOO_SHORT = "GracePeriodTooShort"
     PHP_FPM_BEFORE_DRAIN = "PhpFpmStopsBeforeDrain"
+    SIGNAL_HITS_PAUSE = "SignalHookHitsPause"
     # Decisions: podgrace left something as the user had it.
     USER_HOOK_KEPT = "UserHookKept"
     STOP_SIGNAL_KEPT = "UserStopSignalKept"
@@ -29,6 +30,8 @@ class Code(StrEnum):
     UNKNOWN_PROFILE = "UnknownProfile"
     INVALID_PROFILE = "InvalidProfile"
     APPLY_FAILED = "ApplyFailed"
+    # podgrace cannot deliver the graceful signal: nothing is changed.
+    SIGNAL_UNREACHABLE = "SignalHookCannotReachServer"
 
 
 RISKS = frozenset(
@@ -39,10 +42,19 @@ RISKS = frozenset(
         Code.FAST_STOP_SIGNAL,
         Code.GRACE_TOO_SHORT,
         Code.PHP_FPM_BEFORE_DRAIN,
+        Code.SIGNAL_HITS_PAUSE,
+    }
+)
+ERRORS = frozenset(
+    {
+        Code.INVALID_ANNOTATION,
+        Code.UNKNOWN_PROFILE,
+        Code.INVALID_PROFILE,
+        Code.APPLY_FAILED,
+        Code.SIGNAL_UNREACHABLE,
     }
 )
 NOTICES = frozenset({Code.SOLE_RULE_APPLIED})
-ERRORS = frozenset({Code.INVALID_ANNOTATION, Code.UNKNOWN_PROFILE, Code.INVALID_PROFILE, Code.APPLY_FAILED})
 
 
 @dataclass(frozen=True, order=True)

@@ -21,15 +21,7 @@ from podgrace.core.constants import (
     MAX_SLEEP_SECONDS,
 )
 from podgrace.core.hook_intent import HookIntent
-from podgrace.core.signals import Signal
-
-
-class Role(StrEnum):
-    NGINX = "nginx"
-    PHP_FPM = "php-fpm"
-    APACHE = "apache"
-    GENERIC = "generic"
-
+from podgrace.core.signals import Role, Signal
 
 # The graceful stop of each role; nginx and php-fpm treat SIGTERM as fast shutdown, Apache too (WINCH is
 # its graceful-stop). A generic server is assumed to drain on the image's default signal.
@@ -319,6 +311,8 @@ class Workload(_Strict):
     termination_grace_period_seconds: int | None = None
     os_name: str | None = None
     ownership: Ownership = Ownership()
+    # spec.template.spec.shareProcessNamespace: PID 1 is the pause process, not a container's server
+    share_process_namespace: bool = False
 
     @field_validator("containers")
     @classmethod

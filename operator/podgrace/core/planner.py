@@ -23,12 +23,11 @@ from podgrace.core.models import (
     Ownership,
     PreStop,
     PreStopKind,
-    Role,
     ShutdownProfile,
     ShutdownProfileSpec,
     Workload,
 )
-from podgrace.core.signals import Signal
+from podgrace.core.signals import Role, Signal
 from podgrace.core.timing import (
     Expectation,
     grace_with_margin,
@@ -198,6 +197,29 @@ def _enforce(
         _match(workload, views[e.container], e, delays[e.container], capabilities, policy, decisions)
         for e in expectations
     ]
+    unreachable = [
+        Finding(
+            Code.SIGNAL_UNREACHABLE,
+            m.view.name,
+            f"the pod shares its process namespace, so PID 1 is the pause process: podgrace's hook cannot "
+            f"deliver {m.hook_signal.value} to a {m.expectation.role.value} server it cannot find by name "
+            "(set lifecycle.stopSignal on a cluster that supports it, or a role with a known process name); "
+            "the Deployment is left unchanged",
+        )
+        for m in matched
+        if workload.share_process_namespace
+        and m.hook_signal is not None
+        and m.expectation.role is Role.GENERIC
+        and not m.keeps_users_hook
+    ]
+    if unreachable:
+        return Plan(
+            workload.key,
+            Outcome.INVALID,
+            profile=profile.name,
+            findings_before=before,
+            errors=tuple(unreachable),
+        )
     # A kept hook that waits longer than podgrace would must still fit in the grace period.
     waits = {m.view.name: max(m.delay, m.kept_hook_wait) for m in matched}
     required = required_grace(expectations, waits)
@@ -280,14 +302,15 @@ def _settle(
     e, current = m.expectation, m.view.pre_stop
     wait = _hold_until_grace_ends(m.delay, e.drain_seconds, grace)
     desired = _equivalent_current(
-        current.podgrace_hook, _hook(m.hook_signal, m.delay, wait, native_sleep=capabilities.native_sleep)
+        current.podgrace_hook,
+        _hook(m.hook_signal, e.role, m.delay, wait, native_sleep=capabilities.native_sleep),
     )
     pre_stop = desired
     # somebody else's hook, and not already the one podgrace wants
     conflict = m.users_hook and (desired is None or current.podgrace_hook != desired)
     replaces = conflict and not m.keeps_users_hook
     if replaces:  # with podgrace's hook in the user's handler type: see _replaceable
-        pre_stop = _hook(m.hook_signal, m.delay, wait, native_sleep=current.kind is PreStopKind.SLEEP)
+        pre_stop = _hook(m.hook_signal, e.role, m.delay, wait, native_sleep=current.kind is PreStopKind.SLEEP)
     elif conflict:
         pre_stop = None
         why = (
@@ -317,9 +340,11 @@ def _hold_until_grace_ends(delay: int, drain: int, grace: int) -> int:
     return max(drain, grace - delay - KUBELET_STOP_TAIL)
 
 
-def _hook(hook_signal: Signal | None, delay: int, wait: int, *, native_sleep: bool) -> HookIntent | None:
+def _hook(
+    hook_signal: Signal | None, role: Role, delay: int, wait: int, *, native_sleep: bool
+) -> HookIntent | None:
     if hook_signal is not None:
-        return SignalAndWait(delay, hook_signal, wait)
+        return SignalAndWait(delay, hook_signal, wait, role)
     if delay == 0:
         return None
     return NativeSleep(delay) if native_sleep else ExecSleep(delay)

@@ -79,6 +79,7 @@ def from_object(obj: Mapping[str, Any], *, with_ownership: bool) -> Workload:
             containers=tuple(containers),
             termination_grace_period_seconds=int(grace) if grace is not None else None,
             os_name=os_spec.get("name") if isinstance(os_spec, Mapping) else None,
+            share_process_namespace=pod_spec.get("shareProcessNamespace") is True,
             ownership=(
                 managed_fields.ownership(
                     metadata.get("managedFields") or [],
