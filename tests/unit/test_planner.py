@@ -832,11 +832,13 @@ def test_unknown_profile_is_invalid(
 def test_no_matching_container_owns_nothing(
     builtin_profiles: dict[str, ShutdownProfile], workload: Any, container: Any
 ) -> None:
-    result = planner.plan(
-        workload(container("worker", "busybox:1.36"), profile="nginx"), builtin_profiles, CAPS["1.34"]
-    )
+    # two containers: the sole-rule fallback (one rule, one serving container) does not apply
+    pod = workload(container("worker", "busybox:1.36"), container("cron", "busybox:1.36"), profile="nginx")
+    result = planner.plan(pod, builtin_profiles, CAPS["1.34"])
     assert result.outcome is Outcome.MANAGED
     assert [d.code for d in result.decisions] == [Code.NO_MATCHING_CONTAINERS]
+    assert result.unrecognised == ("worker", "cron")
+    assert result.notices == ()
     assert not result.owns_anything
     assert "spec" not in apply_body.apply_body("default", "shop", result)
 

@@ -22,6 +22,8 @@ class Code(StrEnum):
     STOP_SIGNAL_KEPT = "UserStopSignalKept"
     GRACE_PINNED = "GracePeriodPinned"
     NO_MATCHING_CONTAINERS = "NoMatchingContainers"
+    # Notices (a Normal Event): what podgrace assumed from an explicit statement.
+    SOLE_RULE_APPLIED = "SoleRuleApplied"
     # Input errors: nothing is changed.
     INVALID_ANNOTATION = "InvalidAnnotation"
     UNKNOWN_PROFILE = "UnknownProfile"
@@ -39,6 +41,7 @@ RISKS = frozenset(
         Code.PHP_FPM_BEFORE_DRAIN,
     }
 )
+NOTICES = frozenset({Code.SOLE_RULE_APPLIED})
 ERRORS = frozenset({Code.INVALID_ANNOTATION, Code.UNKNOWN_PROFILE, Code.INVALID_PROFILE, Code.APPLY_FAILED})
 
 

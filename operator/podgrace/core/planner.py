@@ -6,7 +6,7 @@ Pure: no I/O. The operator, `podgrace render` and `podgrace audit` all call `pla
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
@@ -72,6 +72,8 @@ class Plan:
     findings_after: tuple[Finding, ...] = ()  # risks once the plan is applied
     decisions: tuple[Finding, ...] = ()  # Warnings: what podgrace left as the user had it
     errors: tuple[Finding, ...] = field(default=())
+    notices: tuple[Finding, ...] = ()  # Normal Events: what podgrace assumed (SoleRuleApplied)
+    unrecognised: tuple[str, ...] = ()  # containers no rule classified (audit lists them)
 
     @property
     def owns_anything(self) -> bool:
@@ -87,7 +89,12 @@ def plan(
     if parsed.profile is None:
         # Not opted in: other podgrace annotations left behind mean nothing, and must not block a revert.
         expectations = detect_expectations(workload, profiles)
-        return Plan(workload.key, Outcome.NOT_OPTED_IN, findings_before=assess(workload, expectations))
+        return Plan(
+            workload.key,
+            Outcome.NOT_OPTED_IN,
+            findings_before=assess(workload, expectations),
+            unrecognised=_unrecognised(workload, expectations, None),
+        )
     if parsed.errors:
         return _invalid(
             workload, parsed.profile, *(Finding(Code.INVALID_ANNOTATION, None, e) for e in parsed.errors)
@@ -103,19 +110,71 @@ def plan(
             message = f"{ANN_CONTAINERS}: the pod has no container named {', '.join(missing)}"
             return _invalid(workload, profile.name, Finding(Code.INVALID_ANNOTATION, None, message))
     expectations = profile_expectations(workload, profile.spec, parsed)
+    notices: tuple[Finding, ...] = ()
+    if not expectations:
+        expectations, notices = sole_rule_expectations(workload, profile, parsed)
+    unrecognised = _unrecognised(workload, expectations, parsed.containers)
+    no_match: tuple[Finding, ...] = ()
+    if not expectations:
+        no_match = (
+            Finding(
+                Code.NO_MATCHING_CONTAINERS,
+                None,
+                f"no container matches a rule of ShutdownProfile {profile.name!r} "
+                f"(unrecognised: {', '.join(unrecognised) or 'none'})",
+            ),
+        )
     before = assess(workload, expectations)
     if parsed.mode is Mode.AUDIT:
         return Plan(
-            workload.key, Outcome.AUDIT, profile=profile.name, findings_before=before, findings_after=before
+            workload.key,
+            Outcome.AUDIT,
+            profile=profile.name,
+            findings_before=before,
+            findings_after=before,
+            decisions=no_match,
+            notices=notices,
+            unrecognised=unrecognised,
         )
     if not expectations:
-        decision = Finding(
-            Code.NO_MATCHING_CONTAINERS,
-            None,
-            f"no container matches a rule of ShutdownProfile {profile.name!r}",
+        return Plan(
+            workload.key, Outcome.MANAGED, profile=profile.name, decisions=no_match, unrecognised=unrecognised
         )
-        return Plan(workload.key, Outcome.MANAGED, profile=profile.name, decisions=(decision,))
-    return _enforce(workload, profile, parsed, expectations, capabilities, before)
+    result = _enforce(workload, profile, parsed, expectations, capabilities, before)
+    return replace(result, notices=notices, unrecognised=unrecognised)
+
+
+def sole_rule_expectations(
+    workload: Workload, profile: ShutdownProfile, parsed: overrides.Overrides
+) -> tuple[tuple[Expectation, ...], tuple[Finding, ...]]:
+    """A Deployment that names a profile says what its server is: when no rule matches, the profile has
+    one rule and the pod one serving container (the only one, or the only one `podgrace.dev/containers`
+    names), that rule applies, unless the rule excludes the container's image."""
+    candidates = [c for c in workload.containers if parsed.containers is None or c.name in parsed.containers]
+    if len(profile.spec.containers) != 1 or len(candidates) != 1:
+        return (), ()
+    (rule,), (container,) = profile.spec.containers, candidates
+    if rule.match.excludes(container.image):
+        return (), ()
+    notice = Finding(
+        Code.SOLE_RULE_APPLIED,
+        container.name,
+        f"image {container.image or '(none)'!r} matches no rule of ShutdownProfile {profile.name!r}; "
+        f"as the Deployment names that profile and it has one rule, rule {rule.name!r} "
+        f"({rule.role.value}) applies to the pod's only container",
+    )
+    return _expectations(profile.spec, parsed, [(container.name, rule.name)]), (notice,)
+
+
+def _unrecognised(
+    workload: Workload, expectations: tuple[Expectation, ...], selected: frozenset[str] | None
+) -> tuple[str, ...]:
+    matched = {e.container for e in expectations}
+    return tuple(
+        c.name
+        for c in workload.containers
+        if c.name not in matched and (selected is None or c.name in selected)
+    )
 
 
 def _invalid(workload: Workload, profile: str | None, *errors: Finding) -> Plan:
@@ -363,6 +422,12 @@ def profile_expectations(
         rule = spec.match(container.name, container.image)
         if rule is not None:
             matched.append((container.name, rule.name))
+    return _expectations(spec, parsed, matched)
+
+
+def _expectations(
+    spec: ShutdownProfileSpec, parsed: overrides.Overrides, matched: list[tuple[str, str]]
+) -> tuple[Expectation, ...]:
     containers_of_rule: dict[str, list[str]] = {}
     for container_name, rule_name in matched:
         containers_of_rule.setdefault(rule_name, []).append(container_name)
