@@ -339,7 +339,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return cmd_render(args) if args.command == "render" else cmd_audit(args)
     except (CliError, InputError, ManifestError, profiles.ProfileError) as error:
-        print(f"podgrace {args.command}: {error}", file=sys.stderr)
+        for line in str(error).splitlines():
+            print(f"podgrace {args.command}: {line}", file=sys.stderr)
         return EXIT_USAGE
     except BrokenPipeError:
         _silence_stdout()

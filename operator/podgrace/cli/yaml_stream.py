@@ -76,22 +76,28 @@ class Source:
 
     def line_of(self, path: Sequence[str | int]) -> int:
         """The line of the deepest node found along `path` (keys and list indexes) below this object."""
-        node = self.node
+        node, line = self.node, self.line
         for step in path:
-            child = _child(node, step)
-            if child is None:
+            found = _entry(node, step)
+            if found is None:
                 break
-            node = child
-        return int(node.start_mark.line) + 1
+            marker, node = found
+            line = int(marker.start_mark.line) + 1  # a key's line, or a list item's
+        return line
+
+
+def _entry(node: Node, step: str | int) -> tuple[Node, Node] | None:
+    """(the key or item that names it, the node) of `step` below `node`."""
+    if isinstance(node, MappingNode) and isinstance(step, str):
+        return next(((k, v) for k, v in node.value if isinstance(k, ScalarNode) and k.value == step), None)
+    if isinstance(node, SequenceNode) and isinstance(step, int) and 0 <= step < len(node.value):
+        return node.value[step], node.value[step]
+    return None
 
 
 def _child(node: Node, step: str | int) -> Node | None:
-    if isinstance(node, MappingNode) and isinstance(step, str):
-        return next((v for k, v in node.value if isinstance(k, ScalarNode) and k.value == step), None)
-    if isinstance(node, SequenceNode) and isinstance(step, int) and 0 <= step < len(node.value):
-        child: Node = node.value[step]
-        return child
-    return None
+    found = _entry(node, step)
+    return found[1] if found is not None else None
 
 
 @dataclass(frozen=True)
