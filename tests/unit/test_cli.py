@@ -245,7 +245,9 @@ def test_audit_clean_exits_0(run_cli: Any, yaml_file: Any, deployment: Any) -> N
                 "atRisk": False,
                 "status": "notAssessed",  # not "safe": podgrace recognised nothing in it
                 "findings": [],
-                "unrecognised": [{"container": "worker", "image": "busybox", "line": _line(path, "name: worker")}],
+                "unrecognised": [
+                    {"container": "worker", "image": "busybox", "line": _line(path, "name: worker")}
+                ],
             }
         ],
         "atRisk": 0,

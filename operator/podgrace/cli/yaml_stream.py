@@ -10,6 +10,7 @@ as PyYAML's pure-Python emitter (tests/unit/test_yaml_stream.py).
 from __future__ import annotations
 
 import gc
+import re
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -329,13 +330,48 @@ _Dumper.add_representer(str, _str)
 _PureDumper.add_representer(str, _str)
 
 
+# libyaml's emitter and PyYAML's differ on a few rare strings: empty or control-character keys, and a
+# block scalar that keeps trailing line breaks (libyaml adds a `...` marker). A document that has such a
+# string, or a value that is not JSON-like, is written by PyYAML's emitter, so the bytes never change.
+_TAME = re.compile(r"[\x20-\x7e\n]*")
+_TAME_KEY = re.compile(r"[\x20-\x7e]{1,127}")
+
+
+def _libyaml_writes_it_alike(document: Any) -> bool:
+    stack = [document]
+    while stack:
+        value = stack.pop()
+        kind = type(value)
+        if kind is str:
+            if not _TAME.fullmatch(value) or (
+                value.endswith("\n") and (len(value) == 1 or value[-2] == "\n")
+            ):
+                return False
+        elif kind is dict:
+            for key, item in value.items():
+                if type(key) is str:
+                    if not _TAME_KEY.fullmatch(key):
+                        return False
+                elif key is not None and type(key) not in (int, float, bool):
+                    return False
+                stack.append(item)
+        elif kind is list:
+            stack.extend(value)
+        elif value is not None and kind not in (int, float, bool):
+            return False
+    return True
+
+
 def dumps(documents: Iterable[Any], *, pure: bool = False) -> str:
-    """The documents as one YAML stream (`pure`: PyYAML's Python emitter, to compare with libyaml's)."""
+    """The documents as one YAML stream, in PyYAML's bytes (`pure`: PyYAML's Python emitter only)."""
+    return "".join(
+        _dump(document, _PureDumper if pure or not _libyaml_writes_it_alike(document) else _Dumper)
+        for document in documents
+    )
+
+
+def _dump(document: Any, dumper: type[Any]) -> str:
     text: str = yaml.dump_all(
-        list(documents),
-        Dumper=_PureDumper if pure else _Dumper,
-        sort_keys=False,
-        default_flow_style=False,
-        explicit_start=True,
+        [document], Dumper=dumper, sort_keys=False, default_flow_style=False, explicit_start=True
     )
     return text
