@@ -179,8 +179,7 @@ REJECTED = [
     ("name", "a" * 64, "is not a DNS label"),
     ("name", "-web", "is not a DNS label"),
     ("name", 5, f"{POD}.containers[0].name: 5 is a number, not a string"),
-    ("annotation", 30,
-     "metadata.annotations['podgrace.dev/drain-seconds']: 30 is a number; annotation values are strings (quote it)"),
+    ("annotation", 30, f"metadata.annotations['{ANN_DRAIN}']: 30 is a number; annotation values are strings"),
     ("annotation", 0x1E, "30 is a number"),  # YAML 1.1 reads an unquoted 0x1E as 30
     ("annotation", "0x1E", "podgrace.dev/drain-seconds: '0x1E' is not a whole number of seconds"),
     ("annotation", True, "True is a boolean"),
