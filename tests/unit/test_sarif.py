@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import jsonschema
@@ -48,7 +49,7 @@ def test_sarif_is_valid_and_points_at_lines(
     (run,) = sarif["runs"]
     assert run["tool"]["driver"]["name"] == "podgrace" and run["tool"]["driver"]["version"] == __version__
     rules = [r["id"] for r in run["tool"]["driver"]["rules"]]
-    lines = open(path).read().splitlines()
+    lines = Path(path).read_text().splitlines()
     found = {}
     for r in run["results"]:
         assert rules[r["ruleIndex"]] == r["ruleId"]
@@ -62,6 +63,7 @@ def test_sarif_is_valid_and_points_at_lines(
     assert found == {
         ("FastStopSignal", "Deployment/default/front/nginx"): ("error", "- name: nginx"),
         ("NoPreStop", "Deployment/default/front/nginx"): ("error", "- name: nginx"),
+        ("GracePeriodTooShort", "Deployment/default/front"): ("error", "spec:"),  # the pod spec, no grace set
         ("Unrecognised", "Deployment/default/front/envoy"): ("note", "- name: envoy"),
         ("UnknownProfile", "Deployment/default/typo"): ("error", "podgrace.dev/profile: nope"),
         ("UnhandledKind", "CronJob default/job"): ("warning", "apiVersion: batch/v1"),
