@@ -159,3 +159,19 @@ def test_libyaml_writes_the_same_bytes_for_the_example(repo_root: Path) -> None:
         d.obj for d in parse_documents((repo_root / "examples" / "php-fpm-deployment.yaml").read_text(), "x")
     ]
     assert dumps(objects) == dumps(objects, pure=True)
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        {"a": (shared := {"cpu": "1"}), "b": shared},  # an alias
+        {"when": __import__("datetime").date(2024, 1, 1)},
+        {"bytes": b"\x00\x01"},
+        {"": 1, "\r": 2},
+        {"script": "line\n\n"},
+        {"x": float("inf"), "y": float("-inf"), "z": 1e17, "n": None, "t": True},
+    ],
+    ids=["alias", "date", "bytes", "odd-keys", "kept-line-breaks", "numbers"],
+)
+def test_what_libyaml_would_write_differently_falls_back(document: dict[str, Any]) -> None:
+    assert dumps([document]) == dumps([document], pure=True)

@@ -363,15 +363,26 @@ def _libyaml_writes_it_alike(document: Any) -> bool:
 
 
 def dumps(documents: Iterable[Any], *, pure: bool = False) -> str:
-    """The documents as one YAML stream, in PyYAML's bytes (`pure`: PyYAML's Python emitter only)."""
-    return "".join(
-        _dump(document, _PureDumper if pure or not _libyaml_writes_it_alike(document) else _Dumper)
-        for document in documents
-    )
+    """The documents as one YAML stream, in PyYAML's bytes (`pure`: PyYAML's Python emitter only).
+    Runs of documents that libyaml writes alike go through one libyaml emitter, the rest through PyYAML's
+    (each document starts with `---` and ends open: the stream is the concatenation of its documents)."""
+    parts: list[str] = []
+    run: list[Any] = []
+    for document in documents:
+        if not pure and _libyaml_writes_it_alike(document):
+            run.append(document)
+            continue
+        if run:
+            parts.append(_dump(run, _Dumper))
+            run = []
+        parts.append(_dump([document], _PureDumper))
+    if run:
+        parts.append(_dump(run, _Dumper))
+    return "".join(parts)
 
 
-def _dump(document: Any, dumper: type[Any]) -> str:
+def _dump(documents: list[Any], dumper: type[Any]) -> str:
     text: str = yaml.dump_all(
-        [document], Dumper=dumper, sort_keys=False, default_flow_style=False, explicit_start=True
+        documents, Dumper=dumper, sort_keys=False, default_flow_style=False, explicit_start=True
     )
     return text
