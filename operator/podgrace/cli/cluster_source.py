@@ -43,7 +43,7 @@ def read_workloads(context: str | None, namespace: str | None, all_namespaces: b
     from kubernetes.config.config_exception import ConfigException
 
     try:
-        contexts, active = config.list_kube_config_contexts()
+        contexts, active = config.list_kube_config_contexts()  # type: ignore[no-untyped-call]
     except ConfigException as error:
         raise ClusterError(f"kubeconfig: {_kubeconfig_problem(error)}") from None
     except (OSError, ValueError) as error:  # unreadable or malformed file
@@ -65,7 +65,7 @@ def read_workloads(context: str | None, namespace: str | None, all_namespaces: b
 
     configuration = client.Configuration()
     try:
-        config.load_kube_config(context=name, client_configuration=configuration)
+        config.load_kube_config(context=name, client_configuration=configuration)  # type: ignore[no-untyped-call]
     except ConfigException as error:
         raise ClusterError(f"context {name!r}: {_one_line(error)}") from None
     except Exception as error:  # an exec plugin that fails, a bad certificate file...
@@ -78,7 +78,7 @@ def read_workloads(context: str | None, namespace: str | None, all_namespaces: b
         for kind, plural in KINDS:
             objects += _list(apps, kind, plural, namespace, name, configuration.host)
     finally:
-        api.close()
+        api.close()  # type: ignore[no-untyped-call]
     return ClusterObjects(name, namespace, objects)
 
 
