@@ -15,9 +15,10 @@ import pytest
 import yaml
 
 from podgrace.cli import main as cli
-from podgrace.core import profiles
+from podgrace.core import hook_intent, overrides, profiles
 from podgrace.core.constants import ANN_PROFILE
 from podgrace.core.models import ContainerView, Ownership, PreStop, ShutdownProfile, Workload
+from podgrace.core.planner import ContainerSettings
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -61,7 +62,7 @@ def _workload(
     return Workload(
         namespace=namespace,
         name=name,
-        annotations=ann,
+        overrides=overrides.parse(ann),
         containers=tuple(containers),
         termination_grace_period_seconds=grace,
         os_name=os_name,
@@ -116,6 +117,16 @@ def workload() -> Callable[..., Workload]:
 @pytest.fixture(scope="session")
 def deployment() -> Callable[..., dict[str, Any]]:
     return _deployment
+
+
+def _handler(settings: ContainerSettings) -> dict[str, Any] | None:
+    return None if settings.pre_stop is None else hook_intent.render(settings.pre_stop)
+
+
+@pytest.fixture(scope="session")
+def handler() -> Callable[[ContainerSettings], dict[str, Any] | None]:
+    """The preStop handler podgrace writes for a container's settings (None: it leaves preStop alone)."""
+    return _handler
 
 
 @pytest.fixture

@@ -148,6 +148,6 @@ def test_fuzz_yaml_text(text: str) -> None:
 def test_fuzz_annotation_values_never_raise(values: dict[str, str]) -> None:
     parsed = overrides.parse(values)
     assert parsed.errors or parsed.profile is None or isinstance(parsed.profile, str)
-    pod = Workload(name="x", annotations=values, containers=(ContainerView(name="nginx", image="nginx:1"),))
+    pod = Workload(name="x", overrides=parsed, containers=(ContainerView(name="nginx", image="nginx:1"),))
     result = planner.plan(pod, profiles.builtin(), capabilities.from_description((1, 34), {}))
     assert result.outcome in set(planner.Outcome)

@@ -1,4 +1,5 @@
-"""The preStop hooks podgrace writes, and hooks.analyze: what an existing hook does before the stop signal."""
+"""The preStop hooks podgrace writes (hook_intent.render) and recognises as its own (hook_intent.read), and
+hooks.analyze: what any other hook does before the stop signal."""
 
 from __future__ import annotations
 
@@ -6,9 +7,11 @@ from typing import Any
 
 import pytest
 
-from podgrace.core import hooks
+from podgrace.core import hook_intent, hooks
 from podgrace.core.constants import HOOK_MARKER
-from podgrace.core.models import PreStop, PreStopKind, Signal
+from podgrace.core.hook_intent import ExecSleep, HookIntent, NativeSleep, SignalAndWait
+from podgrace.core.models import PreStop, PreStopKind
+from podgrace.core.signals import Signal
 
 
 def _pre_stop(handler: dict[str, Any] | None) -> PreStop:
@@ -20,15 +23,15 @@ def _exec(*command: str) -> dict[str, Any]:
 
 
 def test_native_sleep() -> None:
-    assert hooks.native_sleep(5) == {"sleep": {"seconds": 5}}
+    assert hook_intent.render(NativeSleep(5)) == {"sleep": {"seconds": 5}}
 
 
 def test_exec_sleep() -> None:
-    assert hooks.exec_sleep(12) == _exec("/bin/sh", "-c", "# podgrace graceful stop\nsleep 12")
+    assert hook_intent.render(ExecSleep(12)) == _exec("/bin/sh", "-c", "# podgrace graceful stop\nsleep 12")
 
 
 def test_signal_and_wait_script() -> None:
-    assert hooks.signal_and_wait(35, Signal.SIGQUIT, 30) == _exec(
+    assert hook_intent.render(SignalAndWait(35, Signal.SIGQUIT, 30)) == _exec(
         "/bin/sh",
         "-c",
         "# podgrace graceful stop\n"
@@ -41,15 +44,15 @@ def test_signal_and_wait_script() -> None:
 
 @pytest.mark.parametrize("signal", list(Signal), ids=[s.value for s in Signal])
 def test_signal_and_wait_names_the_signal_without_sig_prefix(signal: Signal) -> None:
-    script = hooks.signal_and_wait(1, signal, 2)["exec"]["command"][2]
+    script = hook_intent.render(SignalAndWait(1, signal, 2))["exec"]["command"][2]
     assert f"\nkill -{signal.value[3:]} 1\n" in script
     assert script.startswith(HOOK_MARKER + "\n")
 
 
 def test_hooks_are_fresh_objects() -> None:
-    a = hooks.signal_and_wait(1, Signal.SIGQUIT, 2)
+    a = hook_intent.render(SignalAndWait(1, Signal.SIGQUIT, 2))
     a["exec"]["command"].append("x")
-    assert hooks.signal_and_wait(1, Signal.SIGQUIT, 2) != a
+    assert hook_intent.render(SignalAndWait(1, Signal.SIGQUIT, 2)) != a
 
 
 def test_pre_stop_from_api() -> None:
@@ -57,7 +60,7 @@ def test_pre_stop_from_api() -> None:
     assert _pre_stop({}).kind is PreStopKind.NONE
     assert PreStop.from_api({"preStop": "nonsense"}).kind is PreStopKind.NONE
     sleep = _pre_stop({"sleep": {"seconds": 7}})
-    assert (sleep.kind, sleep.sleep_seconds, sleep.raw) == (PreStopKind.SLEEP, 7, {"sleep": {"seconds": 7}})
+    assert (sleep.kind, sleep.sleep_seconds, sleep.podgrace_hook) == (PreStopKind.SLEEP, 7, NativeSleep(7))
     ex = _pre_stop(_exec("nginx", "-s", "quit"))
     assert (ex.kind, ex.command) == (PreStopKind.EXEC, ("nginx", "-s", "quit"))
     assert _pre_stop({"httpGet": {"path": "/", "port": 80}}).kind is PreStopKind.HTTP_GET
@@ -66,66 +69,60 @@ def test_pre_stop_from_api() -> None:
 
 E = hooks.HookEffect
 
-# (preStop handler, HookEffect(delay, signal, waits_for_exit, known_bad, podgrace_form))
+# (preStop handler, HookEffect(delay, signal, waits_for_exit, known_bad))
 ANALYZE = [
-    pytest.param(None, E(0, None, False, False, False), id="none"),
-    pytest.param({"sleep": {"seconds": 7}}, E(7, None, False, False, False), id="native-sleep"),
-    pytest.param({"httpGet": {"path": "/drain", "port": 80}}, E(0, None, False, False, False), id="http-get"),
-    pytest.param({"tcpSocket": {"port": 80}}, E(0, None, False, False, False), id="tcp-socket"),
-    pytest.param(_exec("/bin/sleep", "5"), E(5, None, False, False, False), id="exec-bin-sleep"),
-    pytest.param(_exec("sleep", "5"), E(5, None, False, False, False), id="exec-sleep"),
-    pytest.param(_exec("/usr/bin/sleep", "5"), E(5, None, False, False, False), id="exec-usr-bin-sleep"),
-    pytest.param(_exec("/bin/busybox", "sleep", "5"), E(5, None, False, False, False), id="busybox-sleep"),
-    pytest.param(_exec("sh", "-c", "sleep 5"), E(5, None, False, False, False), id="sh-c-sleep"),
-    pytest.param(_exec("/bin/bash", "-c", "sleep 5 && sleep 3"), E(8, None, False, False, False), id="sum"),
-    pytest.param(_exec("sh", "-c", "sleep 5s"), E(5, None, False, False, False), id="seconds-suffix"),
-    pytest.param(_exec("sh", "-c", "sleep 2.5"), E(2, None, False, False, False), id="fraction-floored"),
-    pytest.param(_exec("sh", "-c", "sleep 5m"), E(0, None, False, False, False), id="minutes-not-counted"),
-    pytest.param(_exec("sh", "-c", "sleep $DELAY"), E(0, None, False, False, False), id="variable"),
+    pytest.param(None, E(0, None, False, False), id="none"),
+    pytest.param({"sleep": {"seconds": 7}}, E(7, None, False, False), id="native-sleep"),
+    pytest.param({"httpGet": {"path": "/drain", "port": 80}}, E(0, None, False, False), id="http-get"),
+    pytest.param({"tcpSocket": {"port": 80}}, E(0, None, False, False), id="tcp-socket"),
+    pytest.param(_exec("/bin/sleep", "5"), E(5, None, False, False), id="exec-bin-sleep"),
+    pytest.param(_exec("sleep", "5"), E(5, None, False, False), id="exec-sleep"),
+    pytest.param(_exec("/usr/bin/sleep", "5"), E(5, None, False, False), id="exec-usr-bin-sleep"),
+    pytest.param(_exec("/bin/busybox", "sleep", "5"), E(5, None, False, False), id="busybox-sleep"),
+    pytest.param(_exec("sh", "-c", "sleep 5"), E(5, None, False, False), id="sh-c-sleep"),
+    pytest.param(_exec("/bin/bash", "-c", "sleep 5 && sleep 3"), E(8, None, False, False), id="sum"),
+    pytest.param(_exec("sh", "-c", "sleep 5s"), E(5, None, False, False), id="seconds-suffix"),
+    pytest.param(_exec("sh", "-c", "sleep 2.5"), E(2, None, False, False), id="fraction-floored"),
+    pytest.param(_exec("sh", "-c", "sleep 5m"), E(0, None, False, False), id="minutes-not-counted"),
+    pytest.param(_exec("sh", "-c", "sleep $DELAY"), E(0, None, False, False), id="variable"),
     # the seed article's hook: signals nginx and returns at once, the kubelet's SIGTERM follows
-    pytest.param(
-        _exec("/usr/sbin/nginx", "-s", "quit"), E(0, "SIGQUIT", False, True, False), id="nginx-s-quit"
-    ),
+    pytest.param(_exec("/usr/sbin/nginx", "-s", "quit"), E(0, "SIGQUIT", False, True), id="nginx-s-quit"),
     pytest.param(
         _exec("/bin/sh", "-c", "sleep 5; nginx -s quit"),
-        E(5, "SIGQUIT", False, True, False),
+        E(5, "SIGQUIT", False, True),
         id="sleep-then-quit",
     ),
     pytest.param(
         _exec("apachectl", "-k", "graceful-stop"),
-        E(0, "SIGWINCH", False, True, False),
+        E(0, "SIGWINCH", False, True),
         id="apachectl-graceful",
     ),
     pytest.param(
-        _exec("sh", "-c", "httpd -k graceful-stop"), E(0, "SIGWINCH", False, True, False), id="httpd-graceful"
+        _exec("sh", "-c", "httpd -k graceful-stop"), E(0, "SIGWINCH", False, True), id="httpd-graceful"
     ),
-    pytest.param(
-        _exec("sh", "-c", "sleep 5; kill -QUIT 1"), E(5, "SIGQUIT", False, True, False), id="kill-no-wait"
-    ),
+    pytest.param(_exec("sh", "-c", "sleep 5; kill -QUIT 1"), E(5, "SIGQUIT", False, True), id="kill-no-wait"),
     pytest.param(
         _exec("sh", "-c", "sleep 4; kill -s QUIT 1; while kill -0 1; do sleep 1; done"),
-        E(4, "SIGQUIT", True, False, False),
+        E(4, "SIGQUIT", True, False),
         id="kill-s-and-wait",
     ),
     pytest.param(
         _exec("sh", "-c", "kill -SIGWINCH 1 && while kill -0 1 2>/dev/null; do sleep 1; done"),
-        E(0, "SIGWINCH", True, False, False),
+        E(0, "SIGWINCH", True, False),
         id="kill-sigwinch-and-wait",
     ),
-    pytest.param(_exec("sh", "-c", "kill -USR1 1"), E(0, "SIGUSR1", False, True, False), id="kill-usr1"),
+    pytest.param(_exec("sh", "-c", "kill -USR1 1"), E(0, "SIGUSR1", False, True), id="kill-usr1"),
+    pytest.param(_exec("sh", "-c", "sleep 3; kill -QUIT 10"), E(3, None, False, False), id="not-pid-1"),
+    # podgrace's own forms, as hooks.analyze reads a copy somebody else owns
+    pytest.param(hook_intent.render(ExecSleep(5)), E(5, None, False, False), id="podgrace-exec-sleep"),
     pytest.param(
-        _exec("sh", "-c", "sleep 3; kill -QUIT 10"), E(3, None, False, False, False), id="not-pid-1"
-    ),
-    # podgrace's own hooks
-    pytest.param(hooks.exec_sleep(5), E(5, None, False, False, True), id="podgrace-exec-sleep"),
-    pytest.param(
-        hooks.signal_and_wait(35, Signal.SIGQUIT, 30),
-        E(35, "SIGQUIT", True, False, True, 30),
+        hook_intent.render(SignalAndWait(35, Signal.SIGQUIT, 30)),
+        E(35, "SIGQUIT", True, False),
         id="podgrace-quit",
     ),
     pytest.param(
-        hooks.signal_and_wait(0, Signal.SIGWINCH, 30),
-        E(0, "SIGWINCH", True, False, True, 30),
+        hook_intent.render(SignalAndWait(0, Signal.SIGWINCH, 30)),
+        E(0, "SIGWINCH", True, False),
         id="podgrace-winch-0",
     ),
 ]
@@ -138,13 +135,13 @@ def test_analyze(handler: dict[str, Any] | None, effect: hooks.HookEffect) -> No
 
 def test_wait_loop_sleep_is_not_counted_as_delay() -> None:
     # `sleep 1` inside the wait loop comes after the signal: it does not delay the signal
-    effect = hooks.analyze(_pre_stop(hooks.signal_and_wait(5, Signal.SIGQUIT, 30)))
+    effect = hooks.analyze(_pre_stop(hook_intent.render(SignalAndWait(5, Signal.SIGQUIT, 30))))
     assert effect.delay_seconds == 5
 
 
 def test_marker_alone_does_not_make_a_signal_hook_good() -> None:
     script = f"{HOOK_MARKER}\nsleep 5\nkill -QUIT 1"
-    assert hooks.analyze(_pre_stop(_exec("/bin/sh", "-c", script))) == E(5, "SIGQUIT", False, True, True)
+    assert hooks.analyze(_pre_stop(_exec("/bin/sh", "-c", script))) == E(5, "SIGQUIT", False, True)
 
 
 @pytest.mark.parametrize(
@@ -154,3 +151,71 @@ def test_marker_alone_does_not_make_a_signal_hook_good() -> None:
 )
 def test_sleep_behind_other_shell_flags_is_counted(command: tuple[str, ...]) -> None:
     assert hooks.analyze(_pre_stop(_exec(*command))).delay_seconds == 10
+
+
+# --- podgrace's own hooks as typed values --------------------------------------------------------------
+
+OWN_HOOKS = [
+    NativeSleep(5),
+    NativeSleep(0),
+    ExecSleep(12),
+    *(SignalAndWait(35, signal, 33) for signal in Signal),
+    SignalAndWait(0, Signal.SIGWINCH, 1800),
+]
+
+
+@pytest.mark.parametrize("hook", OWN_HOOKS, ids=repr)
+def test_read_recognises_what_render_writes(hook: HookIntent) -> None:
+    assert hook_intent.read(hook_intent.render(hook)) == hook
+    assert _pre_stop(hook_intent.render(hook)).podgrace_hook == hook
+    assert PreStop.of_podgrace_hook(hook) == _pre_stop(hook_intent.render(hook))
+
+
+@pytest.mark.parametrize("hook", OWN_HOOKS, ids=repr)
+def test_effect_of_an_own_hook_is_what_its_text_does(hook: HookIntent) -> None:
+    pre_stop = _pre_stop(hook_intent.render(hook))
+    assert hooks.effect(pre_stop) == hooks.analyze(pre_stop)
+
+
+SCRIPT = hook_intent.render(SignalAndWait(5, Signal.SIGQUIT, 33))["exec"]["command"][2]
+
+
+@pytest.mark.parametrize(
+    "handler",
+    [
+        pytest.param(_exec("/bin/sh", "-c", "sleep 5"), id="no-marker"),
+        pytest.param(_exec("/bin/sh", "-c", f"{HOOK_MARKER}\nsleep 5\nkill -QUIT 1"), id="marker-no-wait"),
+        pytest.param(_exec("/bin/sh", "-c", f"{HOOK_MARKER}\nsleep 05"), id="leading-zero"),
+        pytest.param(_exec("/bin/sh", "-c", f"{HOOK_MARKER}\nsleep 5 "), id="trailing-space"),
+        pytest.param(_exec("/bin/bash", "-c", f"{HOOK_MARKER}\nsleep 5"), id="other-shell"),
+        pytest.param(_exec("/bin/sh", "-c", f"{HOOK_MARKER}\nsleep 5", "x"), id="extra-argument"),
+        pytest.param(_exec("/bin/sh", "-c", SCRIPT.replace("-QUIT", "-KILL")), id="signal-not-named"),
+        pytest.param(_exec("/bin/sh", "-c", SCRIPT.replace("-lt 33", "-lt 3x")), id="limit-not-a-number"),
+        pytest.param(_exec("/bin/sh", "-c", SCRIPT + "\n"), id="trailing-newline"),
+        pytest.param({"sleep": {"seconds": "5"}}, id="sleep-seconds-text"),
+        pytest.param({"sleep": {"seconds": True}}, id="sleep-seconds-bool"),
+        pytest.param({"sleep": {"seconds": 5, "x": 1}}, id="sleep-extra-field"),
+        pytest.param({"httpGet": {"path": "/", "port": 80}}, id="http-get"),
+    ],
+)
+def test_read_rejects_anything_but_podgraces_exact_forms(handler: dict[str, Any]) -> None:
+    assert hook_intent.read(handler) is None
+    assert _pre_stop(handler).podgrace_hook is None
+
+
+def test_only_exec_forms_carry_the_marker() -> None:
+    assert [PreStop.of_podgrace_hook(hook).marked for hook in OWN_HOOKS[:3]] == [False, False, True]
+    assert all(PreStop.of_podgrace_hook(hook).marked for hook in OWN_HOOKS[3:])
+
+
+@pytest.mark.parametrize(
+    ("handler", "marked"),
+    [
+        pytest.param(_exec("/bin/sh", "-c", f"{HOOK_MARKER}\nsleep 5\nkill -QUIT 1"), True, id="edited-own"),
+        pytest.param(_exec("/bin/sh", "-c", "sleep 5"), False, id="users"),
+        pytest.param(_exec("/bin/sh", "-c", "true", HOOK_MARKER), False, id="marker-outside-the-script"),
+        pytest.param({"sleep": {"seconds": 5}}, False, id="native-sleep"),
+    ],
+)
+def test_marker_is_read_from_the_script(handler: dict[str, Any], marked: bool) -> None:
+    assert _pre_stop(handler).marked is marked

@@ -124,14 +124,12 @@ def test_ownership_of_podgraces_fields() -> None:
         known=True,
         podgrace_pre_stop=frozenset({"nginx"}),
         podgrace_stop_signal=frozenset({"nginx"}),
-        podgrace_grace=True,
-        podgrace_os=True,
     )
 
 
 def test_ownership_of_the_brief_entry() -> None:
     assert managed_fields.ownership([entry("podgrace", PODGRACE_SLEEP_AND_GRACE)]) == Ownership(
-        known=True, podgrace_pre_stop=frozenset({"nginx"}), podgrace_grace=True
+        known=True, podgrace_pre_stop=frozenset({"nginx"})
     )
 
 
@@ -144,7 +142,6 @@ def test_ownership_of_user_managers() -> None:
     assert managed_fields.ownership(entries) == Ownership(
         known=True,
         podgrace_pre_stop=frozenset({"nginx"}),
-        podgrace_grace=True,
         foreign_pre_stop=frozenset({"php-fpm"}),
         foreign_stop_signal=frozenset({"nginx"}),
         foreign_grace=True,

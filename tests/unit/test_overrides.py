@@ -18,7 +18,7 @@ from podgrace.core.constants import (
     ANN_PROFILE,
 )
 from podgrace.core.findings import Code
-from podgrace.core.models import ExistingPreStop, Mode, ShutdownProfile
+from podgrace.core.models import ExistingPreStop, Mode, Overrides, ShutdownProfile
 from podgrace.core.planner import Outcome
 
 GATE = Capabilities(native_sleep=True, stop_signal=True)
@@ -27,8 +27,8 @@ NO_GATE = Capabilities(native_sleep=True, stop_signal=False)
 
 def test_no_annotations() -> None:
     parsed = overrides.parse({})
-    assert parsed == overrides.Overrides()
-    assert not parsed.opted_in
+    assert parsed == Overrides()
+    assert parsed.profile is None  # not opted in
     assert parsed.mode is Mode.ENFORCE
 
 
@@ -45,7 +45,7 @@ def test_all_annotations_valid() -> None:
             "app.kubernetes.io/name": "shop",  # other prefixes are not podgrace's business
         }
     )
-    assert parsed == overrides.Overrides(
+    assert parsed == Overrides(
         profile="nginx-php-fpm",
         mode=Mode.AUDIT,
         pre_stop_sleep_seconds=10,
@@ -54,7 +54,16 @@ def test_all_annotations_valid() -> None:
         containers=frozenset({"nginx", "php-fpm"}),
         existing_pre_stop=ExistingPreStop.REPLACE,
     )
-    assert parsed.opted_in
+
+
+@pytest.mark.parametrize(
+    ("annotations", "name"),
+    [({}, None), ({ANN_PROFILE: " nginx "}, "nginx"), ({ANN_PROFILE: ""}, ""), ({"other": "nginx"}, None)],
+)
+def test_profile_name(annotations: dict[str, str], name: str | None) -> None:
+    # the one reading of the profile annotation: parse() and the operator's profile index use it
+    assert overrides.profile_name(annotations) == name
+    assert overrides.parse(annotations).profile == name
 
 
 # (annotation, value, parsed attribute, expected value) for values that parse
@@ -159,7 +168,7 @@ def _nginx_php(workload: Any, container: Any, **annotations: str) -> Any:
 
 
 def test_sleep_and_drain_overrides_apply_to_every_rule(
-    builtin_profiles: dict[str, ShutdownProfile], workload: Any, container: Any
+    handler: Any, builtin_profiles: dict[str, ShutdownProfile], workload: Any, container: Any
 ) -> None:
     w = _nginx_php(workload, container, **{ANN_PRESTOP_SLEEP: "12", ANN_DRAIN: "20"})
     result = planner.plan(w, builtin_profiles, GATE)
@@ -167,7 +176,7 @@ def test_sleep_and_drain_overrides_apply_to_every_rule(
         "nginx": (12, 20),
         "php-fpm": (32, 20),  # max(12 + 20 own, 12 + 20 after nginx)
     }
-    assert {s.name: s.pre_stop for s in result.containers} == {
+    assert {s.name: handler(s) for s in result.containers} == {
         "nginx": {"sleep": {"seconds": 12}},
         "php-fpm": {"sleep": {"seconds": 32}},
     }

@@ -1,8 +1,8 @@
 """The planner: every built-in profile x every capability combination, user hooks, pinned settings,
 the grace period formula and idempotence of `render`.
 
-Expected hooks are written out literally here (not computed with podgrace.core.hooks) so that any change to
-what podgrace writes into users' Deployments shows up as a test failure.
+Expected hooks are written out literally here (not rendered with podgrace.core.hook_intent) so that any change
+to what podgrace writes into users' Deployments shows up as a test failure.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from podgrace.core import apply_body, assess, overrides, planner, timing, workload_parser
+from podgrace.core import apply_body, assess, planner, timing, workload_parser
 from podgrace.core.capabilities import STOP_SIGNALS_GATE, Capabilities, from_description
 from podgrace.core.constants import ANN_DRAIN, ANN_EXISTING_PRESTOP, ANN_PRESTOP_SLEEP, HOOK_MARKER
 from podgrace.core.findings import RISKS, Code
@@ -142,6 +142,7 @@ def _workload_of(deployment: Any, profile: str) -> Any:
     ("profile", "caps", "expected", "os_name", "grace", "required"), MATRIX, ids=MATRIX_IDS
 )
 def test_builtin_profile_plan(
+    handler: Any,
     builtin_profiles: dict[str, ShutdownProfile],
     deployment: Any,
     profile: str,
@@ -155,7 +156,7 @@ def test_builtin_profile_plan(
 
     assert result.outcome is Outcome.MANAGED
     assert result.profile == profile
-    assert {s.name: (s.pre_stop, s.stop_signal) for s in result.containers} == expected
+    assert {s.name: (handler(s), s.stop_signal) for s in result.containers} == expected
     assert result.os_name == os_name
     assert result.termination_grace_period_seconds == grace
     assert result.required_grace_seconds == required
@@ -228,9 +229,7 @@ def test_render_is_idempotent(
     assert second.findings_before == ()
     assert second.findings_after == ()
     # and an independent assessment of the rendered manifest finds nothing at risk
-    expectations = planner.profile_expectations(
-        reread, builtin_profiles[profile].spec, overrides.parse(reread.annotations)
-    )
+    expectations = planner.profile_expectations(reread, builtin_profiles[profile].spec, reread.overrides)
     assert [f for f in assess.assess(reread, expectations) if f.is_risk] == []
     # an untouched sidecar keeps its (absent) lifecycle
     for container in rendered["spec"]["template"]["spec"]["containers"]:
@@ -452,7 +451,7 @@ def test_user_hook_kept_file_mode(
 
 @pytest.mark.parametrize("caps", ["1.29", "1.34"])
 def test_user_hook_replaced_file_mode(
-    builtin_profiles: dict[str, ShutdownProfile], workload: Any, container: Any, caps: str
+    handler: Any, builtin_profiles: dict[str, ShutdownProfile], workload: Any, container: Any, caps: str
 ) -> None:
     w = workload(
         container("nginx", "nginx:1.27", pre_stop=NGINX_QUIT),
@@ -461,7 +460,7 @@ def test_user_hook_replaced_file_mode(
     )
     result = planner.plan(w, builtin_profiles, CAPS[caps])
     (settings,) = result.containers
-    assert settings.pre_stop == signal_wait(5, "QUIT", 33)
+    assert handler(settings) == signal_wait(5, "QUIT", 33)
     assert result.force is True
     assert result.decisions == ()
     assert result.findings_after == ()
@@ -473,7 +472,7 @@ def test_user_hook_replaced_file_mode(
 
 
 def test_replace_policy_from_the_profile(
-    builtin_profiles: dict[str, ShutdownProfile], workload: Any, container: Any
+    handler: Any, builtin_profiles: dict[str, ShutdownProfile], workload: Any, container: Any
 ) -> None:
     spec = builtin_profiles["nginx"].model_dump(by_alias=True)
     spec["metadata"]["name"] = "nginx-replace"
@@ -482,9 +481,13 @@ def test_replace_policy_from_the_profile(
     w = workload(container("nginx", "nginx:1.27", pre_stop=NGINX_QUIT), profile="nginx-replace")
     result = planner.plan(w, known, CAPS["1.34"])
     assert result.force is True
-    assert result.containers[0].pre_stop == signal_wait(5, "QUIT", 33)
+    assert handler(result.containers[0]) == signal_wait(5, "QUIT", 33)
     # ... and the annotation wins over the profile
-    w_keep = w.model_copy(update={"annotations": {**w.annotations, ANN_EXISTING_PRESTOP: "keep"}})
+    w_keep = workload(
+        container("nginx", "nginx:1.27", pre_stop=NGINX_QUIT),
+        profile="nginx-replace",
+        annotations={ANN_EXISTING_PRESTOP: "keep"},
+    )
     kept = planner.plan(w_keep, known, CAPS["1.34"])
     assert kept.force is False
     assert kept.containers[0].pre_stop is None
@@ -507,7 +510,7 @@ def test_user_hook_kept_cluster_mode(
 
 
 def test_user_hook_replaced_cluster_mode_without_gate(
-    builtin_profiles: dict[str, ShutdownProfile], workload: Any, container: Any
+    handler: Any, builtin_profiles: dict[str, ShutdownProfile], workload: Any, container: Any
 ) -> None:
     w = workload(
         container("nginx", "nginx:1.27", pre_stop=NGINX_QUIT),
@@ -518,11 +521,11 @@ def test_user_hook_replaced_cluster_mode_without_gate(
     result = planner.plan(w, builtin_profiles, CAPS["1.34"])
     assert result.force is True
     # an exec form takes over the user's exec.command: the object keeps a single handler
-    assert result.containers[0].pre_stop == signal_wait(5, "QUIT", 33)
+    assert handler(result.containers[0]) == signal_wait(5, "QUIT", 33)
 
 
 def test_replacing_a_users_exec_hook_keeps_one_handler_type(
-    builtin_profiles: dict[str, ShutdownProfile], workload: Any, container: Any
+    handler: Any, builtin_profiles: dict[str, ShutdownProfile], workload: Any, container: Any
 ) -> None:
     w = workload(
         container("nginx", "nginx:1.27", pre_stop=NGINX_QUIT),
@@ -533,11 +536,11 @@ def test_replacing_a_users_exec_hook_keeps_one_handler_type(
     result = planner.plan(w, builtin_profiles, CAPS["1.34+gate"])
     assert result.force is True
     # SSA merges preStop field by field: only an `exec` handler can take over the user's exec.command
-    assert set(result.containers[0].pre_stop or {}) == {"exec"}
+    assert set(handler(result.containers[0]) or {}) == {"exec"}
 
 
 def test_replacing_a_users_sleep_hook_keeps_one_handler_type(
-    builtin_profiles: dict[str, ShutdownProfile], workload: Any, container: Any
+    handler: Any, builtin_profiles: dict[str, ShutdownProfile], workload: Any, container: Any
 ) -> None:
     w = workload(
         container("app", "ghcr.io/acme/shop:1", pre_stop=native(2)),
@@ -547,7 +550,7 @@ def test_replacing_a_users_sleep_hook_keeps_one_handler_type(
     )
     result = planner.plan(w, builtin_profiles, CAPS["1.34"])
     assert result.force is True
-    assert result.containers[0].pre_stop == native(5)
+    assert handler(result.containers[0]) == native(5)
 
 
 @pytest.mark.parametrize(
@@ -602,13 +605,13 @@ def test_user_exec_sleep_without_marker_is_the_users(
 
 @pytest.mark.parametrize("caps", ["1.29", "1.34"])
 def test_podgraces_own_exec_hook_is_recognised_by_its_marker(
-    builtin_profiles: dict[str, ShutdownProfile], workload: Any, container: Any, caps: str
+    handler: Any, builtin_profiles: dict[str, ShutdownProfile], workload: Any, container: Any, caps: str
 ) -> None:
     # an older render with other timings: carries the marker, so it is podgrace's and gets updated
     old = signal_wait(3, "QUIT", 10)
     w = workload(container("nginx", "nginx:1.27", pre_stop=old), profile="nginx")
     result = planner.plan(w, builtin_profiles, CAPS[caps])
-    assert result.containers[0].pre_stop == signal_wait(5, "QUIT", 33)
+    assert handler(result.containers[0]) == signal_wait(5, "QUIT", 33)
     assert result.force is False
     assert result.decisions == ()
 
@@ -631,14 +634,12 @@ def test_file_mode_cannot_recognise_its_own_native_sleep(
 
 
 def test_cluster_mode_updates_podgraces_own_native_sleep(
-    builtin_profiles: dict[str, ShutdownProfile], workload: Any, container: Any
+    handler: Any, builtin_profiles: dict[str, ShutdownProfile], workload: Any, container: Any
 ) -> None:
     ownership = Ownership(
         known=True,
         podgrace_pre_stop=frozenset({"nginx"}),
         podgrace_stop_signal=frozenset({"nginx"}),
-        podgrace_grace=True,
-        podgrace_os=True,
     )
     w = workload(
         container("nginx", "nginx:1.27", pre_stop=native(5), stop_signal="SIGQUIT"),
@@ -649,7 +650,7 @@ def test_cluster_mode_updates_podgraces_own_native_sleep(
         ownership=ownership,
     )
     result = planner.plan(w, builtin_profiles, CAPS["1.34+gate"])
-    assert result.containers[0].pre_stop == native(10)
+    assert handler(result.containers[0]) == native(10)
     assert result.containers[0].stop_signal == "SIGQUIT"
     assert result.termination_grace_period_seconds == 45
     assert result.decisions == ()
@@ -676,23 +677,27 @@ def test_cluster_mode_trusts_managed_fields_over_the_marker(
     ids=["file-mode", "cluster-mode-foreign"],
 )
 def test_hook_equal_to_podgraces_is_not_a_conflict(
-    builtin_profiles: dict[str, ShutdownProfile], workload: Any, container: Any, ownership: Ownership
+    handler: Any,
+    builtin_profiles: dict[str, ShutdownProfile],
+    workload: Any,
+    container: Any,
+    ownership: Ownership,
 ) -> None:
     w = workload(container("nginx", "nginx:1.27", pre_stop=native(5)), profile="nginx", ownership=ownership)
     result = planner.plan(w, builtin_profiles, CAPS["1.34+gate"])
-    assert result.containers[0].pre_stop == native(5)
+    assert handler(result.containers[0]) == native(5)
     assert result.decisions == ()
     assert result.force is False
 
 
 def test_user_stop_signal_is_kept_and_podgrace_signals_from_its_hook(
-    builtin_profiles: dict[str, ShutdownProfile], workload: Any, container: Any
+    handler: Any, builtin_profiles: dict[str, ShutdownProfile], workload: Any, container: Any
 ) -> None:
     w = workload(container("nginx", "nginx:1.27", stop_signal="SIGTERM"), profile="nginx")
     result = planner.plan(w, builtin_profiles, CAPS["1.34+gate"])
     (settings,) = result.containers
     assert settings.stop_signal is None
-    assert settings.pre_stop == signal_wait(5, "QUIT", 33)  # the graceful stop comes from the hook instead
+    assert handler(settings) == signal_wait(5, "QUIT", 33)  # the graceful stop comes from the hook instead
     assert result.os_name is None
     assert [(d.code, d.container) for d in result.decisions] == [(Code.STOP_SIGNAL_KEPT, "nginx")]
     assert result.findings_after == ()
@@ -767,7 +772,7 @@ def test_grace_owned_by_podgrace_is_updated_in_cluster_mode(
         profile="nginx",
         annotations={ANN_DRAIN: "60"},
         grace=40,
-        ownership=Ownership(known=True, podgrace_grace=True),
+        ownership=Ownership(known=True),
     )
     result = planner.plan(w, builtin_profiles, CAPS["1.34"])
     assert result.termination_grace_period_seconds == 70

@@ -22,6 +22,7 @@ from podgrace.core.constants import (
     ANN_PROFILE,
     HOOK_MARKER,
     KNOWN_ANNOTATIONS,
+    KUBERNETES_DEFAULT_GRACE,
     MAX_DRAIN_SECONDS,
     MAX_GRACE_SECONDS,
     MAX_SLEEP_SECONDS,
@@ -29,7 +30,6 @@ from podgrace.core.constants import (
 from podgrace.core.findings import Code
 from podgrace.core.models import GRACEFUL_SIGNAL, ContainerView, Role, ShutdownProfile, Signal, Workload
 from podgrace.core.planner import Outcome
-from podgrace.core.timing import KUBERNETES_DEFAULT_GRACE
 
 PROPERTIES = settings(
     max_examples=200,
@@ -126,11 +126,11 @@ def test_plan_never_raises_for_any_annotations(
     ann = dict(raw)
     if profile is not None:
         ann.setdefault(ANN_PROFILE, profile)
-    w = Workload(name="shop", annotations=ann, containers=SHOP)
+    parsed = overrides.parse(ann)
+    w = Workload(name="shop", overrides=parsed, containers=SHOP)
     result = planner.plan(w, BUILTIN, caps)
     assert result == planner.plan(w, BUILTIN, caps)  # deterministic
     body = apply_body.apply_body("default", "shop", result)
-    parsed = overrides.parse(ann)
     if parsed.profile is None:
         assert result.outcome is Outcome.NOT_OPTED_IN  # leftovers never block a revert
     elif parsed.errors:

@@ -1,6 +1,6 @@
 """Reconciling Deployments and ShutdownProfiles: read, plan, apply only what changes, report.
 
-No Kopf here: the handlers module adapts Kopf's callbacks to these methods, and the unit tests drive them
+No Kopf here: deployment_events and profile_events call these methods, and the unit tests drive them
 with a fake API.
 """
 
@@ -17,12 +17,15 @@ from typing import Any
 import aiohttp
 
 from podgrace.controller.capability_probe import CapabilityCache
+from podgrace.controller.deployment_key import Key
 from podgrace.controller.event_recorder import NORMAL, WARNING, EventRecorder
 from podgrace.controller.kube_api import Api, ApiError
 from podgrace.controller.metrics import DEPLOYMENT, PROFILE, Metrics
-from podgrace.core import overrides
+from podgrace.controller.skip_record import SkipRecord
+from podgrace.controller.workload_gauges import WorkloadGauges
 from podgrace.core.apply_body import apply_body
 from podgrace.core.findings import Code, Finding
+from podgrace.core.hook_intent import SignalAndWait
 from podgrace.core.managed_fields import apply_is_noop
 from podgrace.core.planner import Outcome, Plan, plan
 from podgrace.core.profile_store import ProfileStore, desired_status, status_differs
@@ -47,6 +50,7 @@ class Result(StrEnum):
 class ReconcileOutcome:
     result: Result
     plan: Plan | None = None
+    written: Mapping[str, Any] | None = None  # what podgrace's apply returned (APPLIED, REVERTED)
 
 
 class Reconciler:
@@ -57,6 +61,8 @@ class Reconciler:
         capabilities: CapabilityCache,
         events: EventRecorder,
         metrics: Metrics,
+        gauges: WorkloadGauges,
+        record: SkipRecord,
         *,
         fanout_concurrency: int = 20,
         concurrency: int | None = None,
@@ -66,13 +72,12 @@ class Reconciler:
         self.capabilities = capabilities
         self.events = events
         self.metrics = metrics
+        self.gauges = gauges
+        self.record = record
         self._fanout = asyncio.Semaphore(fanout_concurrency)
         # At most this many Deployment reconciles at once (None: no limit); Kopf's workers are unlimited.
         self._slots = asyncio.Semaphore(concurrency) if concurrency else None
-        # (uid, generation) each Deployment had after podgrace's last write: a watch event from before
-        # that write is stale and must not trigger the same apply again.
-        self._written: dict[str, tuple[str, int]] = {}
-        self._requeued: set[tuple[str, str]] = set()
+        self._requeued: set[Key] = set()
         self._background: set[asyncio.Task[None]] = set()
         self.requeue_delay = REQUEUE_DELAY
 
@@ -100,32 +105,31 @@ class Reconciler:
 
     async def _reconcile_deployment(self, body: Mapping[str, Any]) -> ReconcileOutcome:
         metadata = body.get("metadata") or {}
-        namespace, name = str(metadata.get("namespace")), str(metadata.get("name"))
-        key = f"{namespace}/{name}"
-        if self._is_stale(key, metadata):
+        namespace, name = key = str(metadata.get("namespace")), str(metadata.get("name"))
+        if self.record.is_stale(key, metadata):
             return ReconcileOutcome(Result.UNCHANGED)
         try:
             workload = from_object(body, with_ownership=True)
         except ManifestError as error:
-            log.error("cannot read Deployment %s: %s", key, error)
+            log.error("cannot read Deployment %s/%s: %s", namespace, name, error)
             return ReconcileOutcome(Result.FAILED)
-        profile_name = overrides.parse(workload.annotations).profile
+        profile_name = workload.overrides.profile
         invalid_profile = self.store.error(profile_name) if profile_name else None
         if invalid_profile is not None:
             message = f"ShutdownProfile {profile_name} is not valid: {invalid_profile}"
             await self.events.post(body, WARNING, Code.INVALID_PROFILE.value, message)
-            self.metrics.observe_workload(key, None, ())
+            self.gauges.observe(key, None, ())
             return ReconcileOutcome(Result.INVALID)
         capabilities = await self._with_retries(lambda: self.capabilities.get(body))
         result = plan(workload, self.store.valid(), capabilities)
         if result.outcome is Outcome.INVALID:
             for finding in result.errors:
                 await self.events.post(body, WARNING, finding.code.value, finding.message)
-            self.metrics.observe_workload(key, None, ())  # refused: not managed, and no user-made label value
+            self.gauges.observe(key, None, ())  # refused: not managed, and no user-made label value
             return ReconcileOutcome(Result.INVALID, result)
         risks = result.findings_before if result.outcome is not Outcome.MANAGED else result.findings_after
         managed_profile = result.profile if result.outcome is not Outcome.NOT_OPTED_IN else None
-        self.metrics.observe_workload(key, managed_profile, (f.code for f in risks))
+        self.gauges.observe(key, managed_profile, (f.code for f in risks))
         desired = apply_body(namespace, name, result)
         if apply_is_noop(body, desired):
             await self._report_decisions(body, result.decisions)
@@ -141,7 +145,7 @@ class Reconciler:
             if apply_error.status == 409:
                 # A field podgrace wants changed owner after this event was sent: plan again on a fresh
                 # read a little later (never force a field another manager holds).
-                log.info("apply to %s conflicted, requeued: %s", key, apply_error)
+                log.info("apply to %s/%s conflicted, requeued: %s", namespace, name, apply_error)
                 self._requeue(namespace, name)
                 return ReconcileOutcome(Result.REQUEUE, result)
             await self.events.post(
@@ -149,15 +153,15 @@ class Reconciler:
             )
             return ReconcileOutcome(Result.FAILED, result)
         self.metrics.writes.labels("revert" if reverting else "apply").inc()
-        written_metadata = written.get("metadata") or {}
-        if isinstance(written_metadata.get("generation"), int):
-            self._written[key] = (str(written_metadata.get("uid")), written_metadata["generation"])
+        # Recorded here rather than by the caller: the fan-out and the requeue reconcile without the work
+        # queue, and their writes, too, make older watch events stale.
+        self.record.wrote(key, written)
         if reverting:
             await self.events.post(body, NORMAL, "Reverted", "podgrace removed the settings it had injected")
         else:
             await self.events.post(body, NORMAL, "Applied", summary(result))
         await self._report_decisions(body, result.decisions)
-        return ReconcileOutcome(Result.REVERTED if reverting else Result.APPLIED, result)
+        return ReconcileOutcome(Result.REVERTED if reverting else Result.APPLIED, result, written)
 
     async def _report_decisions(self, body: Mapping[str, Any], decisions: Iterable[Finding]) -> None:
         for decision in decisions:
@@ -178,22 +182,9 @@ class Reconciler:
             await asyncio.sleep(0.5 * 2**attempt)
         raise AssertionError("unreachable")
 
-    def _is_stale(self, key: str, metadata: Mapping[str, Any]) -> bool:
-        written = self._written.get(key)
-        generation = metadata.get("generation")
-        if written is None or written[0] != str(metadata.get("uid")) or not isinstance(generation, int):
-            return False
-        return generation < written[1]
-
-    def forget_deployment(self, body: Mapping[str, Any]) -> None:
-        metadata = body.get("metadata") or {}
-        key = f"{metadata.get('namespace')}/{metadata.get('name')}"
-        self._written.pop(key, None)
-        self.metrics.forget_workload(key)
-
     # --- ShutdownProfiles --------------------------------------------------------------------------
 
-    async def reconcile_profile(self, body: Mapping[str, Any], users: Iterable[tuple[str, str]]) -> bool:
+    async def reconcile_profile(self, body: Mapping[str, Any], users: Iterable[Key]) -> bool:
         """Update the store and the profile's status; when its spec changed, re-reconcile its users.
 
         Returns whether the users were re-reconciled."""
@@ -251,20 +242,12 @@ class Reconciler:
 def summary(result: Plan) -> str:
     parts = []
     for s in result.containers:
-        signal = s.stop_signal or (
-            f"{_hook_signal(s.pre_stop)} via preStop" if _hook_signal(s.pre_stop) else ""
-        )
+        hook = s.pre_stop
+        via_hook = f"{hook.signal.value} via preStop" if isinstance(hook, SignalAndWait) else ""
+        signal = s.stop_signal or via_hook
         parts.append(
             f"{s.name}: stop after {s.signal_delay_seconds}s" + (f" with {signal}" if signal else "")
         )
     grace = result.termination_grace_period_seconds
     tail = f"; terminationGracePeriodSeconds {grace}" if grace is not None else ""
     return f"podgrace applied ShutdownProfile {result.profile}: " + ", ".join(parts) + tail
-
-
-def _hook_signal(pre_stop: Mapping[str, Any] | None) -> str | None:
-    command = ((pre_stop or {}).get("exec") or {}).get("command") or []
-    for line in (command[-1] if command else "").splitlines():
-        if line.startswith("kill -") and line.endswith(" 1") and not line.startswith("kill -0"):
-            return "SIG" + line.split()[1].lstrip("-")
-    return None

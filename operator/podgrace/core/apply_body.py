@@ -1,10 +1,13 @@
-"""A plan as podgrace's server-side-apply body, and merged into a manifest for `podgrace render`."""
+"""A plan as podgrace's server-side-apply body, and merged into a manifest for `podgrace render`.
+
+The only place a plan's typed hooks become Kubernetes handlers (hook_intent.render)."""
 
 from __future__ import annotations
 
 import copy
 from typing import Any
 
+from podgrace.core import hook_intent
 from podgrace.core.planner import Outcome, Plan
 
 
@@ -21,7 +24,7 @@ def pod_spec_fields(result: Plan) -> dict[str, Any]:
     for s in result.containers:
         lifecycle: dict[str, Any] = {}
         if s.pre_stop is not None:
-            lifecycle["preStop"] = copy.deepcopy(s.pre_stop)
+            lifecycle["preStop"] = hook_intent.render(s.pre_stop)
         if s.stop_signal is not None:
             lifecycle["stopSignal"] = s.stop_signal
         if lifecycle:

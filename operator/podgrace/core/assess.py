@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from podgrace.core import hooks
+from podgrace.core.constants import KUBERNETES_DEFAULT_GRACE
 from podgrace.core.findings import Code, Finding
 from podgrace.core.models import PreStopKind, Role, Workload
-from podgrace.core.timing import KUBERNETES_DEFAULT_GRACE, Expectation, required_grace, signal_delays
+from podgrace.core.timing import Expectation, required_grace, signal_delays
 
 # The image's own STOPSIGNAL cannot be seen from a manifest; without lifecycle.stopSignal or a hook that
 # delivers the signal itself, the container is assumed to get the kubelet's SIGTERM.
@@ -20,7 +21,7 @@ def assess(workload: Workload, expectations: Sequence[Expectation]) -> tuple[Fin
     needed = signal_delays(expectations)
     for e in expectations:
         container = containers[e.container]
-        effect = hooks.analyze(container.pre_stop)
+        effect = hooks.effect(container.pre_stop)
         if container.pre_stop.kind is PreStopKind.NONE and needed[e.container] > 0:
             findings.append(
                 Finding(
@@ -74,7 +75,7 @@ def assess(workload: Workload, expectations: Sequence[Expectation]) -> tuple[Fin
     grace = workload.termination_grace_period_seconds or KUBERNETES_DEFAULT_GRACE
     # A hook that waits longer than needed delays the stop just as much: the grace period must cover it.
     waits = {
-        e.container: max(needed[e.container], hooks.analyze(containers[e.container].pre_stop).delay_seconds)
+        e.container: max(needed[e.container], hooks.effect(containers[e.container].pre_stop).delay_seconds)
         for e in expectations
     }
     needed_grace = required_grace(expectations, waits)

@@ -25,5 +25,8 @@ MAX_DRAIN_SECONDS = 3600
 MAX_MARGIN_SECONDS = 600
 MAX_GRACE_SECONDS = 86400
 
+# The API server's default terminationGracePeriodSeconds.
+KUBERNETES_DEFAULT_GRACE = 30
+
 # Marks the exec hooks podgrace writes so a rendered manifest can be recognised as podgrace's own.
 HOOK_MARKER = "# podgrace graceful stop"

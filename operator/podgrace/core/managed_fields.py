@@ -11,11 +11,10 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from podgrace.core.constants import FIELD_MANAGER
+from podgrace.core.constants import FIELD_MANAGER, KUBERNETES_DEFAULT_GRACE
 from podgrace.core.models import Ownership
 
 Path = tuple[str, ...]
-DEFAULT_GRACE = 30  # the API server's default terminationGracePeriodSeconds
 _TEMPLATE_SPEC: Path = ("f:spec", "f:template", "f:spec")
 
 
@@ -90,13 +89,13 @@ def ownership(
     grace = (*_TEMPLATE_SPEC, "f:terminationGracePeriodSeconds")
     applied_by_them = grace in manager_leaves(entries, podgrace=False, operation="Apply")
     mentioned = last_applied is not None and '"terminationGracePeriodSeconds"' in last_applied
-    defaulted = grace in theirs and not applied_by_them and grace_value == DEFAULT_GRACE and not mentioned
+    defaulted = (
+        grace in theirs and not applied_by_them and grace_value == KUBERNETES_DEFAULT_GRACE and not mentioned
+    )
     return Ownership(
         known=True,
         podgrace_pre_stop=_containers_with(ours, "f:lifecycle", "f:preStop"),
         podgrace_stop_signal=_containers_with(ours, "f:lifecycle", "f:stopSignal"),
-        podgrace_grace=grace in ours,
-        podgrace_os=(*_TEMPLATE_SPEC, "f:os", "f:name") in ours,
         foreign_pre_stop=_containers_with(theirs, "f:lifecycle", "f:preStop"),
         foreign_stop_signal=_containers_with(theirs, "f:lifecycle", "f:stopSignal"),
         foreign_grace=grace in theirs and not defaulted,

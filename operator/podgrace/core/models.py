@@ -7,16 +7,21 @@ from __future__ import annotations
 
 import fnmatch
 import functools
+from collections.abc import Mapping
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from podgrace.core import hook_intent
 from podgrace.core.constants import (
     MAX_DRAIN_SECONDS,
     MAX_MARGIN_SECONDS,
     MAX_SLEEP_SECONDS,
 )
+from podgrace.core.hook_intent import HookIntent
+from podgrace.core.signals import Signal
 
 
 class Role(StrEnum):
@@ -24,18 +29,6 @@ class Role(StrEnum):
     PHP_FPM = "php-fpm"
     APACHE = "apache"
     GENERIC = "generic"
-
-
-class Signal(StrEnum):
-    """Stop signals a profile may name (a subset of what Kubernetes' lifecycle.stopSignal accepts)."""
-
-    SIGTERM = "SIGTERM"
-    SIGQUIT = "SIGQUIT"
-    SIGWINCH = "SIGWINCH"
-    SIGINT = "SIGINT"
-    SIGHUP = "SIGHUP"
-    SIGUSR1 = "SIGUSR1"
-    SIGUSR2 = "SIGUSR2"
 
 
 # The graceful stop of each role; nginx and php-fpm treat SIGTERM as fast shutdown, Apache too (WINCH is
@@ -244,22 +237,39 @@ class PreStop(_Strict):
     kind: PreStopKind
     sleep_seconds: int | None = None
     command: tuple[str, ...] = ()
-    raw: dict[str, Any] = Field(default_factory=dict)
+    marked: bool = False  # an exec hook with podgrace's marker (hook_intent.carries_marker)
+    # The handler as one of podgrace's hooks, when it is exactly one of their forms (any native sleep is):
+    # podgrace compares its hooks by this value.
+    podgrace_hook: HookIntent | None = None
 
     @classmethod
-    def from_api(cls, lifecycle: dict[str, Any] | None) -> PreStop:
-        pre_stop = (lifecycle or {}).get("preStop")
-        if not isinstance(pre_stop, dict) or not pre_stop:
+    def from_api(cls, lifecycle: Mapping[str, Any] | None) -> PreStop:
+        handler = (lifecycle or {}).get("preStop")
+        if not isinstance(handler, dict) or not handler:
             return cls(kind=PreStopKind.NONE)
-        if isinstance(pre_stop.get("sleep"), dict):
-            seconds = pre_stop["sleep"].get("seconds")
-            return cls(kind=PreStopKind.SLEEP, sleep_seconds=int(seconds or 0), raw=pre_stop)
-        if isinstance(pre_stop.get("exec"), dict):
-            command = pre_stop["exec"].get("command") or []
-            return cls(kind=PreStopKind.EXEC, command=tuple(str(c) for c in command), raw=pre_stop)
-        if "httpGet" in pre_stop:
-            return cls(kind=PreStopKind.HTTP_GET, raw=pre_stop)
-        return cls(kind=PreStopKind.TCP_SOCKET, raw=pre_stop)
+        return cls._of_handler(handler, hook_intent.read(handler))
+
+    @classmethod
+    def of_podgrace_hook(cls, hook: HookIntent) -> PreStop:
+        """The preStop a container has once podgrace's hook is applied."""
+        return cls._of_handler(hook_intent.render(hook), hook)
+
+    @classmethod
+    def _of_handler(cls, handler: dict[str, Any], podgrace_hook: HookIntent | None) -> PreStop:
+        if isinstance(handler.get("sleep"), dict):
+            seconds = handler["sleep"].get("seconds")
+            return cls(kind=PreStopKind.SLEEP, sleep_seconds=int(seconds or 0), podgrace_hook=podgrace_hook)
+        if isinstance(handler.get("exec"), dict):
+            command = tuple(str(c) for c in handler["exec"].get("command") or [])
+            return cls(
+                kind=PreStopKind.EXEC,
+                command=command,
+                marked=hook_intent.carries_marker(command),
+                podgrace_hook=podgrace_hook,
+            )
+        if "httpGet" in handler:
+            return cls(kind=PreStopKind.HTTP_GET)
+        return cls(kind=PreStopKind.TCP_SOCKET)
 
 
 class ContainerView(_Strict):
@@ -279,8 +289,6 @@ class Ownership(_Strict):
     known: bool = False
     podgrace_pre_stop: frozenset[str] = frozenset()
     podgrace_stop_signal: frozenset[str] = frozenset()
-    podgrace_grace: bool = False
-    podgrace_os: bool = False
     foreign_pre_stop: frozenset[str] = frozenset()
     foreign_stop_signal: frozenset[str] = frozenset()
     foreign_grace: bool = False
@@ -289,10 +297,24 @@ class Ownership(_Strict):
     grace_defaulted: bool = False
 
 
+@dataclass(frozen=True)
+class Overrides:
+    """A Deployment's `podgrace.dev/...` annotations, parsed (overrides.parse) where it is read."""
+
+    profile: str | None = None  # None: not opted in
+    mode: Mode = Mode.ENFORCE
+    pre_stop_sleep_seconds: int | None = None
+    drain_seconds: int | None = None
+    termination_grace_period_seconds: int | None = None
+    containers: frozenset[str] | None = None
+    existing_pre_stop: ExistingPreStop | None = None
+    errors: tuple[str, ...] = ()
+
+
 class Workload(_Strict):
     namespace: str = "default"
     name: str
-    annotations: dict[str, str] = Field(default_factory=dict)
+    overrides: Overrides = Overrides()
     containers: tuple[ContainerView, ...]
     termination_grace_period_seconds: int | None = None
     os_name: str | None = None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from enum import StrEnum
 from typing import TypeVar
 
@@ -21,36 +21,24 @@ from podgrace.core.constants import (
     MAX_GRACE_SECONDS,
     MAX_SLEEP_SECONDS,
 )
-from podgrace.core.models import ExistingPreStop, Mode
+from podgrace.core.models import ExistingPreStop, Mode, Overrides
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 
 
-@dataclass(frozen=True)
-class Overrides:
-    profile: str | None = None
-    mode: Mode = Mode.ENFORCE
-    pre_stop_sleep_seconds: int | None = None
-    drain_seconds: int | None = None
-    termination_grace_period_seconds: int | None = None
-    containers: frozenset[str] | None = None
-    existing_pre_stop: ExistingPreStop | None = None
-    errors: tuple[str, ...] = field(default=())
-
-    @property
-    def opted_in(self) -> bool:
-        return self.profile is not None
+def profile_name(annotations: Mapping[str, object]) -> str | None:
+    """The ShutdownProfile a Deployment's annotations name, stripped; None: it has not opted in."""
+    raw = annotations.get(ANN_PROFILE)
+    return None if raw is None else str(raw).strip()
 
 
-def parse(annotations: dict[str, str]) -> Overrides:
+def parse(annotations: Mapping[str, str]) -> Overrides:
     """Parse podgrace's annotations. Errors are collected, not raised: the caller reports them all."""
     errors: list[str] = []
-    profile = annotations.get(ANN_PROFILE)
-    if profile is not None:
-        profile = profile.strip()
-        if not _DNS_SUBDOMAIN.match(profile):
-            errors.append(f"{ANN_PROFILE}: {profile!r} is not a valid ShutdownProfile name")
+    profile = profile_name(annotations)
+    if profile is not None and not _DNS_SUBDOMAIN.match(profile):
+        errors.append(f"{ANN_PROFILE}: {profile!r} is not a valid ShutdownProfile name")
     mode = _choice(annotations, ANN_MODE, Mode, errors) or Mode.ENFORCE
     existing = _choice(annotations, ANN_EXISTING_PRESTOP, ExistingPreStop, errors)
     containers = None
@@ -80,7 +68,7 @@ def parse(annotations: dict[str, str]) -> Overrides:
 E = TypeVar("E", bound=StrEnum)
 
 
-def _choice(annotations: dict[str, str], key: str, choices: type[E], errors: list[str]) -> E | None:
+def _choice(annotations: Mapping[str, str], key: str, choices: type[E], errors: list[str]) -> E | None:
     raw = annotations.get(key)
     if raw is None:
         return None
@@ -91,7 +79,7 @@ def _choice(annotations: dict[str, str], key: str, choices: type[E], errors: lis
         return None
 
 
-def _seconds(annotations: dict[str, str], key: str, low: int, high: int, errors: list[str]) -> int | None:
+def _seconds(annotations: Mapping[str, str], key: str, low: int, high: int, errors: list[str]) -> int | None:
     raw = annotations.get(key)
     if raw is None:
         return None

@@ -5,20 +5,21 @@ Pure: no I/O. The operator, `podgrace render` and `podgrace audit` all call `pla
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
-from typing import Any
 
-from podgrace.core import hooks, overrides
+from podgrace.core import hooks
 from podgrace.core.assess import assess
 from podgrace.core.capabilities import Capabilities
-from podgrace.core.constants import ANN_CONTAINERS, ANN_PROFILE
+from podgrace.core.constants import ANN_CONTAINERS, ANN_PROFILE, KUBERNETES_DEFAULT_GRACE
 from podgrace.core.findings import Code, Finding
+from podgrace.core.hook_intent import ExecSleep, HookIntent, NativeSleep, SignalAndWait
 from podgrace.core.models import (
     ContainerView,
     ExistingPreStop,
     Mode,
+    Overrides,
     Ownership,
     PreStop,
     PreStopKind,
@@ -27,8 +28,8 @@ from podgrace.core.models import (
     ShutdownProfileSpec,
     Workload,
 )
+from podgrace.core.signals import Signal
 from podgrace.core.timing import (
-    KUBERNETES_DEFAULT_GRACE,
     Expectation,
     grace_with_margin,
     required_grace,
@@ -54,7 +55,7 @@ class ContainerSettings:
     role: Role
     signal_delay_seconds: int
     drain_seconds: int
-    pre_stop: dict[str, Any] | None = None  # podgrace's preStop handler; None: podgrace leaves preStop alone
+    pre_stop: HookIntent | None = None  # podgrace's preStop hook; None: podgrace leaves preStop alone
     stop_signal: str | None = None  # lifecycle.stopSignal podgrace owns
 
 
@@ -85,7 +86,7 @@ def plan(
     profiles: Mapping[str, ShutdownProfile],
     capabilities: Capabilities,
 ) -> Plan:
-    parsed = overrides.parse(workload.annotations)
+    parsed = workload.overrides
     if parsed.profile is None:
         # Not opted in: other podgrace annotations left behind mean nothing, and must not block a revert.
         expectations = detect_expectations(workload, profiles)
@@ -145,7 +146,7 @@ def plan(
 
 
 def sole_rule_expectations(
-    workload: Workload, profile: ShutdownProfile, parsed: overrides.Overrides
+    workload: Workload, profile: ShutdownProfile, parsed: Overrides
 ) -> tuple[tuple[Expectation, ...], tuple[Finding, ...]]:
     """A Deployment that names a profile says what its server is: when no rule matches, the profile has
     one rule and the pod one serving container (the only one, or the only one `podgrace.dev/containers`
@@ -184,32 +185,27 @@ def _invalid(workload: Workload, profile: str | None, *errors: Finding) -> Plan:
 def _enforce(
     workload: Workload,
     profile: ShutdownProfile,
-    parsed: overrides.Overrides,
+    parsed: Overrides,
     expectations: tuple[Expectation, ...],
     capabilities: Capabilities,
     before: tuple[Finding, ...],
 ) -> Plan:
     delays = signal_delays(expectations)
     policy = parsed.existing_pre_stop or profile.spec.existing_pre_stop
-    first = _decide_containers(
-        workload, expectations, delays, capabilities, policy, lambda delay, drain: drain
-    )
+    views = {c.name: c for c in workload.containers}
+    decisions: list[Finding] = []
+    matched = [
+        _match(workload, views[e.container], e, delays[e.container], capabilities, policy, decisions)
+        for e in expectations
+    ]
     # A kept hook that waits longer than podgrace would must still fit in the grace period.
-    waits = {n: max(d, first.kept_waits.get(n, 0)) for n, d in delays.items()}
+    waits = {m.view.name: max(m.delay, m.kept_hook_wait) for m in matched}
     required = required_grace(expectations, waits)
-    grace_decisions: list[Finding] = []
-    grace = _grace(workload, parsed, required, profile.spec.grace_period_margin_seconds, grace_decisions)
+    grace = _grace(workload, parsed, required, profile.spec.grace_period_margin_seconds, decisions)
     effective_grace = grace or workload.termination_grace_period_seconds or KUBERNETES_DEFAULT_GRACE
-
-    def hold_until_grace_ends(delay: int, drain: int) -> int:
-        # A hook that delivers the signal also holds back the kubelet's own stop signal (SIGTERM, a fast
-        # stop) until just before the grace period ends, as lifecycle.stopSignal would: waiting only `drain`
-        # would cut requests that run longer than expected while grace remains (seen in the lab).
-        return max(drain, effective_grace - delay - KUBELET_STOP_TAIL)
-
-    decided = _decide_containers(workload, expectations, delays, capabilities, policy, hold_until_grace_ends)
-    settings, force = decided.settings, decided.force
-    decisions = [*decided.decisions, *grace_decisions]
+    settled = [_settle(m, effective_grace, capabilities, policy, decisions) for m in matched]
+    settings = [s for s, _ in settled]
+    force = any(replaced for _, replaced in settled)
     if grace is not None and workload.ownership.known and workload.ownership.grace_defaulted:
         force = True  # the creator "owns" only the API server's default: taking it overrides no choice
     os_name = "linux" if any(s.stop_signal for s in settings) else None
@@ -230,141 +226,143 @@ def _enforce(
 
 
 @dataclass(frozen=True)
-class _Decided:
-    settings: list[ContainerSettings]
-    decisions: list[Finding]
-    kept_waits: dict[str, int]  # containers keeping their own hook: how long it holds the stop back
-    force: bool
+class _Matched:
+    """A container a profile rule matched, decided as far as it can be before the grace period is known
+    (which bounds how long a signal hook waits)."""
+
+    view: ContainerView
+    expectation: Expectation
+    delay: int  # seconds from pod deletion until its stop signal
+    stop_signal: str | None  # lifecycle.stopSignal podgrace owns
+    hook_signal: Signal | None  # the graceful signal podgrace's hook delivers, where stopSignal cannot
+    users_hook: bool  # its preStop is somebody else's: neither absent nor podgrace's own
+    keeps_users_hook: bool  # ... and podgrace keeps it (existingPreStop: keep, or no in-place replacement)
+
+    @property
+    def kept_hook_wait(self) -> int:
+        """How long a kept hook of the user's holds the stop signal back."""
+        return hooks.effect(self.view.pre_stop).delay_seconds if self.keeps_users_hook else 0
 
 
-def _decide_containers(
+def _match(
     workload: Workload,
-    expectations: tuple[Expectation, ...],
-    delays: Mapping[str, int],
-    capabilities: Capabilities,
-    policy: ExistingPreStop,
-    wait_for: Callable[[int, int], int],
-) -> _Decided:
-    containers = {c.name: c for c in workload.containers}
-    ownership = workload.ownership
-    os_allows_signal = workload.os_name in (None, "linux")
-    settings: list[ContainerSettings] = []
-    decisions: list[Finding] = []
-    kept_waits: dict[str, int] = {}
-    force = False
-    for e in expectations:
-        container = containers[e.container]
-        delay = delays[e.container]
-        wait = wait_for(delay, e.drain_seconds)
-        stop_signal = None
-        if e.signal is not None and capabilities.stop_signal and os_allows_signal:
-            stop_signal = e.signal.value
-            if _foreign_stop_signal(container, ownership, stop_signal):
-                stop_signal = None
-                decisions.append(
-                    Finding(
-                        Code.STOP_SIGNAL_KEPT,
-                        e.container,
-                        f"lifecycle.stopSignal {container.stop_signal} is set by its owner and kept",
-                    )
-                )
-        desired_hook = _equivalent_current(
-            container, _hook(e, delay, wait, stop_signal is not None, capabilities)
-        )
-        pre_stop: dict[str, Any] | None = desired_hook
-        if _users_hook(container, ownership, desired_hook):
-            replacement = _replacement(container, e, delay, wait, stop_signal is not None, capabilities)
-            if policy is ExistingPreStop.REPLACE and replacement is not None:
-                pre_stop = replacement
-                force = True
-            else:
-                pre_stop = None
-                why = (
-                    f"existingPreStop: {policy.value}"
-                    if policy is ExistingPreStop.KEEP or desired_hook is None
-                    else f"a {container.pre_stop.kind.value} hook cannot be replaced in place by podgrace's"
-                )
-                decisions.append(
-                    Finding(
-                        Code.USER_HOOK_KEPT,
-                        e.container,
-                        f"the container's own preStop hook is kept ({why}); podgrace's "
-                        f"needs {delay}s before the stop signal",
-                    )
-                )
-                kept_waits[e.container] = hooks.analyze(container.pre_stop).delay_seconds
-        settings.append(
-            ContainerSettings(
-                e.container,
-                e.rule,
-                e.role,
-                delay,
-                e.drain_seconds,
-                pre_stop=pre_stop,
-                stop_signal=stop_signal,
-            )
-        )
-    return _Decided(settings, decisions, kept_waits, force)
-
-
-def _hook(
-    e: Expectation, delay: int, wait: int, native_signal: bool, capabilities: Capabilities
-) -> dict[str, Any] | None:
-    if e.signal is not None and not native_signal:
-        return hooks.signal_and_wait(delay, e.signal, wait)
-    if delay == 0:
-        return None
-    return hooks.native_sleep(delay) if capabilities.native_sleep else hooks.exec_sleep(delay)
-
-
-def _equivalent_current(container: ContainerView, desired: dict[str, Any] | None) -> dict[str, Any] | None:
-    """Keep podgrace's current hook when it already does what the desired one does (an exec sleep
-    written while replacing a user's exec hook, say): a change of form alone is not worth a rollout."""
-    current = container.pre_stop
-    if desired is None or current.kind is PreStopKind.NONE:
-        return desired
-    now, wanted = hooks.analyze(current), hooks.analyze(PreStop.from_api({"preStop": desired}))
-    same = (now.delay_seconds, now.signal, now.waits_for_exit, now.wait_limit) == (
-        wanted.delay_seconds, wanted.signal, wanted.waits_for_exit, wanted.wait_limit
-    )  # fmt: skip
-    return current.raw if (same and now.podgrace_form) or (same and current.raw == desired) else desired
-
-
-def _replacement(
     container: ContainerView,
     e: Expectation,
     delay: int,
-    wait: int,
-    native_signal: bool,
     capabilities: Capabilities,
-) -> dict[str, Any] | None:
-    """podgrace's hook in the user's handler type, or None when it cannot take the user's hook over.
+    policy: ExistingPreStop,
+    decisions: list[Finding],
+) -> _Matched:
+    ownership = workload.ownership
+    stop_signal = None
+    if e.signal is not None and capabilities.stop_signal and workload.os_name in (None, "linux"):
+        stop_signal = e.signal.value
+        if _foreign_stop_signal(container, ownership, stop_signal):
+            stop_signal = None
+            decisions.append(
+                Finding(
+                    Code.STOP_SIGNAL_KEPT,
+                    e.container,
+                    f"lifecycle.stopSignal {container.stop_signal} is set by its owner and kept",
+                )
+            )
+    hook_signal = e.signal if stop_signal is None else None
+    users_hook = not _podgrace_may_rewrite(container, ownership)
+    replaceable = _replaceable(container.pre_stop, hook_signal is not None, delay, capabilities)
+    keeps = users_hook and not (policy is ExistingPreStop.REPLACE and replaceable)
+    return _Matched(container, e, delay, stop_signal, hook_signal, users_hook, keeps)
+
+
+def _settle(
+    m: _Matched, grace: int, capabilities: Capabilities, policy: ExistingPreStop, decisions: list[Finding]
+) -> tuple[ContainerSettings, bool]:
+    """The container's settings once the grace period is known, and whether they replace a user's hook."""
+    e, current = m.expectation, m.view.pre_stop
+    wait = _hold_until_grace_ends(m.delay, e.drain_seconds, grace)
+    desired = _equivalent_current(
+        current.podgrace_hook, _hook(m.hook_signal, m.delay, wait, native_sleep=capabilities.native_sleep)
+    )
+    pre_stop = desired
+    # somebody else's hook, and not already the one podgrace wants
+    conflict = m.users_hook and (desired is None or current.podgrace_hook != desired)
+    replaces = conflict and not m.keeps_users_hook
+    if replaces:  # with podgrace's hook in the user's handler type: see _replaceable
+        pre_stop = _hook(m.hook_signal, m.delay, wait, native_sleep=current.kind is PreStopKind.SLEEP)
+    elif conflict:
+        pre_stop = None
+        why = (
+            f"existingPreStop: {policy.value}"
+            if policy is ExistingPreStop.KEEP or desired is None
+            else f"a {current.kind.value} hook cannot be replaced in place by podgrace's"
+        )
+        decisions.append(
+            Finding(
+                Code.USER_HOOK_KEPT,
+                e.container,
+                f"the container's own preStop hook is kept ({why}); podgrace's "
+                f"needs {m.delay}s before the stop signal",
+            )
+        )
+    settings = ContainerSettings(
+        e.container, e.rule, e.role, m.delay, e.drain_seconds, pre_stop=pre_stop, stop_signal=m.stop_signal
+    )
+    return settings, replaces
+
+
+def _hold_until_grace_ends(delay: int, drain: int, grace: int) -> int:
+    """How long a hook that delivers the signal waits for the server to exit. It also holds back the
+    kubelet's own stop signal (SIGTERM, a fast stop) until just before the grace period ends, as
+    lifecycle.stopSignal would: waiting only `drain` would cut requests that run longer than expected while
+    grace remains (seen in the lab)."""
+    return max(drain, grace - delay - KUBELET_STOP_TAIL)
+
+
+def _hook(hook_signal: Signal | None, delay: int, wait: int, *, native_sleep: bool) -> HookIntent | None:
+    if hook_signal is not None:
+        return SignalAndWait(delay, hook_signal, wait)
+    if delay == 0:
+        return None
+    return NativeSleep(delay) if native_sleep else ExecSleep(delay)
+
+
+def _equivalent_current(current: HookIntent | None, desired: HookIntent | None) -> HookIntent | None:
+    """Keep podgrace's current hook when it already does what the desired one does (an exec sleep written
+    while replacing a user's exec hook, where a native sleep would do now): a change of form alone is not
+    worth a rollout."""
+    if (
+        isinstance(current, ExecSleep)
+        and isinstance(desired, NativeSleep)
+        and current.seconds == desired.seconds
+    ):
+        return current
+    return desired
+
+
+def _replaceable(current: PreStop, needs_signal_hook: bool, delay: int, capabilities: Capabilities) -> bool:
+    """Whether podgrace's hook can take the user's hook over.
 
     A forced server-side apply takes over only the fields it sends: the user's other handler type would
     stay beside podgrace's, which the API server rejects. So an exec hook is replaced by podgrace's exec
     form and a native sleep by podgrace's native sleep (when no signal must go through the hook); an
     httpGet or tcpSocket hook is kept."""
-    needs_signal_hook = e.signal is not None and not native_signal
     if delay == 0 and not needs_signal_hook:
-        return None
-    if container.pre_stop.kind is PreStopKind.EXEC:
-        return hooks.signal_and_wait(delay, e.signal, wait) if needs_signal_hook and e.signal \
-            else hooks.exec_sleep(delay)  # fmt: skip
-    if container.pre_stop.kind is PreStopKind.SLEEP and not needs_signal_hook and capabilities.native_sleep:
-        return hooks.native_sleep(delay)
-    return None
+        return False  # podgrace has no hook to put there
+    if current.kind is PreStopKind.EXEC:
+        return True
+    return current.kind is PreStopKind.SLEEP and not needs_signal_hook and capabilities.native_sleep
 
 
-def _users_hook(container: ContainerView, ownership: Ownership, desired: dict[str, Any] | None) -> bool:
-    """Whether the container's current preStop belongs to somebody else (and differs from ours)."""
+def _podgrace_may_rewrite(container: ContainerView, ownership: Ownership) -> bool:
+    """Whether the container's preStop is absent or podgrace's own: from managedFields when known, else
+    by podgrace's marker."""
     current = container.pre_stop
-    if current.kind is PreStopKind.NONE or (desired is not None and current.raw == desired):
-        return False
+    if current.kind is PreStopKind.NONE:
+        return True
     if ownership.known:
         return (
-            container.name in ownership.foreign_pre_stop or container.name not in ownership.podgrace_pre_stop
+            container.name not in ownership.foreign_pre_stop and container.name in ownership.podgrace_pre_stop
         )
-    return not hooks.analyze(current).podgrace_form
+    return current.marked
 
 
 def _foreign_stop_signal(container: ContainerView, ownership: Ownership, desired: str) -> bool:
@@ -379,7 +377,7 @@ def _foreign_stop_signal(container: ContainerView, ownership: Ownership, desired
 
 
 def _grace(
-    workload: Workload, parsed: overrides.Overrides, required: int, margin: int, decisions: list[Finding]
+    workload: Workload, parsed: Overrides, required: int, margin: int, decisions: list[Finding]
 ) -> int | None:
     wanted = grace_with_margin(required, margin)
     current = workload.termination_grace_period_seconds
@@ -413,7 +411,7 @@ def _grace(
 
 
 def profile_expectations(
-    workload: Workload, spec: ShutdownProfileSpec, parsed: overrides.Overrides
+    workload: Workload, spec: ShutdownProfileSpec, parsed: Overrides
 ) -> tuple[Expectation, ...]:
     matched: list[tuple[str, str]] = []  # (container, rule)
     for container in workload.containers:
@@ -426,7 +424,7 @@ def profile_expectations(
 
 
 def _expectations(
-    spec: ShutdownProfileSpec, parsed: overrides.Overrides, matched: list[tuple[str, str]]
+    spec: ShutdownProfileSpec, parsed: Overrides, matched: list[tuple[str, str]]
 ) -> tuple[Expectation, ...]:
     containers_of_rule: dict[str, list[str]] = {}
     for container_name, rule_name in matched:
@@ -460,7 +458,7 @@ def detect_expectations(
     container of a known web role (nginx, php-fpm, Apache) and the most of them. Generic containers are not
     assessed: from a manifest alone they cannot be told apart from workers and sidecars."""
     best: tuple[Expectation, ...] = ()
-    no_overrides = overrides.Overrides()
+    no_overrides = Overrides()
     for name in sorted(profiles):
         found = tuple(
             e
@@ -481,7 +479,7 @@ def apply_to_workload(workload: Workload, result: Plan) -> Workload:
         if s is None:
             containers.append(container)
             continue
-        pre_stop = PreStop.from_api({"preStop": s.pre_stop}) if s.pre_stop is not None else container.pre_stop
+        pre_stop = PreStop.of_podgrace_hook(s.pre_stop) if s.pre_stop is not None else container.pre_stop
         containers.append(
             container.model_copy(
                 update={"pre_stop": pre_stop, "stop_signal": s.stop_signal or container.stop_signal}

@@ -16,9 +16,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from podgrace.core.models import Role, Signal
-
-KUBERNETES_DEFAULT_GRACE = 30
+from podgrace.core.constants import KUBERNETES_DEFAULT_GRACE
+from podgrace.core.models import Role
+from podgrace.core.signals import Signal
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from podgrace.core import managed_fields, manifest_checks
+from podgrace.core import managed_fields, manifest_checks, overrides
 from podgrace.core.models import ContainerView, Ownership, PreStop, Workload
 
 LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
@@ -75,7 +75,7 @@ def from_object(obj: Mapping[str, Any], *, with_ownership: bool) -> Workload:
         return Workload(
             namespace=str(metadata.get("namespace") or "default"),
             name=metadata["name"],
-            annotations={str(k): str(v) for k, v in annotations.items()},
+            overrides=overrides.parse({str(k): "" if v is None else str(v) for k, v in annotations.items()}),
             containers=tuple(containers),
             termination_grace_period_seconds=int(grace) if grace is not None else None,
             os_name=os_spec.get("name") if isinstance(os_spec, Mapping) else None,
