@@ -10,6 +10,7 @@ fields newer than the client, such as `lifecycle.stopSignal`), each with its api
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,8 +43,10 @@ def read_workloads(context: str | None, namespace: str | None, all_namespaces: b
     from kubernetes import client, config  # only `audit --cluster` pays for the import
     from kubernetes.config.config_exception import ConfigException
 
+    # Read KUBECONFIG now: the client reads it once, when first imported.
+    files = os.environ.get("KUBECONFIG") or "~/.kube/config"
     try:
-        contexts, active = config.list_kube_config_contexts()  # type: ignore[no-untyped-call]
+        contexts, active = config.list_kube_config_contexts(config_file=files)  # type: ignore[no-untyped-call]
     except ConfigException as error:
         raise ClusterError(f"kubeconfig: {_kubeconfig_problem(error)}") from None
     except (OSError, ValueError) as error:  # unreadable or malformed file
@@ -65,7 +68,7 @@ def read_workloads(context: str | None, namespace: str | None, all_namespaces: b
 
     configuration = client.Configuration()
     try:
-        config.load_kube_config(context=name, client_configuration=configuration)  # type: ignore[no-untyped-call]
+        config.load_kube_config(config_file=files, context=name, client_configuration=configuration)  # type: ignore[no-untyped-call]
     except ConfigException as error:
         raise ClusterError(f"context {name!r}: {_one_line(error)}") from None
     except Exception as error:  # an exec plugin that fails, a bad certificate file...
@@ -147,8 +150,6 @@ def _reach_problem(error: Exception) -> str:
 def _kubeconfig_problem(error: Exception) -> str:
     text = _one_line(error)
     if "No configuration found" in text or "does not exist" in text:
-        import os
-
         where = os.environ.get("KUBECONFIG") or "~/.kube/config"
         return f"none found at {where} (set KUBECONFIG or pass a context from an existing kubeconfig)"
     return text
