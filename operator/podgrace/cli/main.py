@@ -13,7 +13,15 @@ from typing import Any
 
 from podgrace import __version__
 from podgrace.cli import sarif
-from podgrace.cli.yaml_stream import Document, InputError, Source, dumps, read_documents, read_stream
+from podgrace.cli.yaml_stream import (
+    Document,
+    InputError,
+    Source,
+    dumps,
+    parse_documents,
+    read_documents,
+    read_stream,
+)
 from podgrace.core import capabilities, profiles
 from podgrace.core.apply_body import merge_into_manifest
 from podgrace.core.constants import ANN_PROFILE
@@ -33,8 +41,28 @@ class CliError(Exception):
     pass
 
 
-def _cluster_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-f", "--filename", required=True, metavar="FILE|-", help="YAML stream; - for stdin")
+def _cluster_args(parser: argparse.ArgumentParser, live: bool = False) -> None:
+    if not live:
+        parser.add_argument(
+            "-f", "--filename", required=True, metavar="FILE|-", help="YAML stream; - for stdin"
+        )
+    else:
+        source = parser.add_mutually_exclusive_group(required=True)
+        source.add_argument("-f", "--filename", metavar="FILE|-", help="YAML stream; - for stdin")
+        source.add_argument(
+            "--cluster",
+            action="store_true",
+            help="read the Deployments, StatefulSets and DaemonSets of a live cluster through the kubeconfig "
+            "(KUBECONFIG or ~/.kube/config; exec credential plugins work)",
+        )
+        parser.add_argument("--context", metavar="NAME", help="with --cluster: the kubeconfig context to use")
+        scope = parser.add_mutually_exclusive_group()
+        scope.add_argument(
+            "-n", "--namespace", metavar="NS", help="with --cluster: this namespace (default: the context's)"
+        )
+        scope.add_argument(
+            "-A", "--all-namespaces", action="store_true", help="with --cluster: every namespace"
+        )
     parser.add_argument(
         "--profiles",
         action="append",
@@ -65,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     _cluster_args(render)
 
     audit = commands.add_parser("audit", help="list workloads at risk of dropping requests on termination")
-    _cluster_args(audit)
+    _cluster_args(audit, live=True)
     audit.add_argument("-o", "--output", choices=["text", "json", "sarif"], default="text")
 
     run = commands.add_parser("run", help="run the operator")
@@ -185,7 +213,23 @@ def _load(
         if not loaded:
             raise CliError(f"{path}: no ShutdownProfile found")
         known.update(loaded)
+    if getattr(args, "cluster", False):
+        return _cluster_documents(args), known, caps
     return read_documents(args.filename), known, caps
+
+
+def _cluster_documents(args: argparse.Namespace) -> list[Document]:
+    """The live cluster's workloads as one `kind: List` document, printed as `kubectl get -o yaml` would
+    and read back by the same reader as `-f`: the same code path, the same report; lines and `file`
+    (`cluster:CONTEXT`) point into that List."""
+    from podgrace.cli.cluster_source import ClusterError, read_workloads
+
+    try:
+        found = read_workloads(args.context, args.namespace, args.all_namespaces)
+    except ClusterError as error:
+        raise CliError(str(error)) from None
+    text = dumps([{"apiVersion": "v1", "kind": "List", "items": found.objects}])
+    return parse_documents(text, f"cluster:{found.context}")
 
 
 def _plan_all(
@@ -329,6 +373,9 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    live_only = args.command == "audit" and (args.context or args.namespace or args.all_namespaces)
+    if live_only and not args.cluster:
+        build_parser().error("audit: --context, -n and -A go with --cluster")
     if args.command == "run":
         from podgrace.controller.run import run  # the operator's imports are only paid for by `run`
 

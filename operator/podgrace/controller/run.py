@@ -13,10 +13,26 @@ from podgrace.controller import gctune
 from podgrace.controller.metrics import Metrics
 from podgrace.controller.wiring import Options, build
 
+log = logging.getLogger(__name__)
+
 
 def login() -> kopf.ConnectionInfo:
+    """In a pod, the ServiceAccount's token; outside, the kubeconfig through the official `kubernetes`
+    client (KUBECONFIG, the current context, exec credential plugins such as EKS's, GKE's and AKS's), whose
+    resulting server, CA, token or client certificate Kopf and podgrace's own client then use."""
     settings = kopf.OperatorSettings()
-    info = kopf.login_with_service_account(settings=settings) or kopf.login_with_kubeconfig(settings=settings)
+    info = kopf.login_with_service_account(settings=settings)
+    if info is not None:
+        return info
+    try:
+        info = kopf.login_via_client(logger=log, settings=settings)
+    except kopf.LoginError as error:
+        raise SystemExit(f"podgrace run: no credentials: {error}") from None
+    except Exception as error:  # an exec plugin that fails, a malformed kubeconfig
+        raise SystemExit(
+            f"podgrace run: cannot log in through the kubeconfig: {type(error).__name__}: "
+            f"{' '.join(str(error).split())}"
+        ) from None
     if info is None:
         raise SystemExit("podgrace run: no credentials: neither a service account nor a kubeconfig was found")
     return info
