@@ -38,7 +38,7 @@ for values in "$CHART"/ci/*-values.yaml; do
   "$HELM" lint --strict "$CHART" --values "$values"
 done
 echo "--- unit tests"
-python3 -m pytest -q tests/unit/test_chart_*.py
+python3 -m pytest -q tests/chart/test_chart_*.py
 if ((e2e)); then
   echo "--- e2e: server-side validation and a real install"
   python3 -m pytest -q tests/e2e/test_chart_schema.py

@@ -1,4 +1,4 @@
-"""Helpers for the chart tests (tests/unit/test_chart*.py, tests/e2e/test_chart_schema.py): find helm,
+"""Helpers for the chart tests (tests/chart/test_chart*.py, tests/e2e/test_chart_schema.py): find helm,
 render charts/podgrace, and pick objects out of the rendered stream.
 
 Only the standard library and PyYAML.

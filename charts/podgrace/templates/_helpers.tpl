@@ -99,7 +99,7 @@ app.kubernetes.io/part-of: podgrace
 {{- end }}
 {{- end -}}
 
-{{/* RBAC rules: the only API access the operator has. tests/unit/test_chart_rbac.py holds the same list. */}}
+{{/* RBAC rules: the only API access the operator has. tests/chart/test_chart_rbac.py holds the same list. */}}
 
 {{- define "podgrace.rules.namespaced" -}}
 - apiGroups: ["apps"]

@@ -25,13 +25,6 @@ ALERTS = {
 }
 
 
-@pytest.fixture(scope="module")
-def helm() -> str:
-    found = helmchart.find_helm()
-    if not found:
-        pytest.skip(helmchart.helm_missing_reason())
-    return found
-
 
 @pytest.fixture(scope="module")
 def promtool() -> str:

@@ -10,15 +10,6 @@ import pytest
 import yaml
 from hack.chart import helmchart
 
-
-@pytest.fixture(scope="module")
-def helm() -> str:
-    found = helmchart.find_helm()
-    if not found:
-        pytest.skip(helmchart.helm_missing_reason())
-    return found
-
-
 LINT_VALUES = {"default": None, **{f.name: f for f in helmchart.CI_VALUES}}
 
 
