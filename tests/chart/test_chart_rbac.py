@@ -27,7 +27,6 @@ NS = helmchart.NAMESPACE
 Grants = dict[tuple[str, str], set[str]]
 
 
-
 def _rules_of(obj: dict[str, Any]) -> Grants:
     """(group, resource) -> verbs; asserts the rule shape is one the test understands (no wildcards)."""
     grants: Grants = defaultdict(set)

@@ -58,7 +58,6 @@ KNOWN_BY_LABELS = {
 }
 
 
-
 @pytest.fixture(scope="module")
 def default_docs(helm: str) -> list[dict[str, Any]]:
     return helmchart.render(helm)

@@ -25,7 +25,6 @@ ALERTS = {
 }
 
 
-
 @pytest.fixture(scope="module")
 def promtool() -> str:
     found = shutil.which("promtool")

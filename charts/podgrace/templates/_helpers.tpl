@@ -119,6 +119,19 @@ app.kubernetes.io/part-of: podgrace
   verbs: ["get", "patch"]
 {{- end -}}
 
+{{/* Admission policy ------------------------------------------------------------------------------- */}}
+
+{{- /* The stop signals a ShutdownProfile may name (operator/podgrace/models.py Signal), as a CEL list. */ -}}
+{{- define "podgrace.stopSignals" -}}
+['SIGTERM', 'SIGQUIT', 'SIGWINCH', 'SIGINT', 'SIGHUP', 'SIGUSR1', 'SIGUSR2']
+{{- end -}}
+
+{{- /* podgrace's exec preStop scripts (operator/podgrace/hooks.py exec_sleep and signal_and_wait), as a CEL
+raw string holding an RE2 pattern; tests/chart/test_chart_admission.py matches it against those functions. */ -}}
+{{- define "podgrace.hookPattern" -}}
+r'^# podgrace graceful stop\nsleep [0-9]+(\nkill -(TERM|QUIT|WINCH|INT|HUP|USR1|USR2) 1\ni=0\nwhile kill -0 1 2>/dev/null && \[ "\$i" -lt [0-9]+ \]; do sleep 1; i=\$\(\(i\+1\)\); done)?$'
+{{- end -}}
+
 {{/* Monitoring --------------------------------------------------------------------------------------- */}}
 
 {{- /* PromQL label matchers that select the operator's own series. */ -}}
