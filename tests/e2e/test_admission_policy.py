@@ -124,14 +124,22 @@ def _guard(cluster: Any) -> Guarded:
     return guarded
 
 
-@pytest.fixture(scope="module")
-def plain(cluster: Any) -> Guarded:
-    return _guard(cluster)
+def _cleanup(cluster: Any) -> None:
+    """The workloads here carry fields applied as podgrace: gone before other modules' operators run."""
+    for ns in (APP_NS, "guard-other"):
+        cluster.kubectl("delete", "namespace", ns, "--ignore-not-found", "--wait=true", timeout=180)
 
 
 @pytest.fixture(scope="module")
-def signals(cluster_stopsignals: Any) -> Guarded:
-    return _guard(cluster_stopsignals)
+def plain(cluster: Any) -> Iterator[Guarded]:
+    yield _guard(cluster)
+    _cleanup(cluster)
+
+
+@pytest.fixture(scope="module")
+def signals(cluster_stopsignals: Any) -> Iterator[Guarded]:
+    yield _guard(cluster_stopsignals)
+    _cleanup(cluster_stopsignals)
 
 
 def assert_refused(answer: tuple[int, Any], message: str) -> None:
