@@ -124,6 +124,7 @@ class Guarded:
 def _guard(cluster: Any) -> Guarded:
     if cluster.helm("status", "podgrace", "--namespace", NAMESPACE, check=False).returncode != 0:
         install_chart(cluster)
+        cluster.guard_installed_the_chart = True
     for ns in (APP_NS, OP_NS):
         if cluster.kubectl("get", "namespace", ns, check=False).returncode != 0:
             cluster.kubectl("create", "namespace", ns)
@@ -139,9 +140,14 @@ def _guard(cluster: Any) -> Guarded:
 
 
 def _cleanup(cluster: Any) -> None:
-    """The workloads here carry fields applied as podgrace: gone before other modules' operators run."""
+    """The workloads here carry fields applied as podgrace: gone before other modules' operators run. And
+    the release goes if this module installed it: its cluster-scoped objects (ClusterRole, profiles,
+    policy) would otherwise meet test_chart_schema's dry-run applies on the shared cluster."""
     for ns in (APP_NS, OP_NS, "guard-other"):
         cluster.kubectl("delete", "namespace", ns, "--ignore-not-found", "--wait=true", timeout=180)
+    if getattr(cluster, "guard_installed_the_chart", False):
+        cluster.helm("uninstall", "podgrace", "--namespace", NAMESPACE, "--wait", "--timeout", "120s")
+        cluster.guard_installed_the_chart = False
 
 
 @pytest.fixture(scope="module")
