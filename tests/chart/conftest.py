@@ -7,13 +7,8 @@ the cluster fixtures are.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "hack" / "chart"))
-import helmchart
+from hack.chart import helmchart
 
 
 @pytest.fixture(scope="session")

@@ -10,12 +10,12 @@ from __future__ import annotations
 import re
 from typing import Any
 
-import helmchart
 import pytest
+from hack.chart import helmchart
 
-from podgrace import hooks
-from podgrace.constants import HOOK_MARKER
-from podgrace.models import Signal
+from podgrace.core import hook_intent
+from podgrace.core.constants import HOOK_MARKER
+from podgrace.core.signals import Signal
 
 NS = helmchart.NAMESPACE
 VAP = "ValidatingAdmissionPolicy"
@@ -113,8 +113,9 @@ def test_hook_pattern_accepts_every_script_podgrace_writes(
     policy_docs: list[dict[str, Any]], seconds: int
 ) -> None:
     pattern = _hook_pattern(helmchart.one(policy_docs, VAP))
-    scripts = [hooks.exec_sleep(seconds)["exec"]["command"]]
-    scripts += [hooks.signal_and_wait(seconds, sig, 30 + seconds)["exec"]["command"] for sig in Signal]
+    intents = [hook_intent.ExecSleep(seconds)]
+    intents += [hook_intent.SignalAndWait(seconds, sig, 30 + seconds) for sig in Signal]
+    scripts = [hook_intent.render(intent)["exec"]["command"] for intent in intents]
     for command in scripts:
         assert command[:2] == ["/bin/sh", "-c"]  # what the policy's expression requires besides the pattern
         assert _re2_match(pattern, command[2]), command[2]
@@ -143,12 +144,12 @@ def test_hook_pattern_refuses_other_scripts(policy_docs: list[dict[str, Any]], s
 
 def test_podgrace_fields_in_the_policy_match_the_apply_body() -> None:
     """The pod-spec keys the policy lets podgrace change are the ones its apply body can carry."""
-    from podgrace.applybody import pod_spec_fields
-    from podgrace.models import Role
-    from podgrace.planner import ContainerSettings, Outcome, Plan
+    from podgrace.core.apply_body import pod_spec_fields
+    from podgrace.core.models import Role
+    from podgrace.core.planner import ContainerSettings, Outcome, Plan
 
     nginx = ContainerSettings(
-        "nginx", "nginx", Role.NGINX, 5, 30, pre_stop={"sleep": {"seconds": 5}}, stop_signal="SIGQUIT"
+        "nginx", "nginx", Role.NGINX, 5, 30, pre_stop=hook_intent.NativeSleep(5), stop_signal="SIGQUIT"
     )
     plan = Plan(
         "ns/web",

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from podgrace_env import (
+from tests.support.podgrace_env import (
     NAMESPACE,
     OPERATOR_USER,
     SERVICE_ACCOUNT,
@@ -29,10 +29,12 @@ from podgrace_env import (
     wait_until,
 )
 
-from podgrace import hooks
-from podgrace.applybody import apply_body
-from podgrace.models import Role, Signal
-from podgrace.planner import ContainerSettings, Outcome, Plan
+from podgrace.core import hook_intent
+from podgrace.core.apply_body import apply_body
+from podgrace.core.hook_intent import ExecSleep, HookIntent, NativeSleep, SignalAndWait
+from podgrace.core.models import Role
+from podgrace.core.planner import ContainerSettings, Outcome, Plan
+from podgrace.core.signals import Signal
 
 POLICY = "podgrace-owned-fields"
 DENIED = f"ValidatingAdmissionPolicy '{POLICY}' with binding '{POLICY}' denied request"
@@ -178,9 +180,7 @@ def assert_unchanged(g: Guarded, before: dict[str, Any], resource: str = "deploy
         assert after["metadata"].get(key) == before["metadata"].get(key), key
 
 
-def _settings(
-    name: str, pre_stop: dict[str, Any] | None, stop_signal: str | None = None
-) -> ContainerSettings:
+def _settings(name: str, pre_stop: HookIntent | None, stop_signal: str | None = None) -> ContainerSettings:
     return ContainerSettings(name, name, Role.GENERIC, 5, 30, pre_stop=pre_stop, stop_signal=stop_signal)
 
 
@@ -369,7 +369,7 @@ def test_statefulsets_and_daemonsets_are_guarded_the_same(
     hostpid = {"spec": {"template": {"spec": {"hostPID": True}}}}
     assert_refused(plain.patch(name, hostpid, MERGE, resource=resource), MSG_POD)
     assert_unchanged(plain, before, resource)
-    settings = (_settings("nginx", hooks.native_sleep(5)), _settings("php-fpm", hooks.exec_sleep(35)))
+    settings = (_settings("nginx", NativeSleep(5)), _settings("php-fpm", ExecSleep(35)))
     status, answer = plain.patch(name, podgrace_body(name, settings, kind=kind), APPLY, resource=resource,
                                  force=True)  # fmt: skip
     assert status == 200, answer
@@ -390,21 +390,23 @@ def test_podgraces_fields_and_their_revert_pass(plain: Guarded) -> None:
     ]
     before = plain.create(deployment("mine", APP_NS, containers=containers))
     settings = (
-        _settings("nginx", hooks.signal_and_wait(5, Signal.SIGQUIT, 60)),
-        _settings("php-fpm", hooks.exec_sleep(35)),
-        _settings("sidecar", hooks.native_sleep(4)),
+        _settings("nginx", SignalAndWait(5, Signal.SIGQUIT, 60)),
+        _settings("php-fpm", ExecSleep(35)),
+        _settings("sidecar", NativeSleep(4)),
     )
     status, obj = plain.patch("mine", podgrace_body("mine", settings, os_name="linux"), APPLY, force=True)
     assert status == 200, obj
     spec = obj["spec"]["template"]["spec"]
     assert spec["terminationGracePeriodSeconds"] == 70 and spec["os"] == {"name": "linux"}
-    assert [c["lifecycle"]["preStop"] for c in spec["containers"]] == [s.pre_stop for s in settings]
+    assert [c["lifecycle"]["preStop"] for c in spec["containers"]] == [
+        hook_intent.render(s.pre_stop) for s in settings if s.pre_stop
+    ]
     assert spec["containers"][2]["lifecycle"]["postStart"] == {"exec": {"command": ["true"]}}
     # The same apply again changes nothing and passes; so does a dry run (the operator's capability probe).
     status, again = plain.patch("mine", podgrace_body("mine", settings, os_name="linux"), APPLY, force=True)
     assert status == 200 and again["metadata"]["generation"] == obj["metadata"]["generation"]
     # A change of podgrace's own values (a profile edit) passes.
-    settings = (_settings("nginx", hooks.native_sleep(8)), *settings[1:])
+    settings = (_settings("nginx", NativeSleep(8)), *settings[1:])
     status, obj = plain.patch("mine", podgrace_body("mine", settings, grace=90, os_name="linux"), APPLY)
     assert status == 200, obj
     assert obj["spec"]["template"]["spec"]["containers"][0]["lifecycle"] == {
@@ -429,10 +431,12 @@ def test_taking_over_a_users_exec_hook_passes(plain: Guarded) -> None:
     user_hook = {"preStop": {"exec": {"command": ["/bin/sh", "-c", "sleep 2"]}}}
     plain.create(deployment("taken", APP_NS, containers=[{"name": "worker", "image": "busybox",
                                                             "lifecycle": user_hook}]))  # fmt: skip
-    settings = (_settings("worker", hooks.signal_and_wait(3, Signal.SIGWINCH, 20)),)
+    settings = (_settings("worker", SignalAndWait(3, Signal.SIGWINCH, 20)),)
     status, obj = plain.patch("taken", podgrace_body("taken", settings), APPLY, force=True)
     assert status == 200, obj
-    assert obj["spec"]["template"]["spec"]["containers"][0]["lifecycle"]["preStop"] == settings[0].pre_stop
+    assert obj["spec"]["template"]["spec"]["containers"][0]["lifecycle"]["preStop"] == hook_intent.render(
+        SignalAndWait(3, Signal.SIGWINCH, 20)
+    )
 
 
 def test_fifty_containers(plain: Guarded) -> None:
@@ -441,7 +445,7 @@ def test_fifty_containers(plain: Guarded) -> None:
     containers = [{"name": f"c{i:02d}", "image": f"nginx:1.{i}", "env": [{"name": "N", "value": str(i)}],
                    "ports": [{"containerPort": 8000 + i}]} for i in range(50)]  # fmt: skip
     before = plain.create(deployment("big", APP_NS, containers=containers))
-    settings = tuple(_settings(c["name"], hooks.signal_and_wait(5, Signal.SIGQUIT, 30)) for c in containers)
+    settings = tuple(_settings(c["name"], SignalAndWait(5, Signal.SIGQUIT, 30)) for c in containers)
     t0 = time.monotonic()
     status, obj = plain.patch("big", podgrace_body("big", settings, grace=120), APPLY, force=True)
     elapsed = time.monotonic() - t0
@@ -457,8 +461,8 @@ def test_signals_and_os_on_a_server_with_container_stop_signals(signals: Guarded
     g = signals
     g.create(deployment("sig", APP_NS))
     settings = (
-        _settings("nginx", hooks.native_sleep(5), "SIGQUIT"),
-        _settings("php-fpm", hooks.native_sleep(35), "SIGQUIT"),
+        _settings("nginx", NativeSleep(5), "SIGQUIT"),
+        _settings("php-fpm", NativeSleep(35), "SIGQUIT"),
     )
     status, obj = g.patch("sig", podgrace_body("sig", settings, os_name="linux"), APPLY, force=True)
     assert status == 200, obj
@@ -470,7 +474,7 @@ def test_signals_and_os_on_a_server_with_container_stop_signals(signals: Guarded
         assert_refused(g.patch("sig", forged, STRATEGIC), message)
     assert_unchanged(g, stored)
     # Another of the profiles' signals passes; the revert gives stopSignal and os back.
-    settings = (_settings("nginx", hooks.native_sleep(5), "SIGWINCH"), settings[1])
+    settings = (_settings("nginx", NativeSleep(5), "SIGWINCH"), settings[1])
     status, obj = g.patch("sig", podgrace_body("sig", settings, os_name="linux"), APPLY)
     assert status == 200, obj
     status, obj = g.patch("sig", revert_body("sig"), APPLY)
