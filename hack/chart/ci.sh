@@ -4,7 +4,8 @@
 #   2. the README's values table is generated from values.yaml (hack/chart/values_table.py --check)
 #   3. helm lint --strict with the default values and each ci/*-values.yaml (all toggles on, namespaced RBAC)
 #   4. the chart's unit tests (RBAC, schema, rendering, promtool check/test rules, docs)
-#   5. unless --no-e2e: every rendered manifest validated by a real kube-apiserver, and a real install
+#   5. unless --no-e2e: every rendered manifest validated by a real kube-apiserver, a real install, and the
+#      admission policy refusing forged writes of the operator's ServiceAccount (tests/e2e/test_admission_policy.py)
 #
 # helm: $PODGRACE_HELM, else the newest $HOME/.cache/podgrace/bin/*/helm (tests/cluster/build.sh), else PATH.
 set -Eeuo pipefail
@@ -38,9 +39,9 @@ for values in "$CHART"/ci/*-values.yaml; do
   "$HELM" lint --strict "$CHART" --values "$values"
 done
 echo "--- unit tests"
-python3 -m pytest -q tests/unit/test_chart_*.py
+python3 -m pytest -q tests/chart/test_chart_*.py
 if ((e2e)); then
-  echo "--- e2e: server-side validation and a real install"
-  python3 -m pytest -q tests/e2e/test_chart_schema.py
+  echo "--- e2e: server-side validation, a real install, the admission policy at work"
+  python3 -m pytest -q tests/e2e/test_chart_schema.py tests/e2e/test_admission_policy.py
 fi
 echo "--- chart CI passed"

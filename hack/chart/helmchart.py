@@ -1,4 +1,4 @@
-"""Helpers for the chart tests (tests/unit/test_chart*.py, tests/e2e/test_chart_schema.py): find helm,
+"""Helpers for the chart tests (tests/chart/test_chart*.py, tests/e2e/test_chart_schema.py): find helm,
 render charts/podgrace, and pick objects out of the rendered stream.
 
 Only the standard library and PyYAML.
@@ -22,6 +22,10 @@ CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
 ALL_ON_VALUES = CHART / "ci" / "all-on-values.yaml"
 RELEASE = "podgrace"
 NAMESPACE = "podgrace-system"
+# The API the admission policy template needs. `helm template` knows only group/versions, so it renders the
+# policy only when told: --api-versions with this (what `helm install` learns from the cluster's discovery).
+VAP_API = "admissionregistration.k8s.io/v1/ValidatingAdmissionPolicy"
+WITH_VAP = ("--api-versions", VAP_API)
 
 Manifest = dict[str, Any]
 

@@ -5,7 +5,7 @@
 #                               operator/podgrace/core/builtin/profiles.yaml -> charts/podgrace/files/builtin-profiles.yaml
 #   hack/chart/sync.sh --check  copy nothing; exit 1 (and list them) if a copy differs from its source
 #
-# The top-level files are the source of truth; tests/unit/test_chart_sync.py fails when the copies drift.
+# The top-level files are the source of truth; tests/chart/test_chart_sync.py fails when the copies drift.
 set -Eeuo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)

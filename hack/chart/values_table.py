@@ -5,7 +5,7 @@
     python hack/chart/values_table.py --check   exit 1 if the README's table is out of date
 
 A key documented with a `# -- text` comment (continued by `#` lines right below) is one row, its default
-the whole value under it; undocumented maps are descended into. tests/unit/test_chart_docs.py runs --check.
+the whole value under it; undocumented maps are descended into. tests/chart/test_chart_docs.py runs --check.
 """
 
 from __future__ import annotations

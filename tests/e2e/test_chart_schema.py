@@ -51,6 +51,17 @@ def server_version(cluster: LocalCluster) -> str:
     return version
 
 
+@pytest.fixture(scope="module")
+def api_versions(cluster: LocalCluster) -> list[str]:
+    """What `helm install` would learn from discovery about the kinds the chart gates on (helm template
+    knows only group/versions): the admission policy is rendered and validated where it is served."""
+    status, group = cluster.request("GET", "/apis/admissionregistration.k8s.io/v1")
+    assert status == 200, group
+    kinds = {r["kind"] for r in group["resources"]}
+    assert "ValidatingAdmissionPolicy" in kinds  # GA since 1.30: the test's API server must serve it
+    return list(helmchart.WITH_VAP)
+
+
 def _apply_crds(cluster: LocalCluster, path: Path, names: tuple[str, ...]) -> None:
     cluster.kubectl(
         *("apply", "--server-side", "--force-conflicts", "--field-manager=podgrace-chart-tests"),
@@ -120,12 +131,20 @@ def _dry_run(cluster: LocalCluster, manifest: Path, *mode: str) -> subprocess.Co
 
 @pytest.mark.parametrize("values", list(VALUE_SETS.values()), ids=list(VALUE_SETS))
 def test_rendered_chart_passes_server_side_validation(
-    prepared: LocalCluster, helm: str, server_version: str, tmp_path: Path, values: list[Path]
+    prepared: LocalCluster,
+    helm: str,
+    server_version: str,
+    api_versions: list[str],
+    tmp_path: Path,
+    values: list[Path],
 ) -> None:
-    rendered = helmchart.render_text(helm, values, extra=["--kube-version", server_version])
+    rendered = helmchart.render_text(helm, values, extra=["--kube-version", server_version, *api_versions])
     docs = helmchart.parse_stream(rendered)
     kinds = {d["kind"] for d in docs}
     assert {"Deployment", "Service", "ServiceAccount", "ShutdownProfile", "Pod"} <= kinds
+    assert {"ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"} <= kinds
+    if values == [helmchart.ALL_ON_VALUES]:
+        assert "NetworkPolicy" in kinds
     manifest = tmp_path / "rendered.yaml"
     manifest.write_text(rendered)
 
@@ -214,6 +233,16 @@ def test_helm_install_registers_the_crd_before_the_profiles_and_uninstall_keeps_
     expected = {p["metadata"]["name"]: p["spec"] for p in helmchart.load_yaml_stream(BUILTIN_FILE)}
     got = {p["metadata"]["name"]: p["spec"] for p in c.kubectl_json("get", "shutdownprofiles")["items"]}
     assert got == expected  # the API server's defaults add nothing the file does not already say
+    # The admission policy came with the install (helm saw the API in discovery) and the API server
+    # accepted its CEL: every expression compiled, the type check ran.
+    policy = c.kubectl_json("get", "validatingadmissionpolicy", f"{helmchart.RELEASE}-owned-fields")
+    binding = c.kubectl_json("get", "validatingadmissionpolicybinding", f"{helmchart.RELEASE}-owned-fields")
+    assert binding["spec"]["policyName"] == policy["metadata"]["name"]
+    wait_until(
+        "the policy's type check",
+        lambda: (c.kubectl_json("get", "validatingadmissionpolicy", policy["metadata"]["name"]).get("status")
+                 or {}).get("observedGeneration") == policy["metadata"]["generation"],
+    )  # fmt: skip
     man = c.kubectl_json("get", "configmap", "podgrace-man", "-n", ns)
     assert man["data"]["usage"] == (helmchart.CHART / "files" / "man.txt").read_text().rstrip("\n")
 
@@ -267,4 +296,7 @@ def test_helm_install_registers_the_crd_before_the_profiles_and_uninstall_keeps_
     # Helm deletes what templates/ made, never the CRD from crds/ (profiles made outside the release stay).
     c.helm("uninstall", helmchart.RELEASE, "-n", ns, "--wait", "--timeout", "120s")
     assert c.kubectl_json("get", "shutdownprofiles")["items"] == []
+    assert (
+        c.kubectl_json("get", "validatingadmissionpolicies,validatingadmissionpolicybindings")["items"] == []
+    )
     assert c.kubectl("get", "crd", OUR_CRDS[0], check=False).returncode == 0

@@ -99,7 +99,7 @@ app.kubernetes.io/part-of: podgrace
 {{- end }}
 {{- end -}}
 
-{{/* RBAC rules: the only API access the operator has. tests/unit/test_chart_rbac.py holds the same list. */}}
+{{/* RBAC rules: the only API access the operator has. tests/chart/test_chart_rbac.py holds the same list. */}}
 
 {{- define "podgrace.rules.namespaced" -}}
 - apiGroups: ["apps"]
@@ -117,6 +117,19 @@ app.kubernetes.io/part-of: podgrace
 - apiGroups: ["podgrace.dev"]
   resources: ["shutdownprofiles/status"]
   verbs: ["get", "patch"]
+{{- end -}}
+
+{{/* Admission policy ------------------------------------------------------------------------------- */}}
+
+{{- /* The stop signals a ShutdownProfile may name (operator/podgrace/core/signals.py Signal), as a CEL list. */ -}}
+{{- define "podgrace.stopSignals" -}}
+['SIGTERM', 'SIGQUIT', 'SIGWINCH', 'SIGINT', 'SIGHUP', 'SIGUSR1', 'SIGUSR2']
+{{- end -}}
+
+{{- /* podgrace's exec preStop scripts (operator/podgrace/core/hook_intent.py ExecSleep and SignalAndWait), as a CEL
+raw string holding an RE2 pattern; tests/chart/test_chart_admission.py matches it against those functions. */ -}}
+{{- define "podgrace.hookPattern" -}}
+r'^# podgrace graceful stop\nsleep [0-9]+(\nkill -(TERM|QUIT|WINCH|INT|HUP|USR1|USR2) 1\ni=0\nwhile kill -0 1 2>/dev/null && \[ "\$i" -lt [0-9]+ \]; do sleep 1; i=\$\(\(i\+1\)\); done)?$'
 {{- end -}}
 
 {{/* Monitoring --------------------------------------------------------------------------------------- */}}

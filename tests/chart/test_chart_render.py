@@ -59,14 +59,6 @@ KNOWN_BY_LABELS = {
 
 
 @pytest.fixture(scope="module")
-def helm() -> str:
-    found = helmchart.find_helm()
-    if not found:
-        pytest.skip(helmchart.helm_missing_reason())
-    return found
-
-
-@pytest.fixture(scope="module")
 def default_docs(helm: str) -> list[dict[str, Any]]:
     return helmchart.render(helm)
 

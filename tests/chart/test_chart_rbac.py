@@ -27,14 +27,6 @@ NS = helmchart.NAMESPACE
 Grants = dict[tuple[str, str], set[str]]
 
 
-@pytest.fixture(scope="module")
-def helm() -> str:
-    found = helmchart.find_helm()
-    if not found:
-        pytest.skip(helmchart.helm_missing_reason())
-    return found
-
-
 def _rules_of(obj: dict[str, Any]) -> Grants:
     """(group, resource) -> verbs; asserts the rule shape is one the test understands (no wildcards)."""
     grants: Grants = defaultdict(set)

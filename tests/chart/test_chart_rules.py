@@ -26,14 +26,6 @@ ALERTS = {
 
 
 @pytest.fixture(scope="module")
-def helm() -> str:
-    found = helmchart.find_helm()
-    if not found:
-        pytest.skip(helmchart.helm_missing_reason())
-    return found
-
-
-@pytest.fixture(scope="module")
 def promtool() -> str:
     found = shutil.which("promtool")
     if not found:

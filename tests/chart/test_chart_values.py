@@ -10,15 +10,6 @@ import pytest
 import yaml
 from hack.chart import helmchart
 
-
-@pytest.fixture(scope="module")
-def helm() -> str:
-    found = helmchart.find_helm()
-    if not found:
-        pytest.skip(helmchart.helm_missing_reason())
-    return found
-
-
 LINT_VALUES = {"default": None, **{f.name: f for f in helmchart.CI_VALUES}}
 
 
@@ -39,7 +30,8 @@ def test_helm_lint_strict_passes(helm: str, values: Path | None) -> None:
 
 def test_all_on_values_turn_every_toggle_on() -> None:
     values = yaml.safe_load(helmchart.ALL_ON_VALUES.read_text())
-    for section in ("serviceMonitor", "prometheusRule", "dashboard", "manConfigMap", "tests"):
+    sections = ("serviceMonitor", "prometheusRule", "dashboard", "manConfigMap", "tests", "admissionPolicy")
+    for section in (*sections, "networkPolicy"):
         assert values[section]["enabled"] is True, section
     assert values["readinessProbe"]["enabled"] is True
     assert values["rbac"] == {"create": True, "clusterWide": True}
@@ -80,6 +72,27 @@ BAD_VALUES: dict[str, tuple[str, str]] = {
     "runbook url": (
         "prometheusRule:\n  runbookBaseUrl: runbooks.example.com\n",
         "/prometheusRule/runbookBaseUrl",
+    ),
+    "validation action": (
+        "admissionPolicy:\n  validationActions: [Block]\n",
+        "/admissionPolicy/validationActions/0",
+    ),
+    "Deny with Warn": (
+        "admissionPolicy:\n  validationActions: [Deny, Warn]\n",
+        "/admissionPolicy/validationActions",
+    ),
+    "no validation action": (
+        "admissionPolicy:\n  validationActions: []\n",
+        "/admissionPolicy/validationActions",
+    ),
+    "API server CIDR": (
+        "networkPolicy:\n  apiServer:\n    cidrs: [10.0.0.1]\n",
+        "/networkPolicy/apiServer/cidrs/0",
+    ),
+    "API server port": ("networkPolicy:\n  apiServer:\n    ports: [0]\n", "/networkPolicy/apiServer/ports/0"),
+    "peer with a typo": (
+        "networkPolicy:\n  metrics:\n    from:\n      - namespaceSelecter: {}\n",
+        "/networkPolicy/metrics/from/0",
     ),
     "extra rule without alert or record": (
         "prometheusRule:\n  extraRules:\n    - expr: up\n",
@@ -162,6 +175,10 @@ GOOD_VALUES = {
         )
     ),
     "global from a parent chart": "global:\n  imageRegistry: example.com\n",
+    "network policy, admission policy audit only": (
+        "networkPolicy:\n  enabled: true\n  dns: true\n  metrics:\n    from:\n      - podSelector: {}\n"
+        "admissionPolicy:\n  validationActions: [Audit]\n"
+    ),
 }
 
 
