@@ -43,13 +43,15 @@ def cache_root() -> Path:
 
 
 def find_helm() -> str | None:
-    """$PODGRACE_HELM, else the newest complete $PODGRACE_CACHE/bin/*/helm, else `helm` on PATH."""
+    """$PODGRACE_HELM, else the newest complete Helm 4 of tests/cluster/build.sh ($PODGRACE_CACHE/bin/k8s-*/helm),
+    else `helm` on PATH. Only build.sh's directories count: tests/cluster/build-helm3.sh caches a Helm 3 named
+    `helm` too (its field manager), and Helm 3 renders for Kubernetes 1.20, which the chart refuses."""
     explicit = os.environ.get("PODGRACE_HELM")
     if explicit:
         return explicit if os.access(explicit, os.X_OK) else None
     built = [
         Path(p)
-        for p in glob.glob(str(cache_root() / "bin" / "*" / "helm"))
+        for p in glob.glob(str(cache_root() / "bin" / "k8s-*" / "helm"))
         if not p.split(os.sep)[-2].endswith(".partial") and os.access(p, os.X_OK)
     ]
     if built:
