@@ -43,7 +43,7 @@ def cache_root() -> Path:
 
 
 def find_helm() -> str | None:
-    """$PODGRACE_HELM, else the newest complete Helm 4 of tests/cluster/build.sh ($PODGRACE_CACHE/bin/k8s-*/helm),
+    """$PODGRACE_HELM, else the newest complete Helm 4 of tests/cluster/build.sh (bin/k8s-*/helm),
     else `helm` on PATH. Only build.sh's directories count: tests/cluster/build-helm3.sh caches a Helm 3 named
     `helm` too (its field manager), and Helm 3 renders for Kubernetes 1.20, which the chart refuses."""
     explicit = os.environ.get("PODGRACE_HELM")
