@@ -61,7 +61,8 @@ PODGRACE_ANNOTATIONS = ("podgrace.dev/profile", "podgrace.dev/existing-prestop")
 
 @pytest.fixture(scope="session")
 def helm3() -> Path:
-    """Helm 3 built from the Go module (tests/cluster/build-helm3.sh; cached by version, cold ~4 min).
+    """Helm 3 built from the Go module by tests/cluster/build-helm3.sh (cached by version; cold ~9 min on a
+    busy 2-core machine).
 
     The binary is named `helm`, so its field manager is `helm`, as with a released Helm 3."""
     proc = subprocess.run(
