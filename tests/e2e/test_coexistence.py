@@ -131,7 +131,7 @@ class Outcome:
     owner_failures: list[str] = field(default_factory=list)
     end_value: Any = None
     warnings: list[dict[str, Any]] = field(default_factory=list)  # podgrace's Warning Events
-    timeline: list[tuple[float, int]] = field(default_factory=list)  # (seconds, generation)
+    timeline: list[str] = field(default_factory=list)  # writes of the Deployment (audit log)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def describe(self) -> str:
@@ -144,7 +144,7 @@ class Outcome:
             f"pods created {self.pods_created}, owner runs {self.owner_runs} "
             f"({len(self.owner_failures)} failed), podgrace writes {len(self.podgrace_writes)}\n"
             f"  end value {json.dumps(self.end_value)}, owner's {json.dumps(self.owner_value)}\n"
-            f"  generation timeline {[(round(t), g) for t, g in self.timeline]}\n"
+            f"  writes of the Deployment (audit log) {json.dumps(self.timeline[:40], indent=2)}\n"
             f"  podgrace Warnings {json.dumps(warnings, indent=2)}\n"
             f"  owner failures {json.dumps([f[-400:] for f in self.owner_failures[:3]], indent=2)}\n"
             f"  extra {json.dumps(self.extra, indent=2, default=str)}"
@@ -161,7 +161,6 @@ class Scenario:
         self.helm3 = helm3
         self.tmp = Path(tempfile.mkdtemp(prefix=f"coexist-{name}-"))
         self.out = Outcome(scenario=name, namespace=self.namespace)
-        self.t0 = time.monotonic()
         cluster.kubectl("create", "namespace", self.namespace)
 
     # --- tools -------------------------------------------------------------------------------------
@@ -258,34 +257,39 @@ class Scenario:
         wait_until(f"{self.out.scenario}: {what}", still_long_enough, timeout=90, interval=0.5)
 
     def reassert(self, action: Callable[[int], subprocess.CompletedProcess[str]], interval: float) -> None:
-        """The owner's loop: `action(i)` every `interval` seconds for SECONDS; then measure."""
+        """The owner's loop: `action(i)` SECONDS / interval times, at least `interval` seconds apart (a count,
+        not a deadline, so a slow machine does not make the test weaker); then measure."""
         since = time.time()
-        deadline = time.monotonic() + SECONDS
-        i = 0
-        while time.monotonic() < deadline:
+        runs = max(1, round(SECONDS / interval))
+        for i in range(runs):
             started = time.monotonic()
             proc = action(i)
-            i += 1
             if proc.returncode != 0:
                 self.out.owner_failures.append(
-                    f"run {i}: {' '.join(map(str, proc.args[-6:]))}: {proc.stderr}"
+                    f"run {i + 1}: {' '.join(map(str, proc.args[-6:]))}: {proc.stderr}"
                 )
-            self.out.timeline.append((time.monotonic() - self.t0, self.get()["metadata"]["generation"]))
             time.sleep(max(0.0, interval - (time.monotonic() - started)))
-        self.out.owner_runs = i
+        self.out.owner_runs = runs
         time.sleep(AFTERMATH)
         self.measure(since)
 
     def measure(self, since: float) -> None:
         obj = self.get()
         self.out.generation_end = obj["metadata"]["generation"]
-        self.out.timeline.append((time.monotonic() - self.t0, self.out.generation_end))
         self.out.replica_sets_end = self.replica_sets()
         self.out.end_value = self.value(obj, self.out.contested) if self.out.contested else None
         cluster = self.cluster
-        writes = cluster.write_events(user=OPERATOR_USER, resource="deployments", namespace=self.namespace,
-                                      since=since)  # fmt: skip
-        self.out.podgrace_writes = [f"{w.verb} {w.name} {w.code} {w.received:%H:%M:%S.%f}" for w in writes]
+        writes = cluster.write_events(resource="deployments", namespace=self.namespace, since=since)
+        start = writes[0].received if writes else None
+        self.out.timeline = [
+            f"+{(w.received - start).total_seconds():5.1f}s "
+            f"{'podgrace' if w.user == OPERATOR_USER else 'owner'} {w.verb} {w.code}"
+            for w in writes
+            if start is not None
+        ]
+        self.out.podgrace_writes = [
+            f"{w.verb} {w.name} {w.code} {w.received:%H:%M:%S.%f}" for w in writes if w.user == OPERATOR_USER
+        ]
         self.out.pods_created = cluster.count_writes(resource="pods", namespace=self.namespace, verb="create",
                                                      since=since)  # fmt: skip
         self.out.warnings = self.warnings()
@@ -440,8 +444,9 @@ def opt_out_by_annotation_after_replace(s: Scenario) -> Outcome:
     s.must(s.ssa(doc, "argocd-controller", force=True))
     s.settle()
     s.out.extra["replaced"] = s.value(s.get(), PRE_STOP) != USER_HOOK
+    since = time.time()
     s.opt_out_by_annotation()
-    s.out.end_value = s.value(s.get(), PRE_STOP)
+    s.measure(since)
     return s.out
 
 
@@ -453,8 +458,9 @@ def opt_out_by_owner_reapply_after_replace(s: Scenario) -> Outcome:
     s.must(s.ssa(doc, "kustomize-controller", force=False))
     s.settle()
     s.out.extra["replaced"] = s.value(s.get(), PRE_STOP) != USER_HOOK
+    since = time.time()
     _owner_reapplies_without_annotations(s, doc, "kustomize-controller")
-    s.out.end_value = s.value(s.get(), PRE_STOP)
+    s.measure(since)
     return s.out
 
 
@@ -464,8 +470,9 @@ def opt_out_by_annotation_after_grace(s: Scenario) -> Outcome:
     s.must(s.kubectl("create", "-f", "-", input=json.dumps(deployment("app", PROFILE, grace=30))))
     s.settle()
     s.out.extra["grace_before_opt_out"] = s.value(s.get(), GRACE)
+    since = time.time()
     s.opt_out_by_annotation()
-    s.out.end_value = s.value(s.get(), GRACE)
+    s.measure(since)
     return s.out
 
 
