@@ -41,7 +41,7 @@ from typing import Any
 
 import pytest
 import yaml
-from podgrace_env import OPERATOR_USER, OperatorProcess, running_operator, wait_until
+from tests.support.podgrace_env import OPERATOR_USER, OperatorProcess, running_operator, wait_until
 
 pytestmark = pytest.mark.slow
 

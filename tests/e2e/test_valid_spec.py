@@ -37,7 +37,7 @@ NAMESPACE = "valid-spec"
 INPUTS = int(os.environ.get("PODGRACE_VALID_SPEC_CASES", "128"))
 SEED = int(os.environ.get("PODGRACE_VALID_SPEC_SEED", "20261130"))
 BATCH = 64
-PODGRACE = [sys.executable, "-m", "podgrace.cli"]
+PODGRACE = [sys.executable, "-m", "podgrace.cli.main"]
 
 PROFILE_CONTAINERS: dict[str, list[dict[str, Any]]] = {
     "nginx": [{"name": "nginx", "image": "nginx:1.27"}],
