@@ -5,6 +5,7 @@ Pure: no I/O. The operator, `podgrace render` and `podgrace audit` all call `pla
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -144,6 +145,7 @@ def _enforce(
     required = required_grace(expectations, waits)
     grace = _grace(workload, parsed, required, profile.spec.grace_period_margin_seconds, decisions)
     effective_grace = grace or workload.termination_grace_period_seconds or KUBERNETES_DEFAULT_GRACE
+    matched = _fit_into_grace(matched, effective_grace, decisions)
     settled = [_settle(m, effective_grace, capabilities, policy, decisions) for m in matched]
     settings = [s for s, _ in settled]
     force = any(replaced for _, replaced in settled)
@@ -214,6 +216,38 @@ def _match(
     return _Matched(container, e, delay, stop_signal, hook_signal, users_hook, keeps)
 
 
+def _fit_into_grace(matched: list[_Matched], grace: int, decisions: list[Finding]) -> list[_Matched]:
+    """The best valid settings inside a grace period that is kept shorter than the pod needs.
+
+    The API server rejects a preStop sleep longer than the grace period, and a container whose signal
+    delay reaches the end of the grace period never gets its graceful stop (SIGKILL comes first). So every
+    signal delay is capped at `grace - 2` (the kubelet's own stop signal comes at least 2 s before its
+    SIGKILL): a delay that fits keeps its value, a longer one is cut to the cap, which keeps their order
+    (nginx is not stopped after php-fpm). The hook's wait is cut to the end of the grace period
+    (`_hold_until_grace_ends`). The GracePeriodPinned Warning says what was shortened."""
+    budget = max(grace - KUBELET_STOP_TAIL, 0)
+    if all(m.delay <= budget for m in matched):
+        return matched
+    fitted: list[_Matched] = []
+    shortened: list[str] = []
+    for m in matched:
+        delay = min(m.delay, budget)
+        if delay != m.delay:
+            shortened.append(f"{m.view.name} is stopped after {delay}s (it needs {m.delay}s)")
+        keeps = m.keeps_users_hook or (m.users_hook and delay == 0 and m.hook_signal is None)
+        fitted.append(dataclasses.replace(m, delay=delay, keeps_users_hook=keeps))
+    if shortened:
+        what = "; ".join(shortened)
+        pinned = next((i for i, d in enumerate(decisions) if d.code is Code.GRACE_PINNED), None)
+        if pinned is None:
+            message = f"terminationGracePeriodSeconds {grace} leaves too little time: {what}"
+            decisions.append(Finding(Code.GRACE_PINNED, None, message))
+        else:
+            said = decisions[pinned]
+            decisions[pinned] = Finding(Code.GRACE_PINNED, None, f"{said.message}; so {what}")
+    return fitted
+
+
 def _settle(
     m: _Matched, grace: int, capabilities: Capabilities, policy: ExistingPreStop, decisions: list[Finding]
 ) -> tuple[ContainerSettings, bool]:
@@ -255,7 +289,7 @@ def _hold_until_grace_ends(delay: int, drain: int, grace: int) -> int:
     kubelet's own stop signal (SIGTERM, a fast stop) until just before the grace period ends, as
     lifecycle.stopSignal would: waiting only `drain` would cut requests that run longer than expected while
     grace remains (seen in the lab)."""
-    return max(drain, grace - delay - KUBELET_STOP_TAIL)
+    return max(min(drain, grace - delay), grace - delay - KUBELET_STOP_TAIL, 0)
 
 
 def _hook(hook_signal: Signal | None, delay: int, wait: int, *, native_sleep: bool) -> HookIntent | None:
