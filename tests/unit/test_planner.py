@@ -884,6 +884,86 @@ def test_a_too_short_grace_gets_the_best_valid_settings(
         assert "stopped after" not in pinned[0].message
 
 
+# --- take once, never fight (issue 12) ----------------------------------------------------------------------
+
+HOOK_KEY = "containers[nginx].lifecycle.preStop"
+GRACE_KEY = "terminationGracePeriodSeconds"
+
+# One row per case: ownership of the contested fields, the user's hook?, owner's grace, annotations,
+#   expected: (podgrace replaces the hook, grace podgrace writes, force, [(decision code, owner named)])
+OWNER_TABLE = [
+    # an Update-operation owner's hook (kubectl create/edit, Helm 3) with `replace`: taken once, forced
+    ("update-owner-hook-replace",
+     Ownership(known=True, foreign_pre_stop=frozenset({"nginx"}), owners=((HOOK_KEY, "kubectl-create"),)),
+     True, None, {ANN_EXISTING_PRESTOP: "replace"}, (True, 40, True, [])),
+    # a server-side-apply owner's hook (Flux, Argo, Helm 4) with `replace`: never taken, said why
+    ("apply-owner-hook-replace",
+     Ownership(known=True, foreign_pre_stop=frozenset({"nginx"}),
+               owners=((HOOK_KEY, "kustomize-controller"),), applied=frozenset({HOOK_KEY})),
+     True, None, {ANN_EXISTING_PRESTOP: "replace"},
+     (False, 40, False, [(Code.USER_HOOK_KEPT, "kustomize-controller")])),
+    # the Update owner took the replaced hook back: podgrace backs off, one OwnerReclaimed
+    ("update-owner-took-hook-back",
+     Ownership(known=True, foreign_pre_stop=frozenset({"nginx"}), owners=((HOOK_KEY, "kubectl-edit"),),
+               reclaimed=((HOOK_KEY, "kubectl-edit"),)),
+     True, None, {ANN_EXISTING_PRESTOP: "replace"},
+     (False, 40, False, [(Code.OWNER_RECLAIMED, "kubectl-edit")])),
+    # the grace period an Update owner holds at exactly 30 (maybe the API server's default): taken once
+    ("grace-defaulted-taken-once",
+     Ownership(known=True, grace_defaulted=True, owners=((GRACE_KEY, "helm"),)),
+     False, 30, {}, (False, 40, True, [])),
+    # ... and when Helm 3 sets it back, podgrace keeps it and says so once, naming the owner
+    ("grace-taken-back",
+     Ownership(known=True, grace_defaulted=True, owners=((GRACE_KEY, "helm"),),
+               reclaimed=((GRACE_KEY, "helm"),)),
+     False, 30, {}, (False, None, False, [(Code.OWNER_RECLAIMED, "helm")])),
+    # an Apply owner's grace period is its choice: kept, the Warning names it
+    ("grace-of-an-apply-owner",
+     Ownership(known=True, foreign_grace=True, owners=((GRACE_KEY, "argocd-controller"),),
+               applied=frozenset({GRACE_KEY})),
+     False, 20, {}, (False, None, False, [(Code.GRACE_PINNED, "argocd-controller")])),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("ownership", "user_hook", "owner_grace", "annotations", "expected"),
+    [row[1:] for row in OWNER_TABLE],
+    ids=[row[0] for row in OWNER_TABLE],
+)
+def test_podgrace_takes_a_field_at_most_once_and_never_from_an_apply_owner(
+    handler: Any,
+    builtin_profiles: dict[str, ShutdownProfile],
+    workload: Any,
+    container: Any,
+    ownership: Ownership,
+    user_hook: bool,
+    owner_grace: int | None,
+    annotations: dict[str, str],
+    expected: tuple[bool, int | None, bool, list[tuple[Code, str]]],
+) -> None:
+    replaces, grace, force, decisions = expected
+    hook = USER_EXEC if user_hook else None
+    w = workload(
+        container("nginx", "nginx:1.27", pre_stop=hook),
+        profile="nginx",
+        annotations=annotations,
+        grace=owner_grace,
+        ownership=ownership,
+    )
+    result = planner.plan(w, builtin_profiles, CAPS["1.34"])
+    nginx = result.containers[0]
+    assert (nginx.pre_stop is not None) is (replaces or not user_hook)
+    assert result.termination_grace_period_seconds == grace
+    assert result.force is force
+    assert [d.code for d in result.decisions] == [code for code, _ in decisions]
+    for d, (_, owner) in zip(result.decisions, decisions, strict=True):
+        assert owner in d.message
+        assert (GRACE_KEY if d.container is None else "preStop") in d.message
+
+
+USER_EXEC = {"exec": {"command": ["sh", "-c", "echo draining; sleep 3"]}}
+
+
 # --- outcomes that own nothing ------------------------------------------------------------------------------
 
 

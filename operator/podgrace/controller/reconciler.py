@@ -18,14 +18,17 @@ import aiohttp
 
 from podgrace.controller.capability_probe import CapabilityCache
 from podgrace.controller.event_recorder import NORMAL, WARNING, EventRecorder
+from podgrace.controller.field_memory import FieldMemory
 from podgrace.controller.kube_api import Api, ApiError
 from podgrace.controller.metrics import DEPLOYMENT, PROFILE, Metrics
 from podgrace.core.apply_body import apply_body
 from podgrace.core.findings import Code, Finding
 from podgrace.core.hook_intent import SignalAndWait
 from podgrace.core.managed_fields import apply_is_noop
+from podgrace.core.models import GRACE_FIELD, Workload
 from podgrace.core.planner import Outcome, Plan, plan
 from podgrace.core.profile_store import ProfileStore, desired_status, status_differs
+from podgrace.core.take_once import Verdict, contested_values, inputs_key, podgrace_owned
 from podgrace.core.workload_parser import ManifestError, from_object
 
 log = logging.getLogger(__name__)
@@ -73,6 +76,7 @@ class Reconciler:
         # that write is stale and must not trigger the same apply again.
         self._written: dict[str, tuple[str, int]] = {}
         self._requeued: set[tuple[str, str]] = set()
+        self.memory = FieldMemory()  # take once, never fight
         self._background: set[asyncio.Task[None]] = set()
         self.requeue_delay = REQUEUE_DELAY
 
@@ -117,7 +121,11 @@ class Reconciler:
             self.metrics.observe_workload(key, None, ())
             return ReconcileOutcome(Result.INVALID)
         capabilities = await self._with_retries(lambda: self.capabilities.get(body))
-        result = plan(workload, self.store.valid(), capabilities)
+        profiles = self.store.valid()
+        uid = str(metadata.get("uid") or "")
+        inputs = _inputs(metadata, profiles, profile_name)
+        workload = self._with_reclaimed(uid, body, workload, inputs)
+        result = plan(workload, profiles, capabilities)
         if result.outcome is Outcome.INVALID:
             for finding in result.errors:
                 await self.events.post(body, WARNING, finding.code.value, finding.message)
@@ -149,6 +157,10 @@ class Reconciler:
             )
             return ReconcileOutcome(Result.FAILED, result)
         self.metrics.writes.labels("revert" if reverting else "apply").inc()
+        if reverting:
+            self.memory.forget(uid)
+        else:
+            self.memory.wrote(uid, _written_fields(desired), inputs)
         written_metadata = written.get("metadata") or {}
         if isinstance(written_metadata.get("generation"), int):
             self._written[key] = (str(written_metadata.get("uid")), written_metadata["generation"])
@@ -158,6 +170,24 @@ class Reconciler:
             await self.events.post(body, NORMAL, "Applied", summary(result))
         await self._report_decisions(body, result.decisions)
         return ReconcileOutcome(Result.REVERTED if reverting else Result.APPLIED, result)
+
+    def _with_reclaimed(self, uid: str, body: Mapping[str, Any], workload: Workload, inputs: str) -> Workload:
+        """The workload with the fields its owners took back from podgrace (take once, never fight)."""
+        if workload.overrides.profile is None:
+            self.memory.forget(uid)
+            return workload
+        verdicts = self.memory.verdicts(uid, contested_values(body), podgrace_owned(body), inputs)
+        if not verdicts:
+            return workload
+        ownership = workload.ownership
+        reclaimed = []
+        for key, verdict in sorted(verdicts.items()):
+            reclaimed.append((key, ownership.owner_of(key) or ownership.last_writer))
+            if verdict is Verdict.RECLAIMED:
+                label = GRACE_FIELD if key == GRACE_FIELD else "preStop"
+                self.metrics.reclaimed.labels(label).inc()
+        update = {"ownership": ownership.model_copy(update={"reclaimed": tuple(reclaimed)})}
+        return workload.model_copy(update=update)
 
     async def _report_decisions(self, body: Mapping[str, Any], decisions: Iterable[Finding]) -> None:
         for decision in decisions:
@@ -189,6 +219,7 @@ class Reconciler:
         metadata = body.get("metadata") or {}
         key = f"{metadata.get('namespace')}/{metadata.get('name')}"
         self._written.pop(key, None)
+        self.memory.forget(str(metadata.get("uid") or ""))
         self.metrics.forget_workload(key)
 
     # --- ShutdownProfiles --------------------------------------------------------------------------
@@ -246,6 +277,18 @@ class Reconciler:
     def forget_profile(self, name: str) -> None:
         self.store.remove(name)
         self.metrics.forget_profile(name)
+
+
+def _inputs(metadata: Mapping[str, Any], profiles: Mapping[str, Any], profile: str | None) -> str:
+    spec = profiles.get(profile) if profile else None
+    dumped = spec.spec.model_dump(mode="json") if spec is not None else None
+    return inputs_key(metadata.get("annotations") or {}, dumped)
+
+
+def _written_fields(desired: Mapping[str, Any]) -> dict[str, Any]:
+    """The contested fields a podgrace apply body sets (absent ones are not podgrace's)."""
+    values = contested_values(desired)
+    return {k: v for k, v in values.items() if v is not None}
 
 
 def summary(result: Plan) -> str:

@@ -21,6 +21,7 @@ class Code(StrEnum):
     USER_HOOK_KEPT = "UserHookKept"
     STOP_SIGNAL_KEPT = "UserStopSignalKept"
     GRACE_PINNED = "GracePeriodPinned"
+    OWNER_RECLAIMED = "OwnerReclaimed"  # an owner took back a field podgrace had taken: podgrace backs off
     NO_MATCHING_CONTAINERS = "NoMatchingContainers"
     # Input errors: nothing is changed.
     INVALID_ANNOTATION = "InvalidAnnotation"

@@ -17,6 +17,7 @@ from podgrace.core.constants import ANN_CONTAINERS, ANN_PROFILE, KUBERNETES_DEFA
 from podgrace.core.findings import Code, Finding
 from podgrace.core.hook_intent import ExecSleep, HookIntent, NativeSleep, SignalAndWait
 from podgrace.core.models import (
+    GRACE_FIELD,
     ContainerView,
     ExistingPreStop,
     Mode,
@@ -28,6 +29,7 @@ from podgrace.core.models import (
     ShutdownProfile,
     ShutdownProfileSpec,
     Workload,
+    pre_stop_field,
 )
 from podgrace.core.signals import Signal
 from podgrace.core.timing import (
@@ -146,7 +148,9 @@ def _enforce(
     grace = _grace(workload, parsed, required, profile.spec.grace_period_margin_seconds, decisions)
     effective_grace = grace or workload.termination_grace_period_seconds or KUBERNETES_DEFAULT_GRACE
     matched = _fit_into_grace(matched, effective_grace, decisions)
-    settled = [_settle(m, effective_grace, capabilities, policy, decisions) for m in matched]
+    settled = [
+        _settle(m, effective_grace, capabilities, policy, workload.ownership, decisions) for m in matched
+    ]
     settings = [s for s, _ in settled]
     force = any(replaced for _, replaced in settled)
     if grace is not None and workload.ownership.known and workload.ownership.grace_defaulted:
@@ -180,6 +184,7 @@ class _Matched:
     hook_signal: Signal | None  # the graceful signal podgrace's hook delivers, where stopSignal cannot
     users_hook: bool  # its preStop is somebody else's: neither absent nor podgrace's own
     keeps_users_hook: bool  # ... and podgrace keeps it (existingPreStop: keep, or no in-place replacement)
+    field_key: str = ""  # models.pre_stop_field of the container
 
     @property
     def kept_hook_wait(self) -> int:
@@ -210,10 +215,15 @@ def _match(
                 )
             )
     hook_signal = e.signal if stop_signal is None else None
-    users_hook = not _podgrace_may_rewrite(container, ownership)
+    key = pre_stop_field(container.name)
+    # an owner that removed or changed podgrace's hook took the field back: it is the owner's now
+    users_hook = not _podgrace_may_rewrite(container, ownership) or ownership.reclaimed_by(key) is not None
     replaceable = _replaceable(container.pre_stop, hook_signal is not None, delay, capabilities)
-    keeps = users_hook and not (policy is ExistingPreStop.REPLACE and replaceable)
-    return _Matched(container, e, delay, stop_signal, hook_signal, users_hook, keeps)
+    # never taken from a server-side-apply owner (it re-asserts with force, or its next apply conflicts),
+    # nor again from an owner that took it back (take-once)
+    protected = key in ownership.applied or ownership.reclaimed_by(key) is not None
+    keeps = users_hook and not (policy is ExistingPreStop.REPLACE and replaceable and not protected)
+    return _Matched(container, e, delay, stop_signal, hook_signal, users_hook, keeps, key)
 
 
 def _fit_into_grace(matched: list[_Matched], grace: int, decisions: list[Finding]) -> list[_Matched]:
@@ -238,18 +248,26 @@ def _fit_into_grace(matched: list[_Matched], grace: int, decisions: list[Finding
         fitted.append(dataclasses.replace(m, delay=delay, keeps_users_hook=keeps))
     if shortened:
         what = "; ".join(shortened)
-        pinned = next((i for i, d in enumerate(decisions) if d.code is Code.GRACE_PINNED), None)
+        about_grace = (Code.GRACE_PINNED, Code.OWNER_RECLAIMED)
+        pinned = next(
+            (i for i, d in enumerate(decisions) if d.code in about_grace and d.container is None), None
+        )
         if pinned is None:
             message = f"terminationGracePeriodSeconds {grace} leaves too little time: {what}"
             decisions.append(Finding(Code.GRACE_PINNED, None, message))
         else:
             said = decisions[pinned]
-            decisions[pinned] = Finding(Code.GRACE_PINNED, None, f"{said.message}; so {what}")
+            decisions[pinned] = Finding(said.code, None, f"{said.message}; so {what}")
     return fitted
 
 
 def _settle(
-    m: _Matched, grace: int, capabilities: Capabilities, policy: ExistingPreStop, decisions: list[Finding]
+    m: _Matched,
+    grace: int,
+    capabilities: Capabilities,
+    policy: ExistingPreStop,
+    ownership: Ownership,
+    decisions: list[Finding],
 ) -> tuple[ContainerSettings, bool]:
     """The container's settings once the grace period is known, and whether they replace a user's hook."""
     e, current = m.expectation, m.view.pre_stop
@@ -265,16 +283,32 @@ def _settle(
         pre_stop = _hook(m.hook_signal, m.delay, wait, native_sleep=current.kind is PreStopKind.SLEEP)
     elif conflict:
         pre_stop = None
-        why = (
-            f"existingPreStop: {policy.value}"
-            if policy is ExistingPreStop.KEEP or desired is None
-            else f"a {current.kind.value} hook cannot be replaced in place by podgrace's"
-        )
+        owner = ownership.owner_of(m.field_key)
+        reclaimed_by = ownership.reclaimed_by(m.field_key)
+        code = Code.USER_HOOK_KEPT
+        if reclaimed_by is not None:
+            code = Code.OWNER_RECLAIMED
+            why = (
+                f"field manager {reclaimed_by or 'unknown'} took it back after podgrace had written it; "
+                "podgrace replaces it again only when the hook, the podgrace annotations or the profile "
+                "change"
+            )
+        elif policy is ExistingPreStop.KEEP or desired is None:
+            why = f"existingPreStop: {policy.value}"
+        elif m.field_key in ownership.applied:
+            why = (
+                f"field manager {owner} sets it by server-side apply and would take it back: podgrace "
+                "never takes a field from a server-side-apply owner"
+            )
+        else:
+            why = f"a {current.kind.value} hook cannot be replaced in place by podgrace's"
+        by = f" (field manager {owner})" if owner and owner not in why else ""
+        what = "own preStop hook" if current.kind is not PreStopKind.NONE else "lack of a preStop hook"
         decisions.append(
             Finding(
-                Code.USER_HOOK_KEPT,
+                code,
                 e.container,
-                f"the container's own preStop hook is kept ({why}); podgrace's "
+                f"the container's {what}{by} is kept ({why}); podgrace's "
                 f"needs {m.delay}s before the stop signal",
             )
         )
@@ -357,17 +391,32 @@ def _grace(
     wanted = grace_with_margin(required, margin)
     current = workload.termination_grace_period_seconds
     ownership = workload.ownership
+    reclaimed_by = ownership.reclaimed_by(GRACE_FIELD)
     pinned_by_owner = current is not None and (
-        ownership.foreign_grace if ownership.known else current != parsed.termination_grace_period_seconds
+        ownership.foreign_grace or reclaimed_by is not None
+        if ownership.known
+        else current != parsed.termination_grace_period_seconds
     )
     if pinned_by_owner and current is not None:
-        if current < required:
+        if reclaimed_by is not None:
+            decisions.append(
+                Finding(
+                    Code.OWNER_RECLAIMED,
+                    None,
+                    f"{GRACE_FIELD} {current} was taken back by field manager {reclaimed_by or 'unknown'} "
+                    f"after podgrace had set it: podgrace keeps it and writes it again only when "
+                    f"{reclaimed_by or 'its owner'}'s value, the podgrace annotations or the profile "
+                    f"change" + (f"; the pod needs {required}s" if current < required else ""),
+                )
+            )
+        elif current < required:
+            owner = ownership.owner_of(GRACE_FIELD)
+            by = f"field manager {owner}" if owner else "the Deployment's owner"
             decisions.append(
                 Finding(
                     Code.GRACE_PINNED,
                     None,
-                    f"terminationGracePeriodSeconds {current} is set by the Deployment's owner and kept, "
-                    f"but the pod needs {required}s",
+                    f"{GRACE_FIELD} {current} is set by {by} and kept, but the pod needs {required}s",
                 )
             )
         return None
