@@ -80,6 +80,8 @@ class FakeApi:
         self.applies: list[tuple[str, str, dict[str, Any], bool, bool]] = []
         self.keep_stop_signal = True  # False models an API server without ContainerStopSignals
         self.fail_next: list[ApiError] = []
+        self.version = (1, 35)  # what server_version() answers
+        self.fail_next_status: ApiError | None = None
 
     # --- test set-up ----------------------------------------------------------------------------------
 
@@ -149,7 +151,13 @@ class FakeApi:
             self.deployments[(namespace, name)] = obj
         return copy.deepcopy(obj)
 
+    async def server_version(self) -> tuple[int, int]:
+        return self.version
+
     async def patch_profile_status(self, name: str, status: dict[str, Any]) -> None:
+        if self.fail_next_status is not None:
+            error, self.fail_next_status = self.fail_next_status, None
+            raise error
         self.statuses[name] = copy.deepcopy(status)
 
     async def create_event(self, namespace: str, event: dict[str, Any]) -> None:

@@ -1,5 +1,5 @@
-"""The Deployment informer (operator/podgrace/controller/informer.py) against a scripted API: list in pages, watch
-from the list's resourceVersion, resume, relist on 410 Gone, retry on errors, never stop."""
+"""The Deployment informer (operator/podgrace/controller/informer.py) against a scripted API: list in
+pages, watch from the list's resourceVersion, resume, relist on 410 Gone, retry on errors, never stop."""
 
 from __future__ import annotations
 
@@ -198,28 +198,22 @@ async def test_namespaced_scopes_are_listed_before_listed_is_set() -> None:
     assert informer.failing == {"/apis/apps/v1/namespaces/blog/deployments"}
 
 
-async def test_runtime_health_reports_the_informer_and_fails_once_it_has_stopped() -> None:
-    from podgrace.controller import runtime
-
-    rt = runtime.Runtime(
-        options=runtime.Options(namespaces=[], workers=1, stop_signals=None),
-        connection=None,  # type: ignore[arg-type]
-        metrics=None,  # type: ignore[arg-type]
-    )
+async def test_health_reports_the_informer_and_fails_once_it_has_stopped() -> None:
     source = ScriptedSource(lists=[[page([], "1")]], watches=[])
 
     async def ignore(kind: str, obj: Mapping[str, Any]) -> None:
         pass
 
-    rt.informer = DeploymentInformer(source, [], ignore)
-    rt._watcher = asyncio.create_task(rt.informer.run())
-    await rt.informer.listed.wait()
-    assert rt.health() == {"listed": True, "failing": []}
-    rt._watcher.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await rt._watcher
+    informer = DeploymentInformer(source, [], ignore)
+    assert informer.health() == {"listed": False, "failing": []}  # not started yet: alive
+    informer.start()
+    try:
+        await informer.listed.wait()
+        assert informer.health() == {"listed": True, "failing": []}
+    finally:
+        await informer.stop()
     with pytest.raises(RuntimeError, match="informer has stopped"):
-        rt.health()
+        informer.health()
 
 
 async def test_a_watch_refused_with_http_410_relists() -> None:

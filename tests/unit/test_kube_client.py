@@ -56,14 +56,11 @@ def client_for(test_server: TestServer) -> KubeClient:
 async def test_apply_sends_json_with_the_field_manager_and_returns_the_object(server: Any) -> None:
     test_server, seen = server
     client = client_for(test_server)
-    applied: list[dict[str, Any]] = []
-    client.applied = applied.append
     try:
         result = await client.apply_deployment("shop", "web", {"spec": {"x": "ü"}}, force=True)
     finally:
         await client.close()
     assert result == {"metadata": {"name": "web", "generation": 2}}
-    assert applied == [result]
     assert seen == [
         {
             "method": "PATCH",
@@ -78,13 +75,10 @@ async def test_apply_sends_json_with_the_field_manager_and_returns_the_object(se
 async def test_a_dry_run_apply_asks_for_the_whole_object(server: Any) -> None:
     test_server, seen = server
     client = client_for(test_server)
-    applied: list[dict[str, Any]] = []
-    client.applied = applied.append
     try:
         await client.apply_deployment("shop", "web", {"spec": {}}, dry_run=True)
     finally:
         await client.close()
-    assert applied == []  # a dry run is not a write to recognise later
     assert seen[0]["query"] == {"fieldManager": "podgrace", "dryRun": "All"}
     assert seen[0]["accept"] == "application/json"
 

@@ -3,19 +3,28 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
 from fake_api import FakeApi
 from prometheus_client import CollectorRegistry
 
-from podgrace.controller import runtime
 from podgrace.controller.capability_probe import CapabilityCache
+from podgrace.controller.deployment_events import DeploymentEvents
 from podgrace.controller.event_recorder import EventRecorder
 from podgrace.controller.kube_api import ApiError
 from podgrace.controller.metrics import Metrics
+from podgrace.controller.profile_events import ProfileEvents
+from podgrace.controller.profile_index import ProfileIndex
 from podgrace.controller.reconciler import Reconciler, Result, summary
+from podgrace.controller.skip_record import SkipRecord
+from podgrace.controller.status_flusher import StatusFlusher
+from podgrace.controller.work_queue import DeploymentQueue
+from podgrace.controller.workload_gauges import WorkloadGauges
 from podgrace.core import capabilities, profiles, workload_parser
 from podgrace.core.planner import plan
 from podgrace.core.profile_store import ProfileStore
@@ -54,12 +63,46 @@ def builtin_bodies() -> list[dict[str, Any]]:
     return bodies
 
 
-def make(api: FakeApi, *, version: tuple[int, int] = (1, 35)) -> Reconciler:
+def make(
+    api: FakeApi, *, version: tuple[int, int] = (1, 35), index: ProfileIndex | None = None
+) -> Reconciler:
+    api.version = version
     metrics = Metrics(CollectorRegistry())
     store = ProfileStore()
     for body in builtin_bodies():
         store.upsert(body)
-    return Reconciler(api, store, CapabilityCache(api, version), EventRecorder(api, metrics), metrics)
+    gauges = WorkloadGauges(metrics, index if index is not None else ProfileIndex())
+    return Reconciler(
+        api, store, CapabilityCache(api), EventRecorder(api, metrics), metrics, gauges, SkipRecord()
+    )
+
+
+@dataclass
+class Pipeline:
+    """Deployment events as the informer delivers them, through the work queue to the reconciler."""
+
+    reconciler: Reconciler
+    index: ProfileIndex
+    queue: DeploymentQueue
+    deployments: DeploymentEvents
+
+    async def deliver(self, event_type: str, body: dict[str, Any]) -> None:
+        """Deliver one event and wait until it has been handled."""
+        await self.deployments.on_event(event_type, body)
+        await asyncio.wait_for(self.queue.wait_idle(), 2)
+
+
+@contextlib.asynccontextmanager
+async def pipeline(api: FakeApi, *, workers: int = 2) -> AsyncIterator[Pipeline]:
+    index = ProfileIndex()
+    reconciler = make(api, index=index)
+    queue = DeploymentQueue(workers)
+    deployments = DeploymentEvents(index, reconciler.record, reconciler.gauges, queue, reconciler)
+    queue.start(deployments.handle)
+    try:
+        yield Pipeline(reconciler, index, queue, deployments)
+    finally:
+        await queue.stop()
 
 
 def reasons(api: FakeApi) -> list[str]:
@@ -257,44 +300,59 @@ async def test_conflict_is_deferred_not_forced() -> None:
 
 async def test_metrics_count_managed_and_at_risk_workloads() -> None:
     api = FakeApi()
-    reconciler = make(api)
-    await reconciler.reconcile_deployment(api.create(deployment("a")))
-    await reconciler.reconcile_deployment(api.create(deployment("b", annotations={})))  # not opted in, risky
-    registry = reconciler.metrics.registry
-    assert registry.get_sample_value("podgrace_managed_workloads", {"profile": "nginx-php-fpm"}) == 1
-    assert registry.get_sample_value("podgrace_workloads_at_risk", {"finding": "NoPreStop"}) == 1
-    assert registry.get_sample_value("podgrace_writes_total", {"kind": "apply"}) == 1
-    assert (
-        registry.get_sample_value(
-            "podgrace_reconcile_total", {"controller": "deployment", "result": "success"}
+    async with pipeline(api) as p:
+        await p.deliver("ADDED", api.create(deployment("a")))
+        await p.deliver("ADDED", api.create(deployment("b", annotations={})))  # not opted in, risky
+        registry = p.reconciler.metrics.registry
+        assert registry.get_sample_value("podgrace_managed_workloads", {"profile": "nginx-php-fpm"}) == 1
+        assert registry.get_sample_value("podgrace_workloads_at_risk", {"finding": "NoPreStop"}) == 1
+        assert registry.get_sample_value("podgrace_writes_total", {"kind": "apply"}) == 1
+        assert (
+            registry.get_sample_value(
+                "podgrace_reconcile_total", {"controller": "deployment", "result": "success"}
+            )
+            == 2
         )
-        == 2
-    )
-    reconciler.forget_deployment(api.get("web", "b"))
-    assert registry.get_sample_value("podgrace_workloads_at_risk", {"finding": "NoPreStop"}) == 0
+        await p.deliver("DELETED", api.get("web", "b"))
+        assert registry.get_sample_value("podgrace_workloads_at_risk", {"finding": "NoPreStop"}) == 0
+        assert registry.get_sample_value("podgrace_managed_workloads", {"profile": "nginx-php-fpm"}) == 1
 
 
-async def test_runtime_delegates_deployment_events_to_the_reconciler() -> None:
+async def test_a_reconcile_counts_as_managed_only_under_the_profile_the_deployment_names_now() -> None:
     api = FakeApi()
-    reconciler = make(api)
-    rt = runtime.Runtime(
-        options=runtime.Options(namespaces=[], workers=4, stop_signals=None),
-        connection=None,  # type: ignore[arg-type]
-        metrics=reconciler.metrics,
-        reconciler=reconciler,
-    )
-    runtime.install(rt)
+    index = ProfileIndex()
+    reconciler = make(api, index=index)
+    registry = reconciler.metrics.registry
     live = api.create(deployment())
-    await rt.deployment_event("ADDED", live)
-    assert len(api.writes()) == 1
-    assert rt.dirty_profiles == {"nginx-php-fpm"}
-    await rt.deployment_event("DELETED", api.get("web", "shop"))
-    assert (
-        reconciler.metrics.registry.get_sample_value(
-            "podgrace_managed_workloads", {"profile": "nginx-php-fpm"}
+    index.set_profile(("web", "shop"), "nginx-php-fpm")  # as the informer's event does
+    await reconciler.reconcile_deployment(live)
+    assert registry.get_sample_value("podgrace_managed_workloads", {"profile": "nginx-php-fpm"}) == 1
+    # The Deployment names another profile now; a reconcile of its older state still finishing says
+    # nginx-php-fpm, and must count it nowhere until its newer state is reconciled.
+    reconciler.gauges.profile_changed(("web", "shop"))
+    index.set_profile(("web", "shop"), "nginx")
+    assert registry.get_sample_value("podgrace_managed_workloads", {"profile": "nginx-php-fpm"}) == 0
+    await reconciler.reconcile_deployment(api.get("web", "shop"))
+    assert registry.get_sample_value("podgrace_managed_workloads", {"profile": "nginx-php-fpm"}) == 0
+    assert registry.get_sample_value("podgrace_managed_workloads", {"profile": "nginx"}) is None
+
+
+async def test_deployment_events_reach_the_reconciler_through_the_queue() -> None:
+    api = FakeApi()
+    async with pipeline(api, workers=4) as p:
+        await p.deliver("ADDED", api.create(deployment()))
+        assert len(api.writes()) == 1
+        assert p.index.users_of("nginx-php-fpm") == [("web", "shop")]
+        assert p.index.take_recount() == {"nginx-php-fpm"}
+        await p.deliver("DELETED", api.get("web", "shop"))
+        assert p.index.users_of("nginx-php-fpm") == []
+        assert p.index.take_recount() == {"nginx-php-fpm"}
+        assert (
+            p.reconciler.metrics.registry.get_sample_value(
+                "podgrace_managed_workloads", {"profile": "nginx-php-fpm"}
+            )
+            == 0
         )
-        == 0
-    )
 
 
 async def test_a_watch_event_older_than_podgraces_write_is_skipped() -> None:
@@ -310,12 +368,11 @@ async def test_a_watch_event_older_than_podgraces_write_is_skipped() -> None:
 
 async def test_refused_deployments_add_no_profile_label() -> None:
     api = FakeApi()
-    reconciler = make(api)
-    await reconciler.reconcile_deployment(
-        api.create(deployment(annotations={"podgrace.dev/profile": "typo"}))
-    )
-    registry = reconciler.metrics.registry
-    assert registry.get_sample_value("podgrace_managed_workloads", {"profile": "typo"}) is None
+    async with pipeline(api) as p:
+        await p.deliver("ADDED", api.create(deployment(annotations={"podgrace.dev/profile": "typo"})))
+        assert p.index.users_of("typo") == [("web", "shop")]  # counted as a user, for the status
+        registry = p.reconciler.metrics.registry
+        assert registry.get_sample_value("podgrace_managed_workloads", {"profile": "typo"}) is None
 
 
 async def test_deleted_profile_series_go_away() -> None:
@@ -359,36 +416,21 @@ async def test_the_echo_of_podgraces_own_write_is_not_reconciled_even_if_it_arri
     None
 ):
     api = FakeApi()
-    reconciler = make(api)
-    rt = runtime.Runtime(
-        options=runtime.Options(namespaces=[], workers=2, stop_signals=None),
-        connection=None,  # type: ignore[arg-type]
-        metrics=reconciler.metrics,
-        reconciler=reconciler,
-    )
-    real_apply = api.apply_deployment
+    async with pipeline(api) as p:
+        real_apply = api.apply_deployment
 
-    async def apply_then_echo(*args: Any, **kwargs: Any) -> dict[str, Any]:
-        result = await real_apply(*args, **kwargs)
-        if not kwargs.get("dry_run"):
-            rt._applied(result)  # as KubeClient.applied does
-            # The watch delivers the written object before the reconcile has finished.
-            await rt.deployment_event("MODIFIED", api.get("web", "shop"))
-        return result
+        async def apply_then_echo(*args: Any, **kwargs: Any) -> dict[str, Any]:
+            result = await real_apply(*args, **kwargs)
+            if not kwargs.get("dry_run"):
+                # The watch delivers the written object before the reconcile has finished.
+                await p.deployments.on_event("MODIFIED", api.get("web", "shop"))
+            return result
 
-    api.apply_deployment = apply_then_echo  # type: ignore[method-assign]
-    rt.queue = runtime.DeploymentQueue(rt._handle_deployment, 2)
-    rt.queue.start()
-    try:
-        await rt.deployment_event("ADDED", api.create(deployment()))
-        await asyncio.sleep(0)
-        await asyncio.wait_for(rt.queue.wait_idle(), 2)
-        await rt.deployment_event("MODIFIED", api.get("web", "shop"))  # and once more, after it settled
-        await asyncio.wait_for(rt.queue.wait_idle(), 2)
-    finally:
-        await rt.queue.stop()
+        api.apply_deployment = apply_then_echo  # type: ignore[method-assign]
+        await p.deliver("ADDED", api.create(deployment()))
+        await p.deliver("MODIFIED", api.get("web", "shop"))  # and once more, after it settled
     assert len(api.writes()) == 1
-    total = reconciler.metrics.registry.get_sample_value(
+    total = p.reconciler.metrics.registry.get_sample_value(
         "podgrace_reconcile_total", {"controller": "deployment", "result": "success"}
     )
     assert total == 1  # the first event only: both echoes were recognised without planning again
@@ -415,3 +457,63 @@ def test_applied_summary_names_where_the_graceful_signal_comes_from(
     assert summary(result) == (
         f"podgrace applied ShutdownProfile nginx-php-fpm: {expected}; terminationGracePeriodSeconds 70"
     )
+
+
+def profile_events(p: Pipeline, flusher: StatusFlusher) -> ProfileEvents:
+    async def listed() -> None:
+        pass
+
+    r = p.reconciler
+    return ProfileEvents(r.store, p.index, r.record, flusher, r, listed)
+
+
+async def test_only_a_new_profile_generation_or_a_deletion_unsettles_its_deployments() -> None:
+    api = FakeApi()
+    async with pipeline(api) as p:
+        events = profile_events(p, StatusFlusher(p.reconciler, p.index, p.queue.wait_idle))
+        registry = p.reconciler.metrics.registry
+
+        def reconciles() -> float | None:
+            labels = {"controller": "deployment", "result": "success"}
+            return registry.get_sample_value("podgrace_reconcile_total", labels)
+
+        await p.deliver("ADDED", api.create(deployment()))
+        await p.deliver("MODIFIED", api.get("web", "shop"))
+        assert reconciles() == 1  # settled
+        body = next(b for b in builtin_bodies() if b["metadata"]["name"] == "nginx-php-fpm")
+        await events.on_event("MODIFIED", body)  # the generation the store has: e.g. a status update
+        await p.deliver("MODIFIED", api.get("web", "shop"))
+        assert reconciles() == 1
+        body["metadata"]["generation"] = 2
+        await events.on_event("MODIFIED", body)
+        assert reconciles() == 2  # its users, reconciled by the fan-out
+        assert api.statuses["nginx-php-fpm"]["workloads"] == 1
+        await p.deliver("MODIFIED", api.get("web", "shop"))
+        assert reconciles() == 3  # settled under the former generation: planned again
+        await p.deliver("MODIFIED", api.get("web", "shop"))
+        assert reconciles() == 3
+        await events.on_event("DELETED", body)
+        assert p.reconciler.store.entry("nginx-php-fpm") is None
+        await p.deliver("MODIFIED", api.get("web", "shop"))
+        assert reconciles() == 4
+
+
+async def test_statuses_are_recounted_when_users_change_and_retried_when_the_write_fails() -> None:
+    api = FakeApi()
+    async with pipeline(api) as p:
+        flusher = StatusFlusher(p.reconciler, p.index, p.queue.wait_idle)
+        body = next(b for b in builtin_bodies() if b["metadata"]["name"] == "nginx-php-fpm")
+        flusher.track(body)
+        await p.deliver("ADDED", api.create(deployment("a")))
+        await p.deliver("ADDED", api.create(deployment("b")))
+        api.fail_next_status = ApiError(403, "Forbidden", "RBAC")
+        await flusher.flush()
+        assert "nginx-php-fpm" not in api.statuses
+        await flusher.flush()  # marked again after the failure
+        assert api.statuses["nginx-php-fpm"]["workloads"] == 2
+        api.statuses.clear()
+        await flusher.flush()  # nothing changed since
+        assert api.statuses == {}
+        await p.deliver("DELETED", api.get("web", "a"))
+        await flusher.flush()
+        assert api.statuses["nginx-php-fpm"]["workloads"] == 1

@@ -35,20 +35,20 @@ def test_decide(taken: Taken | None, live: Any, owns: bool, inputs: str, verdict
 
 def test_memory_backs_off_once_and_forgets_on_change() -> None:
     memory = FieldMemory()
-    memory.wrote("u", {GRACE: 70}, "a")
-    assert memory.verdicts("u", {GRACE: 70}, {GRACE}, "a") == {}
-    assert memory.verdicts("u", {GRACE: 30}, set(), "a") == {GRACE: Verdict.RECLAIMED}
+    memory.wrote(("n", "d"), "u", {GRACE: 70}, "a")
+    assert memory.verdicts(("n", "d"), "u", {GRACE: 70}, {GRACE}, "a") == {}
+    assert memory.verdicts(("n", "d"), "u", {GRACE: 30}, set(), "a") == {GRACE: Verdict.RECLAIMED}
     # every later look: still backed off, RECLAIMED (Warning, metric) only once
     for _ in range(3):
-        assert memory.verdicts("u", {GRACE: 30}, set(), "a") == {GRACE: Verdict.BACKED_OFF}
+        assert memory.verdicts(("n", "d"), "u", {GRACE: 30}, set(), "a") == {GRACE: Verdict.BACKED_OFF}
     # the owner's value changes: podgrace may take it once more
-    assert memory.verdicts("u", {GRACE: 45}, set(), "a") == {}
-    assert memory.verdicts("u", {GRACE: 30}, set(), "a") == {}
-    memory.wrote("u", {GRACE: 70}, "a")
-    assert memory.verdicts("u", {GRACE: 30}, set(), "b") == {}  # the annotations changed
-    memory.wrote("u", {GRACE: 70}, "a")
-    memory.forget("u")
-    assert memory.verdicts("u", {GRACE: 30}, set(), "a") == {}
+    assert memory.verdicts(("n", "d"), "u", {GRACE: 45}, set(), "a") == {}
+    assert memory.verdicts(("n", "d"), "u", {GRACE: 30}, set(), "a") == {}
+    memory.wrote(("n", "d"), "u", {GRACE: 70}, "a")
+    assert memory.verdicts(("n", "d"), "u", {GRACE: 30}, set(), "b") == {}  # the annotations changed
+    memory.wrote(("n", "d"), "u", {GRACE: 70}, "a")
+    memory.forget(("n", "d"))
+    assert memory.verdicts(("n", "d"), "u", {GRACE: 30}, set(), "a") == {}
 
 
 def test_inputs_key_sees_podgrace_annotations_and_the_profile_only() -> None:

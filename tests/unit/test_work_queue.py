@@ -1,4 +1,4 @@
-"""The Deployment work queue (runtime.DeploymentQueue) and the Normal-Event lane that waits for it."""
+"""The Deployment work queue (work_queue.DeploymentQueue) and the Normal-Event lane that waits for it."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ from fake_api import FakeApi
 from prometheus_client import CollectorRegistry
 
 from podgrace.controller import event_recorder as events_mod
+from podgrace.controller.deployment_key import Key
 from podgrace.controller.event_recorder import NORMAL, EventRecorder
 from podgrace.controller.metrics import Metrics
-from podgrace.controller.runtime import DeploymentQueue, Item, Key
+from podgrace.controller.work_queue import DeploymentQueue, Item
 
 
 async def settle() -> None:
@@ -28,9 +29,9 @@ async def test_events_of_a_waiting_deployment_are_coalesced_and_idle_follows_the
         handled.append((key, str(item.body["v"])))
         await release.wait()
 
-    queue = DeploymentQueue(handle, workers=1)
+    queue = DeploymentQueue(workers=1)
     await asyncio.wait_for(queue.wait_idle(), 1)  # idle before any work
-    queue.start()
+    queue.start(handle)
     try:
         queue.put(("shop", "web"), Item("ADDED", {"v": 1}))
         await settle()

@@ -19,33 +19,35 @@ log = logging.getLogger(__name__)
 
 
 class CapabilityCache:
-    def __init__(
-        self, api: Api, server_version: tuple[int, int], *, stop_signal_override: bool | None = None
-    ) -> None:
+    """The API server's version and capabilities, each asked for once and then known."""
+
+    def __init__(self, api: Api, *, stop_signal_override: bool | None = None) -> None:
         self._api = api
-        self._version = server_version
         self._override = stop_signal_override
         self._lock = asyncio.Lock()
+        self._version: tuple[int, int] | None = None
         self._known: Capabilities | None = None
 
-    @property
-    def known(self) -> Capabilities | None:
-        return self._known
+    async def server_version(self) -> tuple[int, int]:
+        if self._version is None:
+            self._version = await self._api.server_version()
+        return self._version
 
     async def get(self, deployment: Mapping[str, Any]) -> Capabilities:
         if self._known is not None:
             return self._known
         async with self._lock:
             if self._known is None:
-                native_sleep = self._version >= NATIVE_SLEEP_SINCE
+                version = await self.server_version()
+                native_sleep = version >= NATIVE_SLEEP_SINCE
                 if self._override is not None:
                     stop_signal = self._override
-                elif self._version < STOP_SIGNAL_SINCE:
+                elif version < STOP_SIGNAL_SINCE:
                     stop_signal = False
                 else:
                     stop_signal = await self._probe_stop_signal(deployment)
                 self._known = Capabilities(native_sleep=native_sleep, stop_signal=stop_signal)
-                log.info("API server %s.%s: %s", *self._version, self._known.describe())
+                log.info("API server %s.%s: %s", *version, self._known.describe())
             return self._known
 
     async def _probe_stop_signal(self, deployment: Mapping[str, Any]) -> bool:

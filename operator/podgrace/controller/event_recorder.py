@@ -17,6 +17,7 @@ from typing import Any
 
 from podgrace.controller.kube_api import Api, ApiError
 from podgrace.controller.metrics import Metrics
+from podgrace.controller.tasks import cancel_and_wait
 from podgrace.core.constants import FIELD_MANAGER
 
 log = logging.getLogger(__name__)
@@ -25,6 +26,8 @@ WARNING = "Warning"
 _SEEN_LIMIT = 50_000
 # The longest a background Normal Event waits for the reconcilers to be idle before it is posted anyway.
 IDLE_WAIT_LIMIT = 10.0
+# Normal Events waiting for a background poster: (namespace, Event, the key it is remembered under).
+PendingEvents = asyncio.Queue[tuple[str, dict[str, Any], tuple[str, str, str, str]]]
 
 
 class EventRecorder:
@@ -48,7 +51,7 @@ class EventRecorder:
         # cold start over 5,000 Deployments they otherwise competed with the applies for the API server.
         self._background = background
         self._idle = idle
-        self._pending: asyncio.Queue[tuple[str, dict[str, Any], tuple[str, str, str, str]]] | None = None
+        self._pending: PendingEvents | None = None
         self._posters: list[asyncio.Task[None]] = []
 
     async def post(self, obj: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
@@ -84,16 +87,17 @@ class EventRecorder:
         if type_ == WARNING:
             self._metrics.warnings.labels(reason).inc()
 
-    def _lane(self) -> asyncio.Queue[tuple[str, dict[str, Any], tuple[str, str, str, str]]]:
+    def _lane(self) -> PendingEvents:
         if self._pending is None:
             self._pending = asyncio.Queue()
-            self._posters = [asyncio.create_task(self._post_pending()) for _ in range(self._background)]
+            self._posters = [
+                asyncio.create_task(self._post_pending(self._pending)) for _ in range(self._background)
+            ]
         return self._pending
 
-    async def _post_pending(self) -> None:
-        assert self._pending is not None
+    async def _post_pending(self, pending: PendingEvents) -> None:
         while True:
-            namespace, event, key = await self._pending.get()
+            namespace, event, key = await pending.get()
             if self._idle is not None:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._idle(), IDLE_WAIT_LIMIT)
@@ -119,11 +123,7 @@ class EventRecorder:
             deadline = asyncio.get_running_loop().time() + drain_timeout
             while not self._pending.empty() and asyncio.get_running_loop().time() < deadline:
                 await asyncio.sleep(0.05)
-        for task in self._posters:
-            task.cancel()
-        for task in self._posters:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(self._posters)
         self._posters = []
 
     def _remember(self, key: tuple[str, str, str, str]) -> None:

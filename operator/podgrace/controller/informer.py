@@ -19,11 +19,12 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol
 
+from podgrace.controller.deployment_key import Key
 from podgrace.controller.kube_api import ApiError
+from podgrace.controller.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
-Key = tuple[str, str]  # (namespace, name)
 OnEvent = Callable[[str, Mapping[str, Any]], Awaitable[None]]
 
 LISTED = "ADDED"  # the event type a listed Deployment is delivered with
@@ -72,6 +73,21 @@ class DeploymentInformer:
         if not self._unlisted:
             self.listed.set()
         self.failing: set[str] = set()  # scopes whose last list or watch failed (for the health probe)
+        self._task: asyncio.Task[None] | None = None  # the running informer, once started
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self.run(), name="deployment-informer")
+
+    async def stop(self) -> None:
+        await cancel_and_wait([self._task])
+
+    def health(self) -> dict[str, Any]:
+        """For the liveness probe: fails only if the informer has ended (it never should: a restart then
+        helps); list or watch errors are reported but do not fail it (a restart would not help an API
+        server that is down or RBAC that is missing)."""
+        if self._task is not None and self._task.done():
+            raise RuntimeError("the Deployment informer has stopped")
+        return {"listed": self.listed.is_set(), "failing": sorted(self.failing)}
 
     async def run(self) -> None:
         await asyncio.gather(*(self._run_scope(path) for path in self._paths))

@@ -1,4 +1,5 @@
-"""Kopf handlers: thin adapters from Kopf's callbacks to the reconciler. Parse, delegate, report."""
+"""Kopf handlers: thin adapters from Kopf's callbacks to the operator's objects (`wiring.Operator`, Kopf's
+`memo`). Parse, delegate, report."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import Any
 
 import kopf
 
-from podgrace.controller.runtime import current
+from podgrace.controller.wiring import Operator
 from podgrace.core.constants import GROUP, PROFILE_PLURAL, VERSION
 
 log = logging.getLogger(__name__)
@@ -31,10 +32,9 @@ class NoDiffBase(kopf.DiffBaseStorage):
 
 
 @kopf.on.startup()
-async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
-    runtime = current()
+async def startup(settings: kopf.OperatorSettings, memo: Operator, **_: Any) -> None:
     # Kopf watches the ShutdownProfiles only; Deployments come from podgrace's own informer (informer.py
-    # says why), started by the runtime.
+    # says why), started with the operator.
     # podgrace posts its own, de-duplicated Events; Kopf's per-handler events would be noise and writes.
     settings.posting.enabled = False
     # The CRD is installed by the chart before the operator; no need to watch CRDs or namespaces.
@@ -43,35 +43,24 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.connect_timeout = 30
     settings.watching.server_timeout = 600
     settings.networking.request_timeout = 60
-    await runtime.start()
+    await memo.start()
 
 
 @kopf.on.cleanup()
-async def cleanup(**_: Any) -> None:
-    await current().stop()
+async def cleanup(memo: Operator, **_: Any) -> None:
+    await memo.stop()
 
 
 @kopf.on.probe(id="deployments")
-def deployments_probe(**_: Any) -> dict[str, Any]:
-    return current().health()
+def deployments_probe(memo: Operator, **_: Any) -> dict[str, Any]:
+    return memo.health()
 
 
 @kopf.on.login()
-def login(**_: Any) -> kopf.ConnectionInfo:
-    return current().connection
+def login(memo: Operator, **_: Any) -> kopf.ConnectionInfo:
+    return memo.connection
 
 
 @kopf.on.event(GROUP, VERSION, PROFILE_PLURAL)
-async def profile_event(type: str, body: kopf.Body, **_: Any) -> None:
-    runtime = current()
-    reconciler = runtime.reconciler
-    assert reconciler is not None
-    name = str(body.metadata.name)
-    runtime.profile_event(type, body)
-    if type == "DELETED":
-        runtime.profile_bodies.pop(name, None)
-        reconciler.forget_profile(name)
-        return
-    runtime.profile_bodies[name] = body
-    await runtime.wait_listed()  # its status counts, and its fan-out reaches, every Deployment naming it
-    await reconciler.reconcile_profile(body, runtime.users_of(name))
+async def profile_event(type: str, body: kopf.Body, memo: Operator, **_: Any) -> None:
+    await memo.profiles.on_event(type, body)

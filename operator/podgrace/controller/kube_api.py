@@ -7,7 +7,7 @@ so podgrace has one way to authenticate and no second Kubernetes client library.
 from __future__ import annotations
 
 import urllib.parse
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any, Protocol
 
 import aiohttp
@@ -44,6 +44,8 @@ class Api(Protocol):
 
     async def list_events(self, namespace: str, field_selector: str) -> list[dict[str, Any]]: ...
 
+    async def server_version(self) -> tuple[int, int]: ...
+
 
 class KubeClient:
     def __init__(self, info: kopf.ConnectionInfo, *, connection_limit: int = 50) -> None:
@@ -55,9 +57,6 @@ class KubeClient:
         # Watches hold their connection for minutes, one per watched namespace: they get their own pool,
         # without a limit, so that they can never take the connections the reconcilers' requests need.
         self._watch_session: aiohttp.ClientSession | None = None
-        # Called with the object a (non-dry-run) apply returned: the runtime recognises the watch event of
-        # podgrace's own write by it.
-        self.applied: Callable[[dict[str, Any]], None] | None = None
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -130,7 +129,7 @@ class KubeClient:
             params["force"] = "true"
         if dry_run:
             params["dryRun"] = "All"
-        result = await self._request(
+        return await self._request(
             "PATCH",
             f"/apis/apps/v1/namespaces/{namespace}/deployments/{name}",
             params=params,
@@ -138,9 +137,6 @@ class KubeClient:
             content_type=APPLY,
             accept=None if dry_run else PARTIAL_METADATA,
         )
-        if not dry_run and self.applied is not None:
-            self.applied(result)
-        return result
 
     async def patch_profile_status(self, name: str, status: dict[str, Any]) -> None:
         await self._request(

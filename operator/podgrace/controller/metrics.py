@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import platform
-from collections import Counter
-from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Gauge, Histogram
 from prometheus_client import Counter as PromCounter
@@ -95,50 +93,9 @@ class Metrics:
             self.warnings.labels(code.value)
         for kind in WRITE_KINDS:
             self.writes.labels(kind)
-        self._workloads: dict[str, tuple[str | None, frozenset[Code]]] = {}
-        self._profiles: Counter[str] = Counter()
-        self._risks: Counter[Code] = Counter()
-
-    def observe_workload(self, key: str, profile: str | None, risks: Iterable[Code]) -> None:
-        """Record a Deployment's current profile and risks; the gauges follow the totals over all of them."""
-        entry = (profile, frozenset(c for c in risks if c in RISKS))
-        before = self._workloads.get(key)
-        if before == entry:
-            return
-        if entry == (None, frozenset()):
-            self._workloads.pop(key, None)
-        else:
-            self._workloads[key] = entry
-        self._count(before, -1)
-        self._count(entry, +1)
-
-    def profile_of(self, key: str) -> str | None:
-        entry = self._workloads.get(key)
-        return entry[0] if entry is not None else None
 
     def forget_profile(self, name: str) -> None:
         """A deleted ShutdownProfile's series go away rather than report a profile that is not there."""
         for gauge in (self.profile_ready, self.managed):
             with contextlib.suppress(KeyError):
                 gauge.remove(name)
-
-    def forget_workload(self, key: str) -> None:
-        before = self._workloads.pop(key, None)
-        if before is not None:
-            self._count(before, -1)
-
-    def _count(self, entry: tuple[str | None, frozenset[Code]] | None, delta: int) -> None:
-        """Add one Deployment's entry to (or take it from) the totals, and set the gauges it touches.
-
-        Incremental: recounting every Deployment on each change made a cold start O(N^2) (5 % of the
-        operator's CPU at 5,000 Deployments, and growing with N)."""
-        if entry is None:
-            return
-        profile, codes = entry
-        if profile is not None:
-            # A profile nobody uses any more drops to 0 rather than vanishing, so rate() and alerts see it.
-            self._profiles[profile] += delta
-            self.managed.labels(profile).set(self._profiles[profile])
-        for code in codes:
-            self._risks[code] += delta
-            self.at_risk.labels(code.value).set(self._risks[code])

@@ -1,6 +1,6 @@
 """Reconciling Deployments and ShutdownProfiles: read, plan, apply only what changes, report.
 
-No Kopf here: the handlers module adapts Kopf's callbacks to these methods, and the unit tests drive them
+No Kopf here: deployment_events and profile_events call these methods, and the unit tests drive them
 with a fake API.
 """
 
@@ -17,10 +17,13 @@ from typing import Any
 import aiohttp
 
 from podgrace.controller.capability_probe import CapabilityCache
+from podgrace.controller.deployment_key import Key
 from podgrace.controller.event_recorder import NORMAL, WARNING, EventRecorder
 from podgrace.controller.field_memory import FieldMemory
 from podgrace.controller.kube_api import Api, ApiError
 from podgrace.controller.metrics import DEPLOYMENT, PROFILE, Metrics
+from podgrace.controller.skip_record import SkipRecord
+from podgrace.controller.workload_gauges import WorkloadGauges
 from podgrace.core.apply_body import apply_body
 from podgrace.core.findings import Code, Finding
 from podgrace.core.hook_intent import SignalAndWait
@@ -50,6 +53,7 @@ class Result(StrEnum):
 class ReconcileOutcome:
     result: Result
     plan: Plan | None = None
+    written: Mapping[str, Any] | None = None  # what podgrace's apply returned (APPLIED, REVERTED)
 
 
 class Reconciler:
@@ -60,6 +64,8 @@ class Reconciler:
         capabilities: CapabilityCache,
         events: EventRecorder,
         metrics: Metrics,
+        gauges: WorkloadGauges,
+        record: SkipRecord,
         *,
         fanout_concurrency: int = 20,
         concurrency: int | None = None,
@@ -69,13 +75,12 @@ class Reconciler:
         self.capabilities = capabilities
         self.events = events
         self.metrics = metrics
+        self.gauges = gauges
+        self.record = record
         self._fanout = asyncio.Semaphore(fanout_concurrency)
         # At most this many Deployment reconciles at once (None: no limit); Kopf's workers are unlimited.
         self._slots = asyncio.Semaphore(concurrency) if concurrency else None
-        # (uid, generation) each Deployment had after podgrace's last write: a watch event from before
-        # that write is stale and must not trigger the same apply again.
-        self._written: dict[str, tuple[str, int]] = {}
-        self._requeued: set[tuple[str, str]] = set()
+        self._requeued: set[Key] = set()
         self.memory = FieldMemory()  # take once, never fight
         self._background: set[asyncio.Task[None]] = set()
         self.requeue_delay = REQUEUE_DELAY
@@ -104,36 +109,35 @@ class Reconciler:
 
     async def _reconcile_deployment(self, body: Mapping[str, Any]) -> ReconcileOutcome:
         metadata = body.get("metadata") or {}
-        namespace, name = str(metadata.get("namespace")), str(metadata.get("name"))
-        key = f"{namespace}/{name}"
-        if self._is_stale(key, metadata):
+        namespace, name = key = str(metadata.get("namespace")), str(metadata.get("name"))
+        if self.record.is_stale(key, metadata):
             return ReconcileOutcome(Result.UNCHANGED)
         try:
             workload = from_object(body, with_ownership=True)
         except ManifestError as error:
-            log.error("cannot read Deployment %s: %s", key, error)
+            log.error("cannot read Deployment %s/%s: %s", namespace, name, error)
             return ReconcileOutcome(Result.FAILED)
         profile_name = workload.overrides.profile
         invalid_profile = self.store.error(profile_name) if profile_name else None
         if invalid_profile is not None:
             message = f"ShutdownProfile {profile_name} is not valid: {invalid_profile}"
             await self.events.post(body, WARNING, Code.INVALID_PROFILE.value, message)
-            self.metrics.observe_workload(key, None, ())
+            self.gauges.observe(key, None, ())
             return ReconcileOutcome(Result.INVALID)
         capabilities = await self._with_retries(lambda: self.capabilities.get(body))
         profiles = self.store.valid()
         uid = str(metadata.get("uid") or "")
         inputs = _inputs(metadata, profiles, profile_name)
-        workload = self._with_reclaimed(uid, body, workload, inputs)
+        workload = self._with_reclaimed(key, uid, body, workload, inputs)
         result = plan(workload, profiles, capabilities)
         if result.outcome is Outcome.INVALID:
             for finding in result.errors:
                 await self.events.post(body, WARNING, finding.code.value, finding.message)
-            self.metrics.observe_workload(key, None, ())  # refused: not managed, and no user-made label value
+            self.gauges.observe(key, None, ())  # refused: not managed, and no user-made label value
             return ReconcileOutcome(Result.INVALID, result)
         risks = result.findings_before if result.outcome is not Outcome.MANAGED else result.findings_after
         managed_profile = result.profile if result.outcome is not Outcome.NOT_OPTED_IN else None
-        self.metrics.observe_workload(key, managed_profile, (f.code for f in risks))
+        self.gauges.observe(key, managed_profile, (f.code for f in risks))
         desired = apply_body(namespace, name, result)
         if apply_is_noop(body, desired):
             await self._report_decisions(body, result.decisions)
@@ -149,7 +153,7 @@ class Reconciler:
             if apply_error.status == 409:
                 # A field podgrace wants changed owner after this event was sent: plan again on a fresh
                 # read a little later (never force a field another manager holds).
-                log.info("apply to %s conflicted, requeued: %s", key, apply_error)
+                log.info("apply to %s/%s conflicted, requeued: %s", namespace, name, apply_error)
                 self._requeue(namespace, name)
                 return ReconcileOutcome(Result.REQUEUE, result)
             await self.events.post(
@@ -158,33 +162,35 @@ class Reconciler:
             return ReconcileOutcome(Result.FAILED, result)
         self.metrics.writes.labels("revert" if reverting else "apply").inc()
         if reverting:
-            self.memory.forget(uid)
+            self.memory.forget(key)
         else:
-            self.memory.wrote(uid, _written_fields(desired), inputs)
-        written_metadata = written.get("metadata") or {}
-        if isinstance(written_metadata.get("generation"), int):
-            self._written[key] = (str(written_metadata.get("uid")), written_metadata["generation"])
+            self.memory.wrote(key, uid, _written_fields(desired), inputs)
+        # Recorded here rather than by the caller: the fan-out and the requeue reconcile without the work
+        # queue, and their writes, too, make older watch events stale.
+        self.record.wrote(key, written)
         if reverting:
             await self.events.post(body, NORMAL, "Reverted", "podgrace removed the settings it had injected")
         else:
             await self.events.post(body, NORMAL, "Applied", summary(result))
         await self._report_decisions(body, result.decisions)
-        return ReconcileOutcome(Result.REVERTED if reverting else Result.APPLIED, result)
+        return ReconcileOutcome(Result.REVERTED if reverting else Result.APPLIED, result, written)
 
-    def _with_reclaimed(self, uid: str, body: Mapping[str, Any], workload: Workload, inputs: str) -> Workload:
+    def _with_reclaimed(
+        self, key: Key, uid: str, body: Mapping[str, Any], workload: Workload, inputs: str
+    ) -> Workload:
         """The workload with the fields its owners took back from podgrace (take once, never fight)."""
         if workload.overrides.profile is None:
-            self.memory.forget(uid)
+            self.memory.forget(key)
             return workload
-        verdicts = self.memory.verdicts(uid, contested_values(body), podgrace_owned(body), inputs)
+        verdicts = self.memory.verdicts(key, uid, contested_values(body), podgrace_owned(body), inputs)
         if not verdicts:
             return workload
         ownership = workload.ownership
         reclaimed = []
-        for key, verdict in sorted(verdicts.items()):
-            reclaimed.append((key, ownership.owner_of(key) or ownership.last_writer))
+        for field, verdict in sorted(verdicts.items()):
+            reclaimed.append((field, ownership.owner_of(field) or ownership.last_writer))
             if verdict is Verdict.RECLAIMED:
-                label = GRACE_FIELD if key == GRACE_FIELD else "preStop"
+                label = GRACE_FIELD if field == GRACE_FIELD else "preStop"
                 self.metrics.reclaimed.labels(label).inc()
         update = {"ownership": ownership.model_copy(update={"reclaimed": tuple(reclaimed)})}
         return workload.model_copy(update=update)
@@ -208,23 +214,9 @@ class Reconciler:
             await asyncio.sleep(0.5 * 2**attempt)
         raise AssertionError("unreachable")
 
-    def _is_stale(self, key: str, metadata: Mapping[str, Any]) -> bool:
-        written = self._written.get(key)
-        generation = metadata.get("generation")
-        if written is None or written[0] != str(metadata.get("uid")) or not isinstance(generation, int):
-            return False
-        return generation < written[1]
-
-    def forget_deployment(self, body: Mapping[str, Any]) -> None:
-        metadata = body.get("metadata") or {}
-        key = f"{metadata.get('namespace')}/{metadata.get('name')}"
-        self._written.pop(key, None)
-        self.memory.forget(str(metadata.get("uid") or ""))
-        self.metrics.forget_workload(key)
-
     # --- ShutdownProfiles --------------------------------------------------------------------------
 
-    async def reconcile_profile(self, body: Mapping[str, Any], users: Iterable[tuple[str, str]]) -> bool:
+    async def reconcile_profile(self, body: Mapping[str, Any], users: Iterable[Key]) -> bool:
         """Update the store and the profile's status; when its spec changed, re-reconcile its users.
 
         Returns whether the users were re-reconciled."""

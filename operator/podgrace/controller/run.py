@@ -11,7 +11,7 @@ from prometheus_client import start_http_server
 
 from podgrace.controller import gctune
 from podgrace.controller.metrics import Metrics
-from podgrace.controller.runtime import Options, Runtime, install
+from podgrace.controller.wiring import Options, build
 
 
 def login() -> kopf.ConnectionInfo:
@@ -33,12 +33,10 @@ def run(args: argparse.Namespace) -> int:
         # everything.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     stop_signals = {"auto": None, "true": True, "false": False}[args.stop_signals]
-    install(
-        Runtime(
-            options=Options(namespaces=args.namespace, workers=args.workers, stop_signals=stop_signals),
-            connection=login(),
-            metrics=Metrics(),
-        )
+    operator = build(
+        Options(namespaces=args.namespace, workers=args.workers, stop_signals=stop_signals),
+        connection=login(),
+        metrics=Metrics(),
     )
     start_http_server(args.metrics_port)
     import podgrace.controller.kopf_handlers  # noqa: F401  (registers the Kopf handlers)
@@ -51,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
             clusterwide=not args.namespace,
             namespaces=list(args.namespace),
             liveness_endpoint=f"http://0.0.0.0:{args.liveness_port}/healthz",
+            memo=operator,  # the handlers' `memo`
         )
     )
     return 0
