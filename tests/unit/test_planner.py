@@ -917,6 +917,11 @@ OWNER_TABLE = [
      Ownership(known=True, grace_defaulted=True, owners=((GRACE_KEY, "helm"),),
                reclaimed=((GRACE_KEY, "helm"),)),
      False, 30, {}, (False, None, False, [(Code.OWNER_RECLAIMED, "helm")])),
+    # `kubectl replace` of a manifest without podgrace's settings: both taken back at once (one Warning each)
+    ("replace-took-grace-and-hook-back",
+     Ownership(known=True, grace_defaulted=True, owners=((GRACE_KEY, "kubectl-replace"),),
+               reclaimed=((GRACE_KEY, "kubectl-replace"), (HOOK_KEY, "kubectl-replace"))),
+     False, 30, {}, (False, None, False, [(Code.OWNER_RECLAIMED, "kubectl-replace")] * 2)),
     # an Apply owner's grace period is its choice: kept, the Warning names it
     ("grace-of-an-apply-owner",
      Ownership(known=True, foreign_grace=True, owners=((GRACE_KEY, "argocd-controller"),),
@@ -952,7 +957,8 @@ def test_podgrace_takes_a_field_at_most_once_and_never_from_an_apply_owner(
     )
     result = planner.plan(w, builtin_profiles, CAPS["1.34"])
     nginx = result.containers[0]
-    assert (nginx.pre_stop is not None) is (replaces or not user_hook)
+    hook_reclaimed = ownership.reclaimed_by(HOOK_KEY) is not None
+    assert (nginx.pre_stop is not None) is (replaces or not (user_hook or hook_reclaimed))
     assert result.termination_grace_period_seconds == grace
     assert result.force is force
     assert [d.code for d in result.decisions] == [code for code, _ in decisions]

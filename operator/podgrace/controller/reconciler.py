@@ -24,7 +24,9 @@ from podgrace.controller.kube_api import Api, ApiError
 from podgrace.controller.metrics import DEPLOYMENT, PROFILE, Metrics
 from podgrace.controller.skip_record import SkipRecord
 from podgrace.controller.workload_gauges import WorkloadGauges
+from podgrace.core import replaced_hooks
 from podgrace.core.apply_body import apply_body
+from podgrace.core.constants import ANN_REPLACED_PRESTOP
 from podgrace.core.findings import Code, Finding
 from podgrace.core.hook_intent import SignalAndWait
 from podgrace.core.managed_fields import apply_is_noop
@@ -139,10 +141,26 @@ class Reconciler:
         managed_profile = result.profile if result.outcome is not Outcome.NOT_OPTED_IN else None
         self.gauges.observe(key, managed_profile, (f.code for f in risks))
         desired = apply_body(namespace, name, result)
-        if apply_is_noop(body, desired):
+        bookkeeping = replaced_hooks.annotation(body, result, workload.ownership)
+        if bookkeeping is not None and "spec" in desired:
+            desired["metadata"]["annotations"] = {ANN_REPLACED_PRESTOP: bookkeeping}
+        live_bookkeeping = ((metadata.get("annotations") or {}).get(ANN_REPLACED_PRESTOP)
+                            if replaced_hooks.owned_annotation(body) else None)  # fmt: skip
+        if apply_is_noop(body, desired) and live_bookkeeping == bookkeeping:
             await self._report_decisions(body, result.decisions)
             return ReconcileOutcome(Result.UNCHANGED, result)
         reverting = "spec" not in desired
+        if reverting:
+            # the hooks podgrace replaced go back to their managers first (then the revert removes nothing
+            # of theirs): an Update under the manager's name, which takes the field back without conflict
+            for manager, patch in replaced_hooks.restore_patches(body):
+                try:
+                    await self._with_retries(
+                        lambda: self.api.patch_deployment_as(namespace, name, patch, manager)  # noqa: B023
+                    )
+                    self.metrics.writes.labels("revert").inc()
+                except ApiError as error:
+                    log.warning("cannot restore a replaced hook of %s/%s: %s", namespace, name, error)
         try:
             written = await self._with_retries(
                 lambda: self.api.apply_deployment(namespace, name, desired, force=result.force)

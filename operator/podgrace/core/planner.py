@@ -60,6 +60,7 @@ class ContainerSettings:
     drain_seconds: int
     pre_stop: HookIntent | None = None  # podgrace's preStop hook; None: podgrace leaves preStop alone
     stop_signal: str | None = None  # lifecycle.stopSignal podgrace owns
+    replaces_users_hook: bool = False  # pre_stop takes the place of somebody else's hook (forced, once)
 
 
 @dataclass(frozen=True)
@@ -166,7 +167,7 @@ def _enforce(
         required_grace_seconds=required,
         force=force,
         findings_before=before,
-        decisions=tuple(sorted(decisions)),
+        decisions=tuple(sorted(decisions, key=lambda d: (d.code, d.container or "", d.message))),
     )
     after = assess(apply_to_workload(workload, result), expectations)
     return Plan(**{**result.__dict__, "findings_after": after})
@@ -313,7 +314,14 @@ def _settle(
             )
         )
     settings = ContainerSettings(
-        e.container, e.rule, e.role, m.delay, e.drain_seconds, pre_stop=pre_stop, stop_signal=m.stop_signal
+        e.container,
+        e.rule,
+        e.role,
+        m.delay,
+        e.drain_seconds,
+        pre_stop=pre_stop,
+        stop_signal=m.stop_signal,
+        replaces_users_hook=replaces and pre_stop is not None,
     )
     return settings, replaces
 

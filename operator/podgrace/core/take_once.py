@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from podgrace.core.constants import ANNOTATION_PREFIX
+from podgrace.core.constants import ANN_REPLACED_PRESTOP, ANNOTATION_PREFIX
 from podgrace.core.managed_fields import container_key, manager_leaves
 from podgrace.core.models import GRACE_FIELD, pre_stop_field
 
@@ -50,7 +50,11 @@ def decide(taken: Taken | None, live: Any, podgrace_owns: bool, inputs: str) -> 
 
 def inputs_key(annotations: Mapping[str, Any], profile_spec: Any) -> str:
     """podgrace's inputs for a Deployment: its podgrace.dev/ annotations and its profile's spec."""
-    ours = {str(k): str(v) for k, v in annotations.items() if str(k).startswith(ANNOTATION_PREFIX)}
+    ours = {
+        str(k): str(v)
+        for k, v in annotations.items()
+        if str(k).startswith(ANNOTATION_PREFIX) and k != ANN_REPLACED_PRESTOP
+    }
     text = json.dumps([sorted(ours.items()), profile_spec], sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
