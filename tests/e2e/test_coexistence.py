@@ -464,6 +464,29 @@ def opt_out_by_owner_reapply_after_replace(s: Scenario) -> Outcome:
     return s.out
 
 
+def opt_out_by_annotation_after_replace_update_owner(s: Scenario) -> Outcome:
+    """`kubectl create` (an Update-operation owner, as Helm 3) with its own hook and `existing-prestop:
+    replace`: podgrace takes the hook once; the user opts out with `kubectl annotate ... profile-`: the
+    user's hook is back, owned by kubectl-create again."""
+    s.out.contested, s.out.owner, s.out.owner_value = PRE_STOP, "kubectl-create", USER_HOOK
+    doc = deployment("app", {**PROFILE, "podgrace.dev/existing-prestop": "replace"}, hook=USER_HOOK)
+    s.must(s.kubectl("create", "-f", "-", input=json.dumps(doc)))
+    s.settle()
+    s.out.extra["replaced"] = s.value(s.get(), PRE_STOP) != USER_HOOK
+    since = time.time()
+    s.opt_out_by_annotation()
+    s.measure(since)
+    key = 'k:{"name":"nginx"}'
+    s.out.extra["hook_owners"] = sorted(
+        m["manager"]
+        for m in s.get()["metadata"].get("managedFields") or []
+        if "f:preStop"
+        in (((((m.get("fieldsV1") or {}).get("f:spec") or {}).get("f:template") or {}).get("f:spec") or {})
+            .get("f:containers", {}).get(key, {}).get("f:lifecycle", {}))
+    )  # fmt: skip
+    return s.out
+
+
 def opt_out_by_annotation_after_grace(s: Scenario) -> Outcome:
     """`kubectl create` with an explicit grace period of 30; the user opts out once podgrace has written."""
     s.out.contested, s.out.owner, s.out.owner_value = GRACE, "kubectl-create", 30
@@ -508,6 +531,7 @@ SCENARIOS: dict[str, Callable[[Scenario], Outcome]] = {
     "optout-annotate-after-replace": opt_out_by_annotation_after_replace,
     "optout-owner-reapply-after-replace": opt_out_by_owner_reapply_after_replace,
     "optout-annotate-after-grace": opt_out_by_annotation_after_grace,
+    "optout-annotate-after-replace-update-owner": opt_out_by_annotation_after_replace_update_owner,
     "ssa-rename-container": ssa_owner_renames_a_container,
     "ssa-drop-container": ssa_owner_drops_a_container,
 }
@@ -521,11 +545,13 @@ LOOPS = [
     "argo-force-ssa-replace",
 ]
 OPT_OUTS = [
+    "optout-annotate-after-replace-update-owner",
     "optout-annotate-after-replace",
     "optout-owner-reapply-after-replace",
     "optout-annotate-after-grace",
 ]
 CONTAINER_CHANGES = ["ssa-rename-container", "ssa-drop-container"]
+SSA_OWNERS = ("argocd-controller", "kustomize-controller")
 
 
 def _outcome(outcomes: dict[str, Future[Outcome]], scenario: str) -> Outcome:
@@ -605,11 +631,17 @@ def test_opting_out_restores_exactly_what_the_user_had(
     out = _outcome(outcomes, scenario)
     print(out.describe())
     if out.contested == PRE_STOP:
-        assert out.extra["replaced"], "podgrace did not replace the user's hook: nothing to restore"
+        if out.owner in SSA_OWNERS:
+            # never taken from a server-side-apply owner (README, "Who owns what", rule 2)
+            assert not out.extra["replaced"], f"podgrace took a hook from {out.owner}, a server-side apply"
+        else:
+            assert out.extra["replaced"], "podgrace did not replace the user's hook: nothing to restore"
         original = deployment("app", {}, hook=USER_HOOK)
     else:
         original = deployment("app", {}, grace=30)
     problems = _opt_out_restored(out, original)
+    if "hook_owners" in out.extra and out.extra["hook_owners"] != [out.owner]:
+        problems.append(f"the restored hook is owned by {out.extra['hook_owners']}, not {out.owner}")
     if "owner_reapply" in out.extra and out.extra["owner_reapply"]["exit"] != 0:
         problems.append(f"the owner's non-forced re-apply failed: {out.extra['owner_reapply']['stderr']}")
     if out.end_value != out.owner_value:
