@@ -179,9 +179,9 @@ class Reconciler:
             )
             return ReconcileOutcome(Result.FAILED, result)
         self.metrics.writes.labels("revert" if reverting else "apply").inc()
-        if reverting:
-            self.memory.forget(key)
-        else:
+        if result.outcome is not Outcome.MANAGED:
+            self.memory.forget(key)  # opted out: a new opt-in starts afresh
+        else:  # (an apply that leaves podgrace nothing, every field taken back, keeps the memory)
             self.memory.wrote(key, uid, _written_fields(desired), inputs)
         # Recorded here rather than by the caller: the fan-out and the requeue reconcile without the work
         # queue, and their writes, too, make older watch events stale.
