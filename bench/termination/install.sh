@@ -5,7 +5,7 @@
 # the lab starts its own foreground instances on 127.0.0.1 only.
 set -euo pipefail
 
-PKGS=(nginx php8.2-fpm apache2 libapache2-mod-php8.2 haproxy util-linux procps)
+PKGS=(nginx php8.2-fpm apache2 libapache2-mod-php8.2 haproxy util-linux procps tini)
 
 missing=()
 for p in "${PKGS[@]}"; do

@@ -87,12 +87,19 @@ def uses_php_fpm(row: Row) -> bool:
     return "php" in row.manifest and "apache" not in row.manifest
 
 
+# Manifests of a built-in profile in a pod of another shape (rows of both matrices).
+SHAPES = {
+    "nginx-tini": "nginx-tini.yaml",  # nginx as the child of Debian's tini (PID 1)
+}
+
+
 def short_rows() -> list[Row]:
-    return [Row(p, m, CELLS["base"]) for p, m in PROFILES.items()]
+    return [Row(p, m, CELLS["base"]) for p, m in {**PROFILES, **SHAPES}.items()]
 
 
 def full_rows() -> list[Row]:
     rows: list[Row] = []
+    rows.extend(Row(p, m, CELLS["base"]) for p, m in SHAPES.items())
     for profile, manifest in PROFILES.items():
         for cell in ("base", "long-requests", "slow-endpoints", "over-drain"):
             rows.append(Row(profile, manifest, CELLS[cell]))
@@ -225,6 +232,10 @@ def summarize_result(res: dict[str, Any]) -> dict[str, Any]:
         }
         for c in res.get("containers", [])
     ]
+    # hooks a real kubelet would report with a FailedPreStopHook Warning Event (killed or failed)
+    out["failed_pre_stop_hooks"] = sum(
+        "FailedPreStopHook" in (c.get("hook_result") or "") for c in res.get("containers", [])
+    )
     out["grace_seconds"] = res.get("plan", {}).get("grace_seconds")
     out["plan_warnings"] = res.get("plan", {}).get("warnings")
     return out
@@ -310,7 +321,8 @@ def run_matrix(
             entry["verdict"] = text_verdict
             _say(
                 f"    -> {entry.get('failed', '?')}/{entry.get('total', '?')} failed "
-                f"{entry.get('counts', '')} {'PASS' if ok else 'FAIL'}: {text_verdict}"
+                f"{entry.get('counts', '')} FailedPreStopHook x{entry.get('failed_pre_stop_hooks', '?')} "
+                f"{'PASS' if ok else 'FAIL'}: {text_verdict}"
             )
             entries.append(entry)
     wall = time.monotonic() - started

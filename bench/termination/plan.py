@@ -140,6 +140,18 @@ class ContainerPlan:
     stop_signal: str
     stop_signal_source: str  # "lifecycle.stopSignal" | "image"
     pre_stop: Hook | None = None
+    init: tuple[str, ...] = ()  # an init that runs the server as its child: ("/usr/bin/tini", "--")
+
+
+# Inits the lab runs in front of the server when the container's command starts with one (the rest of the
+# command is not used: the runtime decides what runs).
+INITS = {"tini": ("/usr/bin/tini", "--")}
+
+
+def init_for(command: object) -> tuple[str, ...]:
+    if isinstance(command, list) and command and isinstance(command[0], str):
+        return INITS.get(command[0].rsplit("/", 1)[-1], ())
+    return ()
 
 
 @dataclass(frozen=True)
@@ -260,7 +272,9 @@ def build_plan(
         else:
             stop_signal = normalize_signal(image_stop_signals.get(name) or default_image_stop_signal(image))
             source = "image"
-        plans.append(ContainerPlan(name, image, runtime_for_image(image), stop_signal, source, hook))
+        runtime = runtime_for_image(image)
+        init = init_for(c.get("command"))
+        plans.append(ContainerPlan(name, image, runtime, stop_signal, source, hook, init))
     annotations = {str(k): str(v) for k, v in (meta.get("annotations") or {}).items()}
     return PodPlan(
         deployment=str(meta.get("name") or "deployment"),

@@ -108,6 +108,8 @@ def build_pod_specs(plan: PodPlan, index: int, workdir: Path, params: Params) ->
             specs.append(servers.apache_container(pod, c.name, index, workdir, workers))
         else:
             specs.append(servers.generic_container(pod, c.name, index, workdir))
+        if c.init:  # the server runs as the init's child, the init is PID 1
+            specs[-1].argv = [*c.init, *specs[-1].argv]
     return specs
 
 

@@ -37,7 +37,7 @@ def test_short_matrix(tmp_path: Path) -> None:
     summary = json.loads((tmp_path / "short" / "matrix.json").read_text())
     scenarios = summary["scenarios"]
     profiles = {s["profile"] for s in scenarios}
-    assert profiles == {"nginx", "php-fpm", "nginx-php-fpm", "apache", "web"}
+    assert profiles == {"nginx", "php-fpm", "nginx-php-fpm", "apache", "web", "nginx-tini"}
     originals = [s for s in scenarios if s["mode"] == "original"]
     rendered = [s for s in scenarios if s["mode"] != "original"]
     assert {s["mode"] for s in rendered} == {"native", "fallback"}

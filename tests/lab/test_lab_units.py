@@ -347,13 +347,21 @@ def test_parse_haproxy_log() -> None:
 
 def test_matrix_rows() -> None:
     short = short_rows()
-    assert {r.profile for r in short} == {"nginx", "php-fpm", "nginx-php-fpm", "apache", "web"}
+    assert {r.profile for r in short} == {"nginx", "php-fpm", "nginx-php-fpm", "apache", "web", "nginx-tini"}
     assert all(r.modes == ("original", "native", "fallback") for r in short)
     full = full_rows()
     assert len({r.key for r in full}) == len(full)
     holds = [r for r in full if r.cell.endpoint_delay < 3 and r.cell.request_ms < 6000]
     broken = [r for r in full if r.cell.endpoint_delay >= 3 or r.cell.request_ms >= 6000]
     assert holds and broken
+
+
+def test_a_command_starting_with_tini_runs_the_server_under_tini() -> None:
+    text = (ROOT / "bench/termination/manifests/nginx-tini.yaml").read_text()
+    (container,) = P.plan_from_text(text).containers
+    assert container.init == ("/usr/bin/tini", "--") and container.runtime == "nginx"
+    plain = (ROOT / "bench/termination/manifests/nginx.yaml").read_text()
+    assert P.plan_from_text(plain).containers[0].init == ()
 
 
 def _res(failed: int, hold: bool = True) -> dict[str, object]:

@@ -9,7 +9,7 @@ import pytest
 from podgrace.core import apply_body, assess, planner, workload_parser
 from podgrace.core.capabilities import Capabilities
 from podgrace.core.constants import ANN_MODE, ANN_PRESTOP_SLEEP
-from podgrace.core.findings import ERRORS, RISKS, Code, Finding
+from podgrace.core.findings import ERRORS, NOTICES, RISKS, Code, Finding
 from podgrace.core.models import Role, ShutdownProfile
 from podgrace.core.planner import Outcome
 from podgrace.core.timing import Expectation
@@ -248,7 +248,7 @@ def test_assess_directly_with_expectations(workload: Any, container: Any) -> Non
     assert assess.assess(w, []) == ()
 
 
-def test_every_code_is_a_risk_a_decision_or_an_error() -> None:
+def test_every_code_is_a_risk_a_decision_a_notice_or_an_error() -> None:
     decisions = {
         Code.USER_HOOK_KEPT,
         Code.STOP_SIGNAL_KEPT,
@@ -257,7 +257,8 @@ def test_every_code_is_a_risk_a_decision_or_an_error() -> None:
         Code.NO_MATCHING_CONTAINERS,
     }
     assert RISKS.isdisjoint(ERRORS) and RISKS.isdisjoint(decisions) and ERRORS.isdisjoint(decisions)
-    assert RISKS | ERRORS | decisions == set(Code)
+    assert NOTICES.isdisjoint(RISKS | ERRORS | decisions)
+    assert RISKS | ERRORS | decisions | NOTICES == set(Code)
     assert Finding(NO, "x", "m").to_dict() == {"code": "NoPreStop", "container": "x", "message": "m"}
 
 

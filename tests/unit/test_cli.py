@@ -40,6 +40,12 @@ def _docs(text: str) -> list[Any]:
     return list(yaml.safe_load_all(text))
 
 
+def _line(path: str, text: str, after: int = 0) -> int:
+    """The 1-based number of the first line after line `after` of the file that contains `text`."""
+    lines = Path(path).read_text().splitlines()
+    return next(n for n, line in enumerate(lines, start=1) if n > after and text in line)
+
+
 # --- render -------------------------------------------------------------------------------------------------
 
 
@@ -55,8 +61,10 @@ def test_render_example(run_cli: Any, example: str) -> None:
     assert nginx["image"] == "nginx:1.27" and nginx["ports"] == [{"containerPort": 80}]
     nginx_script = nginx["lifecycle"]["preStop"]["exec"]["command"][2]
     php_script = php["lifecycle"]["preStop"]["exec"]["command"][2]
-    assert nginx_script.startswith(f"{HOOK_MARKER}\nsleep 5\nkill -QUIT 1\n")
-    assert php_script.startswith(f"{HOOK_MARKER}\nsleep 35\nkill -QUIT 1\n")
+    assert nginx_script.startswith(f"{HOOK_MARKER}\nsleep 5\nm=1\n")
+    assert "case $c in nginx)" in nginx_script and '\nkill -QUIT "$m"\n' in nginx_script
+    assert php_script.startswith(f"{HOOK_MARKER}\nsleep 35\nm=1\n")
+    assert "case $c in php-fpm*)" in php_script and '\nkill -QUIT "$m"\n' in php_script
     assert "stopSignal" not in nginx["lifecycle"]
     # multi-line scripts are printed as YAML block scalars
     assert "- |-\n" in result.out
@@ -179,32 +187,44 @@ def test_audit_json(run_cli: Any, yaml_file: Any, deployment: Any, example: str)
     assert result.code == 1
     assert result.err == ""
     report = json.loads(result.out)
-    assert set(report) == {"workloads", "atRisk"}
-    assert report["atRisk"] == 1
+    assert set(report) == {"workloads", "atRisk", "warnings"}
+    assert (report["atRisk"], report["warnings"]) == (1, [])
     shop, apache = report["workloads"]
+    nginx, php = _line(path, "- name: nginx"), _line(path, "- name: php-fpm")
+    pod = _line(path, "  spec:", after=_line(path, "template:"))
     assert shop == {
+        "kind": "Deployment",
         "namespace": "default",
         "name": "shop",
+        "file": path,
+        "line": 1,
         "profile": "nginx-php-fpm",
         "optedIn": True,
         "atRisk": True,
+        "status": "atRisk",
         "findings": shop["findings"],
+        "unrecognised": [],
     }
-    assert [(f["code"], f["container"]) for f in shop["findings"]] == [
-        ("FastStopSignal", "nginx"),
-        ("FastStopSignal", "php-fpm"),
-        ("GracePeriodTooShort", None),
-        ("NoPreStop", "nginx"),
-        ("NoPreStop", "php-fpm"),
+    assert [(f["code"], f["container"], f["line"]) for f in shop["findings"]] == [
+        ("FastStopSignal", "nginx", nginx),
+        ("FastStopSignal", "php-fpm", php),
+        ("GracePeriodTooShort", None, pod),  # no grace period: the pod spec's line
+        ("NoPreStop", "nginx", nginx),
+        ("NoPreStop", "php-fpm", php),
     ]
-    assert all(set(f) == {"code", "container", "message"} and f["message"] for f in shop["findings"])
+    assert all(set(f) == {"code", "container", "message", "line"} and f["message"] for f in shop["findings"])
     assert apache == {
+        "kind": "Deployment",
         "namespace": "team-a",
         "name": "apache",
+        "file": path,
+        "line": [n for n, t in enumerate(Path(path).read_text().splitlines(), 1) if t.startswith("apiV")][2],
         "profile": None,
         "optedIn": False,
         "atRisk": False,
+        "status": "ok",
         "findings": [],
+        "unrecognised": [],
     }
 
 
@@ -217,15 +237,23 @@ def test_audit_clean_exits_0(run_cli: Any, yaml_file: Any, deployment: Any) -> N
     assert json.loads(result.out) == {
         "workloads": [
             {
+                "kind": "Deployment",
                 "namespace": "default",
                 "name": "shop",
+                "file": path,
+                "line": 1,
                 "profile": None,
                 "optedIn": False,
                 "atRisk": False,
+                "status": "notAssessed",  # not "safe": podgrace recognised nothing in it
                 "findings": [],
+                "unrecognised": [
+                    {"container": "worker", "image": "busybox", "line": _line(path, "name: worker")}
+                ],
             }
         ],
         "atRisk": 0,
+        "warnings": [],
     }
 
 
@@ -235,7 +263,7 @@ def test_audit_text(run_cli: Any, example: str) -> None:
     lines = result.out.splitlines()
     assert lines[0] == "default/shop (profile nginx-php-fpm)"
     assert lines[1].startswith("  FastStopSignal           nginx: nginx stops on SIGTERM")
-    assert lines[-1] == "1 of 1 Deployments at risk of dropping requests on termination"
+    assert lines[-1] == "1 of 1 workloads at risk of dropping requests on termination"
 
 
 def test_audit_reports_invalid_annotations_as_findings(run_cli: Any, yaml_file: Any, deployment: Any) -> None:
@@ -332,8 +360,8 @@ def test_bad_cluster_description(
     ("text", "words"),
     [
         ("kind: Deployment\n  spec: [\n", "not valid YAML"),
-        ("--- [1, 2]\n", "document 1 is not a mapping"),
-        ("apiVersion: v1\nkind: Service\n---\nplain text\n", "document 2 is not a mapping"),
+        ("--- [1, 2]\n", "document 1 (line 1): not a mapping"),
+        ("apiVersion: v1\nkind: Service\n---\nplain text\n", "document 2 (line 4): not a mapping"),
         ("apiVersion: apps/v1\nkind: Deployment\nmetadata: {}\n", "Deployment has no metadata.name"),
         (
             "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: x}\n"
@@ -416,9 +444,10 @@ def test_render_bad_annotations(
         annotations={ANN_PROFILE: "nginx", **annotations},
         name="bad",
     )
-    result = run_cli("render", "-f", yaml_file(good, bad))
+    path = yaml_file(good, bad)
+    result = run_cli("render", "-f", path)
     assert (result.code, result.out) == (2, "")  # nothing rendered, not even the good Deployment
-    assert result.err.startswith("podgrace render: default/bad: ")
+    assert result.err.startswith(f"podgrace render: {path}: document 2 (line 24): default/bad: ")
     assert words in result.err
 
 

@@ -11,7 +11,7 @@ from podgrace.core import hook_intent, hooks
 from podgrace.core.constants import HOOK_MARKER
 from podgrace.core.hook_intent import ExecSleep, HookIntent, NativeSleep, SignalAndWait
 from podgrace.core.models import PreStop, PreStopKind
-from podgrace.core.signals import Signal
+from podgrace.core.signals import Role, Signal
 
 
 def _pre_stop(handler: dict[str, Any] | None) -> PreStop:
@@ -42,6 +42,44 @@ def test_signal_and_wait_script() -> None:
     )
 
 
+def test_signal_and_wait_finds_the_master_of_a_known_server() -> None:
+    script = hook_intent.render(SignalAndWait(5, Signal.SIGWINCH, 33, Role.APACHE))["exec"]["command"][2]
+    assert script == (
+        "# podgrace graceful stop\n"
+        "sleep 5\n"
+        "m=1\n"
+        "for d in /proc/[0-9]*; do\n"
+        '  read -r c <"$d/comm" || continue\n'
+        "  case $c in apache2|httpd) ;; *) continue ;; esac\n"
+        '  read -r s <"$d/stat" || continue\n'
+        "  set -- ${s##*) }\n"
+        '  c=; read -r c <"/proc/$2/comm"\n'
+        "  case $c in apache2|httpd) ;; *) m=${d#/proc/}; break ;; esac\n"
+        "done 2>/dev/null\n"
+        'kill -WINCH "$m"\n'
+        "i=0\n"
+        'while kill -0 "$m" 2>/dev/null && [ "$i" -lt 33 ]; do\n'
+        "  k=\n"
+        "  for d in /proc/[0-9]*; do\n"
+        '    read -r s <"$d/stat" || continue\n'
+        "    set -- ${s##*) }\n"
+        '    [ "$2" = "$m" ] && k=1 && break\n'
+        "  done 2>/dev/null\n"
+        '  [ -n "$k" ] || break\n'
+        "  sleep 1; i=$((i+1))\n"
+        "done"
+    )
+
+
+def test_read_tells_the_roles_apart() -> None:
+    nginx = hook_intent.render(SignalAndWait(5, Signal.SIGQUIT, 33, Role.NGINX))
+    php = hook_intent.render(SignalAndWait(5, Signal.SIGQUIT, 33, Role.PHP_FPM))
+    assert hook_intent.read(nginx) == SignalAndWait(5, Signal.SIGQUIT, 33, Role.NGINX)
+    assert hook_intent.read(php) == SignalAndWait(5, Signal.SIGQUIT, 33, Role.PHP_FPM)
+    edited = nginx["exec"]["command"][2].replace("in nginx)", "in nginx|angie)")
+    assert hook_intent.read(_exec("/bin/sh", "-c", edited)) is None
+
+
 @pytest.mark.parametrize("signal", list(Signal), ids=[s.value for s in Signal])
 def test_signal_and_wait_names_the_signal_without_sig_prefix(signal: Signal) -> None:
     script = hook_intent.render(SignalAndWait(1, signal, 2))["exec"]["command"][2]
@@ -69,7 +107,7 @@ def test_pre_stop_from_api() -> None:
 
 E = hooks.HookEffect
 
-# (preStop handler, HookEffect(delay, signal, waits_for_exit, known_bad))
+# (preStop handler, HookEffect(delay, signal, waits_for_exit, known_bad[, signals_pid1]))
 ANALYZE = [
     pytest.param(None, E(0, None, False, False), id="none"),
     pytest.param({"sleep": {"seconds": 7}}, E(7, None, False, False), id="native-sleep"),
@@ -100,30 +138,37 @@ ANALYZE = [
     pytest.param(
         _exec("sh", "-c", "httpd -k graceful-stop"), E(0, "SIGWINCH", False, True), id="httpd-graceful"
     ),
-    pytest.param(_exec("sh", "-c", "sleep 5; kill -QUIT 1"), E(5, "SIGQUIT", False, True), id="kill-no-wait"),
+    pytest.param(
+        _exec("sh", "-c", "sleep 5; kill -QUIT 1"), E(5, "SIGQUIT", False, True, True), id="kill-no-wait"
+    ),
     pytest.param(
         _exec("sh", "-c", "sleep 4; kill -s QUIT 1; while kill -0 1; do sleep 1; done"),
-        E(4, "SIGQUIT", True, False),
+        E(4, "SIGQUIT", True, False, True),
         id="kill-s-and-wait",
     ),
     pytest.param(
         _exec("sh", "-c", "kill -SIGWINCH 1 && while kill -0 1 2>/dev/null; do sleep 1; done"),
-        E(0, "SIGWINCH", True, False),
+        E(0, "SIGWINCH", True, False, True),
         id="kill-sigwinch-and-wait",
     ),
-    pytest.param(_exec("sh", "-c", "kill -USR1 1"), E(0, "SIGUSR1", False, True), id="kill-usr1"),
+    pytest.param(_exec("sh", "-c", "kill -USR1 1"), E(0, "SIGUSR1", False, True, True), id="kill-usr1"),
     pytest.param(_exec("sh", "-c", "sleep 3; kill -QUIT 10"), E(3, None, False, False), id="not-pid-1"),
     # podgrace's own forms, as hooks.analyze reads a copy somebody else owns
     pytest.param(hook_intent.render(ExecSleep(5)), E(5, None, False, False), id="podgrace-exec-sleep"),
     pytest.param(
         hook_intent.render(SignalAndWait(35, Signal.SIGQUIT, 30)),
-        E(35, "SIGQUIT", True, False),
+        E(35, "SIGQUIT", True, False, True),
         id="podgrace-quit",
     ),
     pytest.param(
         hook_intent.render(SignalAndWait(0, Signal.SIGWINCH, 30)),
-        E(0, "SIGWINCH", True, False),
+        E(0, "SIGWINCH", True, False, True),
         id="podgrace-winch-0",
+    ),
+    pytest.param(
+        hook_intent.render(SignalAndWait(5, Signal.SIGQUIT, 30, Role.NGINX)),
+        E(5, "SIGQUIT", True, False, False),
+        id="podgrace-finds-nginx",
     ),
 ]
 
@@ -141,7 +186,7 @@ def test_wait_loop_sleep_is_not_counted_as_delay() -> None:
 
 def test_marker_alone_does_not_make_a_signal_hook_good() -> None:
     script = f"{HOOK_MARKER}\nsleep 5\nkill -QUIT 1"
-    assert hooks.analyze(_pre_stop(_exec("/bin/sh", "-c", script))) == E(5, "SIGQUIT", False, True)
+    assert hooks.analyze(_pre_stop(_exec("/bin/sh", "-c", script))) == E(5, "SIGQUIT", False, True, True)
 
 
 @pytest.mark.parametrize(
@@ -161,6 +206,8 @@ OWN_HOOKS = [
     ExecSleep(12),
     *(SignalAndWait(35, signal, 33) for signal in Signal),
     SignalAndWait(0, Signal.SIGWINCH, 1800),
+    *(SignalAndWait(5, Signal.SIGQUIT, 33, role) for role in Role),
+    SignalAndWait(0, Signal.SIGWINCH, 1800, Role.APACHE),
 ]
 
 

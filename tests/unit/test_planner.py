@@ -39,16 +39,45 @@ def test_capability_matrix_is_what_the_tables_assume() -> None:
 # --- the hooks podgrace writes, spelled out ---------------------------------------------------------------
 
 
-def signal_wait(delay: int, signal: str, wait: int) -> dict[str, Any]:
+def signal_wait(delay: int, signal: str, wait: int, names: str | None) -> dict[str, Any]:
     """podgrace's fallback hook; `wait` = max(drain, grace - delay - 2): it holds the kubelet's own stop
-    signal back until 2 s before the grace period ends."""
-    script = (
-        f"{HOOK_MARKER}\n"
-        f"sleep {delay}\n"
-        f"kill -{signal} 1\n"
-        "i=0\n"
-        f'while kill -0 1 2>/dev/null && [ "$i" -lt {wait} ]; do sleep 1; i=$((i+1)); done'
-    )
+    signal back until 2 s before the grace period ends. `names`: the server's process names (a `case`
+    pattern); the hook signals the master process of that name and waits while it has workers. None:
+    the form for a generic server (and of earlier podgrace versions): signal PID 1, wait until it exits."""
+    if names is None:
+        script = (
+            f"{HOOK_MARKER}\n"
+            f"sleep {delay}\n"
+            f"kill -{signal} 1\n"
+            "i=0\n"
+            f'while kill -0 1 2>/dev/null && [ "$i" -lt {wait} ]; do sleep 1; i=$((i+1)); done'
+        )
+    else:
+        script = (
+            f"{HOOK_MARKER}\n"
+            f"sleep {delay}\n"
+            "m=1\n"
+            "for d in /proc/[0-9]*; do\n"
+            '  read -r c <"$d/comm" || continue\n'
+            f"  case $c in {names}) ;; *) continue ;; esac\n"
+            '  read -r s <"$d/stat" || continue\n'
+            "  set -- ${s##*) }\n"
+            '  c=; read -r c <"/proc/$2/comm"\n'
+            f"  case $c in {names}) ;; *) m=${{d#/proc/}}; break ;; esac\n"
+            "done 2>/dev/null\n"
+            f'kill -{signal} "$m"\n'
+            "i=0\n"
+            f'while kill -0 "$m" 2>/dev/null && [ "$i" -lt {wait} ]; do\n'
+            "  k=\n"
+            "  for d in /proc/[0-9]*; do\n"
+            '    read -r s <"$d/stat" || continue\n'
+            "    set -- ${s##*) }\n"
+            '    [ "$2" = "$m" ] && k=1 && break\n'
+            "  done 2>/dev/null\n"
+            '  [ -n "$k" ] || break\n'
+            "  sleep 1; i=$((i+1))\n"
+            "done"
+        )
     return {"exec": {"command": ["/bin/sh", "-c", script]}}
 
 
@@ -77,20 +106,23 @@ PODS: dict[str, list[dict[str, Any]]] = {
 #   os: spec.os.name podgrace owns; grace: terminationGracePeriodSeconds; required: grace without margin
 MATRIX = [
     # nginx: SIGQUIT; 5s propagation, 30s drain -> grace 5 + 30 + 5
-    ("nginx", "1.29", {"nginx": (signal_wait(5, "QUIT", 33), None)}, None, 40, 35),
-    ("nginx", "1.34", {"nginx": (signal_wait(5, "QUIT", 33), None)}, None, 40, 35),
+    ("nginx", "1.29", {"nginx": (signal_wait(5, "QUIT", 33, "nginx"), None)}, None, 40, 35),
+    ("nginx", "1.34", {"nginx": (signal_wait(5, "QUIT", 33, "nginx"), None)}, None, 40, 35),
     ("nginx", "1.34+gate", {"nginx": (native(5), "SIGQUIT")}, "linux", 40, 35),
     ("nginx", "1.35+gate", {"nginx": (native(5), "SIGQUIT")}, "linux", 40, 35),
     # php-fpm alone: signalled only after its propagation + its longest request (5 + 30)
-    ("php-fpm", "1.29", {"app": (signal_wait(35, "QUIT", 33), None)}, None, 70, 65),
-    ("php-fpm", "1.34", {"app": (signal_wait(35, "QUIT", 33), None)}, None, 70, 65),
+    ("php-fpm", "1.29", {"app": (signal_wait(35, "QUIT", 33, "php-fpm*"), None)}, None, 70, 65),
+    ("php-fpm", "1.34", {"app": (signal_wait(35, "QUIT", 33, "php-fpm*"), None)}, None, 70, 65),
     ("php-fpm", "1.34+gate", {"app": (native(35), "SIGQUIT")}, "linux", 70, 65),
     ("php-fpm", "1.35+gate", {"app": (native(35), "SIGQUIT")}, "linux", 70, 65),
     # nginx in front of php-fpm: php-fpm waits nginx's sleep + nginx's drain (5 + 30)
     (
         "nginx-php-fpm",
         "1.29",
-        {"nginx": (signal_wait(5, "QUIT", 63), None), "php-fpm": (signal_wait(35, "QUIT", 33), None)},
+        {
+            "nginx": (signal_wait(5, "QUIT", 63, "nginx"), None),
+            "php-fpm": (signal_wait(35, "QUIT", 33, "php-fpm*"), None),
+        },
         None,
         70,
         65,
@@ -98,7 +130,10 @@ MATRIX = [
     (
         "nginx-php-fpm",
         "1.34",
-        {"nginx": (signal_wait(5, "QUIT", 63), None), "php-fpm": (signal_wait(35, "QUIT", 33), None)},
+        {
+            "nginx": (signal_wait(5, "QUIT", 63, "nginx"), None),
+            "php-fpm": (signal_wait(35, "QUIT", 33, "php-fpm*"), None),
+        },
         None,
         70,
         65,
@@ -120,8 +155,8 @@ MATRIX = [
         65,
     ),
     # Apache: SIGWINCH (graceful-stop)
-    ("apache", "1.29", {"web": (signal_wait(5, "WINCH", 33), None)}, None, 40, 35),
-    ("apache", "1.34", {"web": (signal_wait(5, "WINCH", 33), None)}, None, 40, 35),
+    ("apache", "1.29", {"web": (signal_wait(5, "WINCH", 33, "apache2|httpd"), None)}, None, 40, 35),
+    ("apache", "1.34", {"web": (signal_wait(5, "WINCH", 33, "apache2|httpd"), None)}, None, 40, 35),
     ("apache", "1.34+gate", {"web": (native(5), "SIGWINCH")}, "linux", 40, 35),
     ("apache", "1.35+gate", {"web": (native(5), "SIGWINCH")}, "linux", 40, 35),
     # generic web server: a sleep only, never a signal (so never spec.os either)
@@ -460,7 +495,7 @@ def test_user_hook_replaced_file_mode(
     )
     result = planner.plan(w, builtin_profiles, CAPS[caps])
     (settings,) = result.containers
-    assert handler(settings) == signal_wait(5, "QUIT", 33)
+    assert handler(settings) == signal_wait(5, "QUIT", 33, "nginx")
     assert result.force is True
     assert result.decisions == ()
     assert result.findings_after == ()
@@ -481,7 +516,7 @@ def test_replace_policy_from_the_profile(
     w = workload(container("nginx", "nginx:1.27", pre_stop=NGINX_QUIT), profile="nginx-replace")
     result = planner.plan(w, known, CAPS["1.34"])
     assert result.force is True
-    assert handler(result.containers[0]) == signal_wait(5, "QUIT", 33)
+    assert handler(result.containers[0]) == signal_wait(5, "QUIT", 33, "nginx")
     # ... and the annotation wins over the profile
     w_keep = workload(
         container("nginx", "nginx:1.27", pre_stop=NGINX_QUIT),
@@ -521,7 +556,7 @@ def test_user_hook_replaced_cluster_mode_without_gate(
     result = planner.plan(w, builtin_profiles, CAPS["1.34"])
     assert result.force is True
     # an exec form takes over the user's exec.command: the object keeps a single handler
-    assert handler(result.containers[0]) == signal_wait(5, "QUIT", 33)
+    assert handler(result.containers[0]) == signal_wait(5, "QUIT", 33, "nginx")
 
 
 def test_replacing_a_users_exec_hook_keeps_one_handler_type(
@@ -608,10 +643,10 @@ def test_podgraces_own_exec_hook_is_recognised_by_its_marker(
     handler: Any, builtin_profiles: dict[str, ShutdownProfile], workload: Any, container: Any, caps: str
 ) -> None:
     # an older render with other timings: carries the marker, so it is podgrace's and gets updated
-    old = signal_wait(3, "QUIT", 10)
+    old = signal_wait(3, "QUIT", 10, None)
     w = workload(container("nginx", "nginx:1.27", pre_stop=old), profile="nginx")
     result = planner.plan(w, builtin_profiles, CAPS[caps])
-    assert handler(result.containers[0]) == signal_wait(5, "QUIT", 33)
+    assert handler(result.containers[0]) == signal_wait(5, "QUIT", 33, "nginx")
     assert result.force is False
     assert result.decisions == ()
 
@@ -662,7 +697,7 @@ def test_cluster_mode_trusts_managed_fields_over_the_marker(
 ) -> None:
     # a user copied an old podgrace hook into their own manifest: kubectl owns it, so it is theirs
     w = workload(
-        container("nginx", "nginx:1.27", pre_stop=signal_wait(3, "QUIT", 10)),
+        container("nginx", "nginx:1.27", pre_stop=signal_wait(3, "QUIT", 10, None)),
         profile="nginx",
         ownership=CLUSTER_USER_HOOK,
     )
@@ -697,7 +732,9 @@ def test_user_stop_signal_is_kept_and_podgrace_signals_from_its_hook(
     result = planner.plan(w, builtin_profiles, CAPS["1.34+gate"])
     (settings,) = result.containers
     assert settings.stop_signal is None
-    assert handler(settings) == signal_wait(5, "QUIT", 33)  # the graceful stop comes from the hook instead
+    assert handler(settings) == signal_wait(
+        5, "QUIT", 33, "nginx"
+    )  # the graceful stop comes from the hook instead
     assert result.os_name is None
     assert [(d.code, d.container) for d in result.decisions] == [(Code.STOP_SIGNAL_KEPT, "nginx")]
     assert result.findings_after == ()
@@ -815,10 +852,10 @@ FIT_TABLE = [
      {"nginx": native(5), "php-fpm": native(28)}, None, ["php-fpm is stopped after 28s (it needs 35s)"]),
     # the fallback hook: php-fpm's signal 2 s before the end; no hook waits past the end of the grace period
     ("nginx-php-fpm", NGINX_PHP, 30, {}, "1.34",
-     {"nginx": signal_wait(5, "QUIT", 25), "php-fpm": signal_wait(28, "QUIT", 2)}, None,
+     {"nginx": signal_wait(5, "QUIT", 25, "nginx"), "php-fpm": signal_wait(28, "QUIT", 2, "php-fpm*")}, None,
      ["php-fpm is stopped after 28s (it needs 35s)"]),
     ("nginx-php-fpm", NGINX_PHP, 30, {}, "1.29",
-     {"nginx": signal_wait(5, "QUIT", 25), "php-fpm": signal_wait(28, "QUIT", 2)}, None,
+     {"nginx": signal_wait(5, "QUIT", 25, "nginx"), "php-fpm": signal_wait(28, "QUIT", 2, "php-fpm*")}, None,
      ["php-fpm is stopped after 28s (it needs 35s)"]),
     # a grace pinned by podgrace's own annotation is written, and the hooks fit in it
     ("php-fpm", (("app", "php:8.3-fpm"),), None, {ANN_GRACE_PIN: "10"}, "1.35+gate",
@@ -835,7 +872,8 @@ FIT_TABLE = [
      ["nginx is stopped after 0s (it needs 5s)"]),
     # long enough for the delays, too short for the drain: nothing shortened, the hook's wait ends in time
     ("nginx-php-fpm", NGINX_PHP, 45, {}, "1.34",
-     {"nginx": signal_wait(5, "QUIT", 38), "php-fpm": signal_wait(35, "QUIT", 10)}, None, []),
+     {"nginx": signal_wait(5, "QUIT", 38, "nginx"), "php-fpm": signal_wait(35, "QUIT", 10, "php-fpm*")},
+     None, []),
 ]  # fmt: skip
 
 
@@ -1006,11 +1044,13 @@ def test_unknown_profile_is_invalid(
 def test_no_matching_container_owns_nothing(
     builtin_profiles: dict[str, ShutdownProfile], workload: Any, container: Any
 ) -> None:
-    result = planner.plan(
-        workload(container("worker", "busybox:1.36"), profile="nginx"), builtin_profiles, CAPS["1.34"]
-    )
+    # two containers: the sole-rule fallback (one rule, one serving container) does not apply
+    pod = workload(container("worker", "busybox:1.36"), container("cron", "busybox:1.36"), profile="nginx")
+    result = planner.plan(pod, builtin_profiles, CAPS["1.34"])
     assert result.outcome is Outcome.MANAGED
     assert [d.code for d in result.decisions] == [Code.NO_MATCHING_CONTAINERS]
+    assert result.unrecognised == ("worker", "cron")
+    assert result.notices == ()
     assert not result.owns_anything
     assert "spec" not in apply_body.apply_body("default", "shop", result)
 
@@ -1038,3 +1078,98 @@ def test_findings_are_all_risks_and_decisions_are_not(
     result = planner.plan(w, builtin_profiles, CAPS["1.29"])
     assert all(f.code in RISKS for f in (*result.findings_before, *result.findings_after))
     assert result.decisions and not any(d.is_risk or d.is_error for d in result.decisions)
+
+
+# --- pods that share their process namespace: PID 1 is the pause process ---------------------------------
+
+
+def _shared_pid(w: Any) -> Any:
+    return w.model_copy(update={"share_process_namespace": True})
+
+
+def test_parser_reads_share_process_namespace(deployment: Any) -> None:
+    doc = deployment([{"name": "web", "image": "nginx:1.27"}], profile="nginx")
+    assert workload_parser.from_object(doc, with_ownership=False).share_process_namespace is False
+    doc["spec"]["template"]["spec"]["shareProcessNamespace"] = True
+    assert workload_parser.from_object(doc, with_ownership=False).share_process_namespace is True
+
+
+def test_shared_pid_namespace_known_servers_get_the_hook_that_finds_them(
+    handler: Any, builtin_profiles: dict[str, ShutdownProfile], workload: Any, container: Any
+) -> None:
+    w = _shared_pid(
+        workload(
+            container("nginx", "nginx:1.27"), container("php-fpm", "php:8.2-fpm"), profile="nginx-php-fpm"
+        )
+    )
+    result = planner.plan(w, builtin_profiles, CAPS["1.34"])
+    assert result.outcome is Outcome.MANAGED and result.errors == ()
+    nginx, php = result.containers
+    assert handler(nginx) == signal_wait(5, "QUIT", 63, "nginx")
+    assert handler(php) == signal_wait(35, "QUIT", 33, "php-fpm*")
+    assert result.findings_after == ()
+
+
+GENERIC_SIGTERM = {
+    "apiVersion": "podgrace.dev/v1alpha1",
+    "kind": "ShutdownProfile",
+    "metadata": {"name": "term"},
+    "spec": {
+        "containers": [
+            {
+                "name": "app",
+                "match": {"images": ["*"]},
+                "role": "generic",
+                "stopSignal": "SIGTERM",
+                "preStopSleepSeconds": 5,
+                "drainSeconds": 10,
+            }
+        ]
+    },
+}
+
+
+@pytest.mark.parametrize("caps", ["1.29", "1.34"])
+def test_shared_pid_namespace_generic_signal_hook_is_refused(
+    builtin_profiles: dict[str, ShutdownProfile], workload: Any, container: Any, caps: str
+) -> None:
+    profiles = {**builtin_profiles, "term": parse_profile(GENERIC_SIGTERM)}
+    w = workload(container("app", "example/app:1"), profile="term")
+    assert planner.plan(w, profiles, CAPS[caps]).outcome is Outcome.MANAGED  # its own PID namespace: fine
+    result = planner.plan(_shared_pid(w), profiles, CAPS[caps])
+    assert result.outcome is Outcome.INVALID
+    assert [(e.code, e.container) for e in result.errors] == [(Code.SIGNAL_UNREACHABLE, "app")]
+    assert result.containers == () and not result.owns_anything  # the Deployment is left unchanged
+
+
+def test_shared_pid_namespace_generic_with_stop_signal_needs_no_hook(
+    builtin_profiles: dict[str, ShutdownProfile], workload: Any, container: Any
+) -> None:
+    profiles = {**builtin_profiles, "term": parse_profile(GENERIC_SIGTERM)}
+    result = planner.plan(
+        _shared_pid(workload(container("app", "x:1"), profile="term")), profiles, CAPS["1.35+gate"]
+    )
+    assert result.outcome is Outcome.MANAGED and result.errors == ()
+    assert result.containers[0].stop_signal == "SIGTERM"
+
+
+@pytest.mark.parametrize(
+    ("script", "at_risk"),
+    [
+        ("sleep 5; kill -QUIT 1; while kill -0 1; do sleep 1; done", True),
+        ("sleep 5; kill -TERM 1; while kill -0 1; do sleep 1; done", True),
+        ('sleep 5; kill -QUIT "$m"; while kill -0 "$m"; do sleep 1; done', False),
+        ("sleep 5", False),
+    ],
+)
+def test_audit_flags_a_hook_that_signals_pause(
+    builtin_profiles: dict[str, ShutdownProfile], workload: Any, container: Any, script: str, at_risk: bool
+) -> None:
+    hook = {"exec": {"command": ["/bin/sh", "-c", script]}}
+    w = workload(container("nginx", "nginx:1.27", pre_stop=hook), profile="nginx", grace=60)
+    expectations = planner.profile_expectations(w, builtin_profiles["nginx"].spec, w.overrides)
+    assert Code.SIGNAL_HITS_PAUSE not in {f.code for f in assess.assess(w, expectations)}
+    codes = {f.code for f in assess.assess(_shared_pid(w), expectations)}
+    assert (Code.SIGNAL_HITS_PAUSE in codes) is at_risk
+    if at_risk:
+        assert Code.FAST_STOP_SIGNAL in codes  # the server gets the kubelet's SIGTERM instead

@@ -3,21 +3,30 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import json
+import os
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from podgrace import __version__
-from podgrace.cli.yaml_stream import InputError, dump_stream, read_stream
+from podgrace.cli import sarif
+from podgrace.cli.yaml_stream import Document, InputError, Source, dumps, read_documents, read_stream
 from podgrace.core import capabilities, profiles
 from podgrace.core.apply_body import merge_into_manifest
+from podgrace.core.constants import ANN_PROFILE
+from podgrace.core.findings import Code, Finding
+from podgrace.core.kinds import describe, unhandled_warning
 from podgrace.core.models import ShutdownProfile
 from podgrace.core.planner import Outcome, Plan, plan
-from podgrace.core.workload_parser import ManifestError, from_object, is_deployment
+from podgrace.core.workload_parser import ManifestError, from_object, is_workload
 
-EXIT_FINDINGS = 1
-EXIT_USAGE = 2
+EXIT_FINDINGS = 1  # audit: workloads at risk
+EXIT_USAGE = 2  # bad input or usage: one line per problem on stderr, nothing on stdout
+EXIT_INTERNAL = 3  # a bug in podgrace: one line on stderr (no traceback)
+EXIT_BROKEN_PIPE = 141  # the reader closed stdout early (`render | head`), as for a tool killed by SIGPIPE
 
 
 class CliError(Exception):
@@ -57,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     audit = commands.add_parser("audit", help="list workloads at risk of dropping requests on termination")
     _cluster_args(audit)
-    audit.add_argument("-o", "--output", choices=["text", "json"], default="text")
+    audit.add_argument("-o", "--output", choices=["text", "json", "sarif"], default="text")
 
     run = commands.add_parser("run", help="run the operator")
     scope = run.add_mutually_exclusive_group()
@@ -94,9 +103,75 @@ def _port(text: str) -> int:
     return value
 
 
+@dataclass
+class Item:
+    """One object of the input (a document, or an item of a `kind: List`) and what podgrace made of it."""
+
+    obj: dict[Any, Any]
+    source: Source
+    raw: dict[Any, Any] | None = None  # what is printed, when it differs from obj (a typed list's item)
+    plan: Plan | None = None
+    warning: str | None = None
+
+    @property
+    def label(self) -> str:
+        """How messages name the workload: `ns/name` for a Deployment, `Kind ns/name` for other kinds."""
+        assert self.plan is not None
+        kind = self.obj.get("kind")
+        return self.plan.workload if kind == "Deployment" else f"{kind} {self.plan.workload}"
+
+    def line_of(self, finding: Finding) -> int:
+        pod = ["spec", "template", "spec"]
+        if finding.container is not None:
+            containers = _at(self.obj, [*pod, "containers"])
+            names = [c.get("name") for c in containers] if isinstance(containers, list) else []
+            if finding.container in names:
+                return self.source.line_of([*pod, "containers", names.index(finding.container)])
+        if finding.code is Code.GRACE_TOO_SHORT or finding.code is Code.GRACE_PINNED:
+            return self.source.line_of([*pod, "terminationGracePeriodSeconds"])
+        if finding.is_error or finding.code is Code.NO_MATCHING_CONTAINERS:
+            return self.source.line_of(["metadata", "annotations", ANN_PROFILE])
+        return self.source.line
+
+
+def _at(obj: Any, path: Sequence[str]) -> Any:
+    for step in path:
+        obj = obj.get(step) if isinstance(obj, dict) else None
+    return obj
+
+
+def _is_list(obj: dict[Any, Any]) -> bool:
+    """`kind: List` as kubectl prints it, or a typed list (DeploymentList) as the API returns it."""
+    kind = obj.get("kind")
+    return isinstance(kind, str) and kind.endswith("List") and "items" in obj
+
+
+def _items(document: Document) -> list[Item]:
+    obj = document.obj
+    if not _is_list(obj):
+        return [Item(obj, document.source)]
+    raw = obj.get("items")
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise InputError(f"{document.source.describe()}: {obj['kind']} items must be a list")
+    typed = obj["kind"] != "List"  # a DeploymentList's items carry no kind of their own
+    items = []
+    for index, entry in enumerate(raw):
+        source = document.source.for_item(index)
+        if not isinstance(entry, dict):
+            raise InputError(f"{source.describe()}: not a mapping (a Kubernetes object)")
+        if typed:
+            kind = obj["kind"].removesuffix("List")
+            items.append(Item({"apiVersion": obj.get("apiVersion"), "kind": kind, **entry}, source, entry))
+        else:
+            items.append(Item(entry, source))
+    return items
+
+
 def _load(
     args: argparse.Namespace,
-) -> tuple[list[Any], dict[str, ShutdownProfile], capabilities.Capabilities]:
+) -> tuple[list[Document], dict[str, ShutdownProfile], capabilities.Capabilities]:
     try:
         caps = capabilities.from_description(
             capabilities.parse_server_version(args.server_version),
@@ -106,93 +181,188 @@ def _load(
         raise CliError(str(error)) from error
     known = profiles.builtin()
     for path in args.profiles:
-        docs = read_stream(path)
-        loaded = profiles.from_documents(docs)
+        loaded = profiles.from_documents(read_stream(path))
         if not loaded:
             raise CliError(f"{path}: no ShutdownProfile found")
         known.update(loaded)
-    return read_stream(args.filename), known, caps
+    return read_documents(args.filename), known, caps
 
 
-def _plans(
-    documents: list[Any], known: dict[str, ShutdownProfile], caps: capabilities.Capabilities
-) -> list[Plan | None]:
-    results: list[Plan | None] = []
-    for doc in documents:
-        results.append(
-            plan(from_object(doc, with_ownership=False), known, caps) if is_deployment(doc) else None
-        )
-    return results
+def _plan_all(
+    documents: list[Document], known: dict[str, ShutdownProfile], caps: capabilities.Capabilities
+) -> list[list[Item]]:
+    planned = []
+    for document in documents:
+        items = _items(document)
+        for item in items:
+            if is_workload(item.obj):
+                try:
+                    workload = from_object(item.obj, with_ownership=False)
+                except ManifestError as error:
+                    raise InputError(f"{item.source.describe()}: {error}") from error
+                item.plan = plan(workload, known, caps)
+            item.warning = unhandled_warning(item.obj)
+        planned.append(items)
+    return planned
+
+
+def _warn_unhandled(items: Sequence[Item]) -> None:
+    for item in items:
+        if item.warning is not None:
+            print(f"warning: {item.source.describe()}: {describe(item.obj)}: {item.warning}", file=sys.stderr)
 
 
 def cmd_render(args: argparse.Namespace) -> int:
     documents, known, caps = _load(args)
-    results = _plans(documents, known, caps)
-    errors = [f"{r.workload}: {e.message}" for r in results if r is not None for e in r.errors]
+    planned = _plan_all(documents, known, caps)
+    items = [item for group in planned for item in group]
+    errors = [
+        f"{item.source.describe()}: {item.plan.workload}: {e.message}"
+        for item in items
+        if item.plan is not None
+        for e in item.plan.errors
+    ]
     if errors:
         raise CliError("\n".join(errors))
-    rendered = [
-        merge_into_manifest(doc, result) if result is not None else doc
-        for doc, result in zip(documents, results, strict=True)
-    ]
-    for result in results:
-        if result is not None:
-            for decision in result.decisions:
-                where = f" container {decision.container}" if decision.container else ""
-                print(f"warning: {result.workload}{where}: {decision.message}", file=sys.stderr)
-    dump_stream(rendered, sys.stdout)
+    rendered = []
+    for document, group in zip(documents, planned, strict=True):
+        merged = [
+            merge_into_manifest(i.raw or i.obj, i.plan) if i.plan is not None else (i.raw or i.obj)
+            for i in group
+        ]
+        if _is_list(document.obj):
+            rendered.append({**document.obj, "items": merged} if group else document.obj)
+        else:
+            rendered.append(merged[0])
+    text = dumps(rendered)
+    _warn_unhandled(items)
+    for item in items:
+        result = item.plan
+        if result is None:
+            continue
+        for note in result.notices:
+            where = f" container {note.container}" if note.container else ""
+            print(f"note: {item.label}{where}: {note.message}", file=sys.stderr)
+        for decision in result.decisions:
+            where = f" container {decision.container}" if decision.container else ""
+            print(f"warning: {item.label}{where}: {decision.message}", file=sys.stderr)
+    sys.stdout.write(text)
+    sys.stdout.flush()
     return 0
 
 
-def audit_report(results: Sequence[Plan]) -> list[dict[str, Any]]:
-    report = []
-    for result in results:
-        findings = [f for f in (*result.errors, *result.findings_before) if f.is_risk or f.is_error]
-        namespace, _, name = result.workload.partition("/")
-        report.append(
-            {
-                "namespace": namespace,
-                "name": name,
-                "profile": result.profile,
-                "optedIn": result.outcome is not Outcome.NOT_OPTED_IN,
-                "atRisk": bool(findings),
-                "findings": [f.to_dict() for f in findings],
-            }
-        )
-    return report
+def audit_entry(item: Item) -> dict[str, Any]:
+    result = item.plan
+    assert result is not None
+    risks = [f for f in (*result.errors, *result.findings_before) if f.is_risk or f.is_error]
+    risks += [d for d in result.decisions if d.code is Code.NO_MATCHING_CONTAINERS]
+    containers = _at(item.obj, ["spec", "template", "spec", "containers"]) or []
+    images = {c.get("name"): c.get("image") for c in containers}
+    unrecognised = [
+        {
+            "container": name,
+            "image": images.get(name),
+            "line": item.line_of(Finding(Code.NO_PRESTOP, name, "")),
+        }
+        for name in result.unrecognised
+    ]
+    if risks:
+        status = "atRisk"
+    elif len(result.unrecognised) >= len(containers):
+        status = "notAssessed"  # nothing recognised: not safe, just unknown
+    else:
+        status = "ok"
+    namespace, _, name = result.workload.partition("/")
+    return {
+        "kind": item.obj.get("kind"),
+        "namespace": namespace,
+        "name": name,
+        "file": item.source.file,
+        "line": item.source.line,
+        "profile": result.profile,
+        "optedIn": result.outcome is not Outcome.NOT_OPTED_IN,
+        "atRisk": bool(risks),
+        "status": status,
+        "findings": [{**f.to_dict(), "line": item.line_of(f)} for f in risks],
+        "unrecognised": unrecognised,
+    }
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
     documents, known, caps = _load(args)
-    report = audit_report([r for r in _plans(documents, known, caps) if r is not None])
+    items = [item for group in _plan_all(documents, known, caps) for item in group]
+    report = [audit_entry(item) for item in items if item.plan is not None]
+    warnings = [
+        {"file": i.source.file, "line": i.source.line, "object": describe(i.obj), "message": i.warning}
+        for i in items
+        if i.warning is not None
+    ]
     at_risk = [w for w in report if w["atRisk"]]
+    not_assessed = [w for w in report if w["status"] == "notAssessed"]
     if args.output == "json":
-        json.dump({"workloads": report, "atRisk": len(at_risk)}, sys.stdout, indent=2)
-        print()
+        text = json.dumps({"workloads": report, "atRisk": len(at_risk), "warnings": warnings}, indent=2)
+        sys.stdout.write(text + "\n")
+    elif args.output == "sarif":
+        sys.stdout.write(json.dumps(sarif.report(report, warnings, __version__), indent=2) + "\n")
     else:
-        for w in at_risk:
+        _warn_unhandled(items)
+        lines = []
+        for w in report:
+            if w["status"] == "ok" and not w["unrecognised"]:
+                continue
             profile = f"profile {w['profile']}" if w["optedIn"] else "not opted in"
-            print(f"{w['namespace']}/{w['name']} ({profile})")
+            kind = "" if w["kind"] == "Deployment" else f"{w['kind']}, "
+            assessed = ": not assessed, no container recognised" if w["status"] == "notAssessed" else ""
+            lines.append(f"{w['namespace']}/{w['name']} ({kind}{profile}){assessed}")
             for f in w["findings"]:
                 where = f"{f['container']}: " if f["container"] else ""
-                print(f"  {f['code']:<24} {where}{f['message']}")
-        print(f"{len(at_risk)} of {len(report)} Deployments at risk of dropping requests on termination")
+                lines.append(f"  {f['code']:<24} {where}{f['message']}")
+            for u in w["unrecognised"]:
+                lines.append(f"  {'Unrecognised':<24} {u['container']}: image {u['image']!r}")
+        summary = f"{len(at_risk)} of {len(report)} workloads at risk of dropping requests on termination"
+        if not_assessed:
+            summary += f"; {len(not_assessed)} not assessed (no container recognised)"
+        sys.stdout.write("".join(f"{line}\n" for line in [*lines, summary]))
+    sys.stdout.flush()
     return EXIT_FINDINGS if at_risk else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        if args.command == "render":
-            return cmd_render(args)
-        if args.command == "audit":
-            return cmd_audit(args)
+    if args.command == "run":
         from podgrace.controller.run import run  # the operator's imports are only paid for by `run`
 
         return run(args)
+    # A short-lived command whose objects hold no cycles: the cyclic collector's passes over the growing
+    # heap cost a third of a large render (bench/render) and free nothing.
+    gc.disable()
+    try:
+        return cmd_render(args) if args.command == "render" else cmd_audit(args)
     except (CliError, InputError, ManifestError, profiles.ProfileError) as error:
-        print(f"podgrace {args.command}: {error}", file=sys.stderr)
+        for line in str(error).splitlines():
+            print(f"podgrace {args.command}: {line}", file=sys.stderr)
         return EXIT_USAGE
+    except BrokenPipeError:
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
+    except Exception as error:  # a bug: one line, its own exit code, never a traceback
+        print(
+            f"podgrace {args.command}: internal error (a bug in podgrace, please report it): "
+            f"{type(error).__name__}: {str(error)[:200]}",
+            file=sys.stderr,
+        )
+        return EXIT_INTERNAL
+    finally:
+        gc.enable()
+
+
+def _silence_stdout() -> None:
+    """After a broken pipe, point stdout at /dev/null so the interpreter's final flush stays quiet."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass
 
 
 if __name__ == "__main__":

@@ -1,41 +1,323 @@
-"""YAML streams in and out, deterministically: key order is kept, multi-line strings print as blocks."""
+"""YAML streams in and out, deterministically: key order is kept, multi-line strings print as blocks.
+
+What podgrace reads is bounded whatever the input: nesting depth, alias expansion and integer size are
+limited (an input over a limit is a clear `InputError`, never a crash), and the stream is composed from
+parser events by a loop, not by recursion (libyaml's own composer recurses in C and overflows the stack on
+deep nesting). libyaml's C parser and emitter are used when PyYAML has them; the output is the same bytes
+as PyYAML's pure-Python emitter (tests/unit/test_yaml_stream.py).
+"""
 
 from __future__ import annotations
 
+import gc
+import re
 import sys
-from collections.abc import Iterable
-from typing import Any, TextIO
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import yaml
+from yaml.events import (
+    AliasEvent,
+    DocumentEndEvent,
+    DocumentStartEvent,
+    MappingEndEvent,
+    MappingStartEvent,
+    ScalarEvent,
+    SequenceEndEvent,
+    SequenceStartEvent,
+    StreamEndEvent,
+    StreamStartEvent,
+)
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+# Kubernetes objects nest a few dozen levels at most (a CRD's schema included).
+MAX_DEPTH = 100
+# Aliases may add this many nodes to a document beyond what it spells out (or double a larger document):
+# enough for any anchor reuse in a manifest, far from a "billion laughs".
+ALIAS_EXTRA_NODES = 100_000
+# Kubernetes integers are int64 (19 digits); the longest spelling of one (binary) has 66 characters.
+MAX_INT_CHARS = 70
+
+HAVE_LIBYAML = bool(getattr(yaml, "__with_libyaml__", False))
+_BaseLoader: type[Any] = yaml.CSafeLoader if HAVE_LIBYAML else yaml.SafeLoader
+_BaseDumper: type[Any] = yaml.CSafeDumper if HAVE_LIBYAML else yaml.SafeDumper
 
 
 class InputError(ValueError):
     pass
 
 
-def read_stream(path: str) -> list[Any]:
-    """Documents of a YAML stream; `-` reads standard input. Empty documents are dropped."""
+@dataclass(frozen=True)
+class Source:
+    """Where an object comes from: file, document (1-based), a List's item (0-based) and its node."""
+
+    path: str
+    document: int
+    node: Node = field(repr=False, compare=False)
+    item: int | None = None
+
+    @property
+    def file(self) -> str:
+        return "<stdin>" if self.path == "-" else self.path
+
+    @property
+    def line(self) -> int:
+        return int(self.node.start_mark.line) + 1
+
+    def describe(self) -> str:
+        item = f" item {self.item}" if self.item is not None else ""
+        return f"{self.file}: document {self.document}{item} (line {self.line})"
+
+    def for_item(self, index: int) -> Source:
+        """The source of item `index` of this document's `items` (a `kind: List`)."""
+        items = _child(self.node, "items")
+        node = _child(items, index) if items is not None else None
+        return Source(self.path, self.document, node or self.node, item=index)
+
+    def line_of(self, path: Sequence[str | int]) -> int:
+        """The line of the deepest node found along `path` (keys and list indexes) below this object."""
+        node, line = self.node, self.line
+        for step in path:
+            found = _entry(node, step)
+            if found is None:
+                break
+            marker, node = found
+            line = int(marker.start_mark.line) + 1  # a key's line, or a list item's
+        return line
+
+
+def _entry(node: Node, step: str | int) -> tuple[Node, Node] | None:
+    """(the key or item that names it, the node) of `step` below `node`."""
+    if isinstance(node, MappingNode) and isinstance(step, str):
+        return next(((k, v) for k, v in node.value if isinstance(k, ScalarNode) and k.value == step), None)
+    if isinstance(node, SequenceNode) and isinstance(step, int) and 0 <= step < len(node.value):
+        return node.value[step], node.value[step]
+    return None
+
+
+def _child(node: Node, step: str | int) -> Node | None:
+    found = _entry(node, step)
+    return found[1] if found is not None else None
+
+
+@dataclass(frozen=True)
+class Document:
+    obj: dict[Any, Any]
+    source: Source
+
+
+class _Loader(_BaseLoader):  # type: ignore[misc]
+    def construct_yaml_int(self, node: ScalarNode) -> int:
+        if len(node.value) > MAX_INT_CHARS:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"an integer of {len(node.value)} characters is out of range", node.start_mark
+            )
+        value: int = super().construct_yaml_int(node)
+        return value
+
+    def construct_unsupported(self, node: Node) -> Any:
+        raise yaml.constructor.ConstructorError(
+            None, None, f"{node.tag} is not supported in Kubernetes objects", node.start_mark
+        )
+
+
+_Loader.add_constructor("tag:yaml.org,2002:int", _Loader.construct_yaml_int)
+_Loader.add_constructor("tag:yaml.org,2002:omap", _Loader.construct_unsupported)
+_Loader.add_constructor("tag:yaml.org,2002:pairs", _Loader.construct_unsupported)
+
+
+@dataclass
+class _Frame:
+    node: MappingNode | SequenceNode
+    anchor: str | None
+    size: int = 1
+    key: Node | None = None
+    key_size: int = 0
+
+
+def _compose(loader: Any, where: str) -> Iterator[Node]:
+    """The stream's documents as node graphs, like PyYAML's Composer but iterative and bounded."""
+    loader.get_event()  # StreamStartEvent
+    document = 0
+    while not loader.check_event(StreamEndEvent):
+        document += 1
+        event = loader.get_event()
+        assert isinstance(event, DocumentStartEvent | StreamStartEvent)
+        yield _compose_document(loader, f"{where}: document {document}")
+        loader.get_event()  # DocumentEndEvent
+    loader.get_event()
+
+
+def _compose_document(loader: Any, where: str) -> Node:
+    anchors: dict[str, tuple[Node, int]] = {}
+    stack: list[_Frame] = []
+    spelled = expanded = 0
+    root: Node | None = None
+
+    def fail(message: str, mark: Any) -> InputError:
+        return InputError(f"{where} (line {mark.line + 1}): {message}")
+
+    def attach(node: Node, size: int) -> None:
+        nonlocal root
+        if not stack:
+            root = node
+            return
+        top = stack[-1]
+        if isinstance(top.node, SequenceNode):
+            top.node.value.append(node)
+            top.size += size
+        elif top.key is None:
+            top.key, top.key_size = node, size
+        else:
+            top.node.value.append((top.key, node))
+            top.size += top.key_size + size
+            top.key = None
+
+    def register(anchor: str, node: Node, size: int, mark: Any) -> None:
+        if anchor in anchors:
+            raise fail(f"duplicate anchor &{anchor}", mark)
+        anchors[anchor] = (node, size)
+
+    get_event, resolve = loader.get_event, _cached_resolver(loader)
+    while root is None:
+        event = get_event()
+        kind = type(event)
+        if kind is ScalarEvent:
+            spelled += 1
+            expanded += 1
+            tag = event.tag
+            if tag is None or tag == "!":
+                tag = resolve(ScalarNode, event.value, event.implicit)
+            scalar = ScalarNode(tag, event.value, event.start_mark, event.end_mark, style=event.style)
+            if event.anchor is not None:
+                register(event.anchor, scalar, 1, event.start_mark)
+            attach(scalar, 1)
+        elif kind is MappingStartEvent or kind is SequenceStartEvent:
+            spelled += 1
+            expanded += 1
+            if len(stack) >= MAX_DEPTH:
+                raise fail(f"nested more than {MAX_DEPTH} levels deep", event.start_mark)
+            node_class = SequenceNode if kind is SequenceStartEvent else MappingNode
+            tag = event.tag
+            if tag is None or tag == "!":
+                tag = resolve(node_class, None, event.implicit)
+            collection = node_class(tag, [], event.start_mark, None, flow_style=event.flow_style)
+            if event.anchor is not None and event.anchor in anchors:
+                raise fail(f"duplicate anchor &{event.anchor}", event.start_mark)
+            stack.append(_Frame(collection, event.anchor))
+        elif kind is MappingEndEvent or kind is SequenceEndEvent:
+            frame = stack.pop()
+            frame.node.end_mark = event.end_mark
+            if frame.anchor is not None:
+                register(frame.anchor, frame.node, frame.size, frame.node.start_mark)
+            attach(frame.node, frame.size)
+        elif kind is AliasEvent:
+            if event.anchor not in anchors:
+                open_anchors = {f.anchor for f in stack}
+                problem = (
+                    "refers to a node that contains it" if event.anchor in open_anchors else "is undefined"
+                )
+                raise fail(f"alias *{event.anchor} {problem}", event.start_mark)
+            node, size = anchors[event.anchor]
+            expanded += size
+            if expanded - spelled > max(ALIAS_EXTRA_NODES, spelled):
+                raise fail(
+                    f"aliases expand the document beyond {max(ALIAS_EXTRA_NODES, spelled):,} extra nodes",
+                    event.start_mark,
+                )
+            attach(node, size)
+        else:  # pragma: no cover - the parser emits only the events above inside a document
+            raise fail(f"unexpected {kind.__name__}", event.start_mark)
+    assert loader.check_event(DocumentEndEvent)
+    return root
+
+
+def _cached_resolver(loader: Any) -> Any:
+    """The loader's implicit tag resolution, memoised: manifests repeat the same keys and values."""
+    cache: dict[tuple[Any, str | None, Any], str] = {}
+    resolve = loader.resolve
+
+    def cached(kind: type[Node], value: str | None, implicit: Any) -> str:
+        key = (kind, value, implicit)
+        tag = cache.get(key)
+        if tag is None:
+            tag = cache[key] = resolve(kind, value, implicit)
+        return tag
+
+    return cached
+
+
+def read_text(path: str) -> str:
     try:
         if path == "-":
-            text = sys.stdin.read()
-        else:
-            with open(path, encoding="utf-8") as handle:
-                text = handle.read()
+            return sys.stdin.read()
+        with open(path, encoding="utf-8") as handle:
+            return handle.read()
     except OSError as error:
         raise InputError(f"cannot read {path}: {error.strerror}") from error
     except UnicodeDecodeError as error:
-        raise InputError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from error
+        name = "<stdin>" if path == "-" else path
+        raise InputError(f"{name}: not UTF-8 text ({error.reason} at byte {error.start})") from error
+
+
+def parse_documents(text: str, path: str) -> list[Document]:
+    """The stream's non-empty documents, each a mapping (a Kubernetes object), with where it came from."""
+    name = "<stdin>" if path == "-" else path
+    loader = _Loader(text)
+    documents: list[Document] = []
+    # The node graphs and objects built here hold no cycles (recursive aliases are refused): the cyclic
+    # garbage collector's passes over the growing heap would only cost time (half of it, measured).
+    collecting = gc.isenabled()
+    gc.disable()
     try:
-        documents = [doc for doc in yaml.safe_load_all(text) if doc is not None]
+        for number, node in enumerate(_compose(loader, name), start=1):
+            source = Source(path, number, node)
+            try:
+                obj = loader.construct_document(node)
+            except yaml.YAMLError as error:
+                raise InputError(f"{source.describe()}: {_yaml_problem(error)}") from error
+            except (ValueError, OverflowError, TypeError, RecursionError) as error:
+                # A scalar the resolver took for a timestamp but is none (2024-13-45), an explicit tag
+                # applied to a value it cannot take (!!int abc), ...
+                raise InputError(f"{source.describe()}: not a valid value: {error}") from error
+            if obj is None:
+                continue
+            if not isinstance(obj, dict):
+                raise InputError(f"{source.describe()}: not a mapping (a Kubernetes object)")
+            documents.append(Document(obj, source))
     except yaml.YAMLError as error:
-        raise InputError(f"{path}: not valid YAML: {error}") from error
-    for index, doc in enumerate(documents):
-        if not isinstance(doc, dict):
-            raise InputError(f"{path}: document {index + 1} is not a mapping (a Kubernetes object)")
+        raise InputError(f"{name}: not valid YAML: {_yaml_problem(error)}") from error
+    finally:
+        loader.dispose()
+        if collecting:
+            gc.enable()
     return documents
 
 
-class _Dumper(yaml.SafeDumper):
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """A parser's or constructor's error on one line, with the line and column it concerns."""
+    if isinstance(error, yaml.MarkedYAMLError) and error.problem_mark is not None:
+        mark = error.problem_mark
+        context = f"{error.context}: " if error.context else ""
+        return " ".join(f"line {mark.line + 1} column {mark.column + 1}: {context}{error.problem}".split())
+    return " ".join(str(error).split())
+
+
+def read_documents(path: str) -> list[Document]:
+    return parse_documents(read_text(path), path)
+
+
+def read_stream(path: str) -> list[Any]:
+    """Objects of a YAML stream; `-` reads standard input. Empty documents are dropped."""
+    return [document.obj for document in read_documents(path)]
+
+
+class _Dumper(_BaseDumper):  # type: ignore[misc]
+    pass
+
+
+class _PureDumper(yaml.SafeDumper):
     pass
 
 
@@ -45,9 +327,62 @@ def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
 
 
 _Dumper.add_representer(str, _str)
+_PureDumper.add_representer(str, _str)
 
 
-def dump_stream(documents: Iterable[Any], out: TextIO) -> None:
-    yaml.dump_all(
-        list(documents), out, Dumper=_Dumper, sort_keys=False, default_flow_style=False, explicit_start=True
+# libyaml's emitter and PyYAML's differ on a few rare strings: empty or control-character keys, and a
+# block scalar that keeps trailing line breaks (libyaml adds a `...` marker). A document that has such a
+# string, or a value that is not JSON-like, is written by PyYAML's emitter, so the bytes never change.
+_TAME = re.compile(r"[\x20-\x7e\n]*")
+_TAME_KEY = re.compile(r"[\x20-\x7e]{1,127}")
+
+
+def _libyaml_writes_it_alike(document: Any) -> bool:
+    stack = [document]
+    while stack:
+        value = stack.pop()
+        kind = type(value)
+        if kind is str:
+            if not _TAME.fullmatch(value) or (
+                value.endswith("\n") and (len(value) == 1 or value[-2] == "\n")
+            ):
+                return False
+        elif kind is dict:
+            for key, item in value.items():
+                if type(key) is str:
+                    if not _TAME_KEY.fullmatch(key):
+                        return False
+                elif key is not None and type(key) not in (int, float, bool):
+                    return False
+                stack.append(item)
+        elif kind is list:
+            stack.extend(value)
+        elif value is not None and kind not in (int, float, bool):
+            return False
+    return True
+
+
+def dumps(documents: Iterable[Any], *, pure: bool = False) -> str:
+    """The documents as one YAML stream, in PyYAML's bytes (`pure`: PyYAML's Python emitter only).
+    Runs of documents that libyaml writes alike go through one libyaml emitter, the rest through PyYAML's
+    (each document starts with `---` and ends open: the stream is the concatenation of its documents)."""
+    parts: list[str] = []
+    run: list[Any] = []
+    for document in documents:
+        if not pure and _libyaml_writes_it_alike(document):
+            run.append(document)
+            continue
+        if run:
+            parts.append(_dump(run, _Dumper))
+            run = []
+        parts.append(_dump([document], _PureDumper))
+    if run:
+        parts.append(_dump(run, _Dumper))
+    return "".join(parts)
+
+
+def _dump(documents: list[Any], dumper: type[Any]) -> str:
+    text: str = yaml.dump_all(
+        documents, Dumper=dumper, sort_keys=False, default_flow_style=False, explicit_start=True
     )
+    return text

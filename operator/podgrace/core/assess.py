@@ -7,7 +7,8 @@ from collections.abc import Sequence
 from podgrace.core import hooks
 from podgrace.core.constants import KUBERNETES_DEFAULT_GRACE
 from podgrace.core.findings import Code, Finding
-from podgrace.core.models import PreStopKind, Role, Workload
+from podgrace.core.models import PreStopKind, Workload
+from podgrace.core.signals import Role
 from podgrace.core.timing import Expectation, required_grace, signal_delays
 
 # The image's own STOPSIGNAL cannot be seen from a manifest; without lifecycle.stopSignal or a hook that
@@ -60,9 +61,19 @@ def assess(workload: Workload, expectations: Sequence[Expectation]) -> tuple[Fin
                     "are terminated",
                 )
             )
-        delivered = (
-            effect.signal if effect.signal and effect.waits_for_exit else container.stop_signal
-        ) or ASSUMED_IMAGE_SIGNAL
+        hits_pause = bool(effect.signal and effect.signals_pid1 and workload.share_process_namespace)
+        if hits_pause:
+            findings.append(
+                Finding(
+                    Code.SIGNAL_HITS_PAUSE,
+                    e.container,
+                    f"the preStop hook sends {effect.signal} to PID 1, which is the pause process in a pod "
+                    "with shareProcessNamespace: the server never gets it (SIGTERM or SIGINT would end the "
+                    "whole pod)",
+                )
+            )
+        reaches = effect.signal and effect.waits_for_exit and not hits_pause
+        delivered = (effect.signal if reaches else container.stop_signal) or ASSUMED_IMAGE_SIGNAL
         if e.signal is not None and delivered != e.signal.value:
             findings.append(
                 Finding(

@@ -17,17 +17,22 @@ class Code(StrEnum):
     FAST_STOP_SIGNAL = "FastStopSignal"
     GRACE_TOO_SHORT = "GracePeriodTooShort"
     PHP_FPM_BEFORE_DRAIN = "PhpFpmStopsBeforeDrain"
+    SIGNAL_HITS_PAUSE = "SignalHookHitsPause"
     # Decisions: podgrace left something as the user had it.
     USER_HOOK_KEPT = "UserHookKept"
     STOP_SIGNAL_KEPT = "UserStopSignalKept"
     GRACE_PINNED = "GracePeriodPinned"
     OWNER_RECLAIMED = "OwnerReclaimed"  # an owner took back a field podgrace had taken: podgrace backs off
     NO_MATCHING_CONTAINERS = "NoMatchingContainers"
+    # Notices (a Normal Event): what podgrace assumed from an explicit statement.
+    SOLE_RULE_APPLIED = "SoleRuleApplied"
     # Input errors: nothing is changed.
     INVALID_ANNOTATION = "InvalidAnnotation"
     UNKNOWN_PROFILE = "UnknownProfile"
     INVALID_PROFILE = "InvalidProfile"
     APPLY_FAILED = "ApplyFailed"
+    # podgrace cannot deliver the graceful signal: nothing is changed.
+    SIGNAL_UNREACHABLE = "SignalHookCannotReachServer"
 
 
 RISKS = frozenset(
@@ -38,9 +43,19 @@ RISKS = frozenset(
         Code.FAST_STOP_SIGNAL,
         Code.GRACE_TOO_SHORT,
         Code.PHP_FPM_BEFORE_DRAIN,
+        Code.SIGNAL_HITS_PAUSE,
     }
 )
-ERRORS = frozenset({Code.INVALID_ANNOTATION, Code.UNKNOWN_PROFILE, Code.INVALID_PROFILE, Code.APPLY_FAILED})
+ERRORS = frozenset(
+    {
+        Code.INVALID_ANNOTATION,
+        Code.UNKNOWN_PROFILE,
+        Code.INVALID_PROFILE,
+        Code.APPLY_FAILED,
+        Code.SIGNAL_UNREACHABLE,
+    }
+)
+NOTICES = frozenset({Code.SOLE_RULE_APPLIED})
 
 
 @dataclass(frozen=True, order=True)

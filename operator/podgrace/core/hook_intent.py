@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from podgrace.core.constants import HOOK_MARKER
-from podgrace.core.signals import Signal
+from podgrace.core.signals import Role, Signal
 
 SHELL = ("/bin/sh", "-c")
 
@@ -36,16 +36,25 @@ class ExecSleep:
 
 @dataclass(frozen=True)
 class SignalAndWait:
-    """Sleep, deliver the graceful signal to PID 1, then wait (bounded) until PID 1 has exited.
+    """Sleep, deliver the graceful signal to the server, then wait (bounded) while it drains.
 
     Waiting matters: the kubelet sends the stop signal (SIGTERM, a fast stop for nginx/php-fpm) as soon as
-    the hook returns, so a hook that only signals (`nginx -s quit`) changes nothing. When PID 1 exits, the
-    kernel ends this hook too; kubelets report that as FailedPreStopHook, which is expected here.
+    the hook returns, so a hook that only signals (`nginx -s quit`) changes nothing.
+
+    A known server (nginx, php-fpm, Apache) is found by its process name under /proc: the process of that
+    name whose parent is not of that name (the master), wherever it runs — PID 1, under an init (tini,
+    dumb-init) or beside the pause process of a shared PID namespace; PID 1 when none is found. The hook
+    then waits while the master still has children (its workers draining) and returns once they are gone,
+    before the master exits: the kernel would kill a hook still running when PID 1 exits, which kubelets
+    report as FailedPreStopHook. The kubelet's stop signal then finds a master without workers or
+    connections. A generic server has no name to look for: the hook signals PID 1 and waits until it has
+    exited.
     """
 
     delay_seconds: int
     signal: Signal
     wait_limit_seconds: int
+    role: Role = Role.GENERIC
 
 
 HookIntent = NativeSleep | ExecSleep | SignalAndWait
@@ -61,6 +70,50 @@ _SIGNAL_AND_WAIT = "\n".join(
     ]
 )
 
+# The process names (/proc/PID/comm, as `case` patterns) of each known server's processes.
+PROCESS_NAMES: dict[Role, str] = {
+    Role.NGINX: "nginx",
+    Role.PHP_FPM: "php-fpm*",
+    Role.APACHE: "apache2|httpd",
+}
+
+# POSIX sh with only `sleep` and `kill` from the image: /proc is read with the `read` builtin. Field 4 of
+# /proc/PID/stat is the parent PID (after the command name in parentheses, which may hold spaces).
+_FIND_AND_SIGNAL = "\n".join(
+    [
+        HOOK_MARKER,
+        "sleep {delay}",
+        "m=1",
+        "for d in /proc/[0-9]*; do",
+        '  read -r c <"$d/comm" || continue',
+        "  case $c in {names}) ;; *) continue ;; esac",
+        '  read -r s <"$d/stat" || continue',
+        "  set -- ${{s##*) }}",
+        '  c=; read -r c <"/proc/$2/comm"',
+        "  case $c in {names}) ;; *) m=${{d#/proc/}}; break ;; esac",
+        "done 2>/dev/null",
+        'kill -{signal} "$m"',
+        "i=0",
+        'while kill -0 "$m" 2>/dev/null && [ "$i" -lt {wait_limit} ]; do',
+        "  k=",
+        "  for d in /proc/[0-9]*; do",
+        '    read -r s <"$d/stat" || continue',
+        "    set -- ${{s##*) }}",
+        '    [ "$2" = "$m" ] && k=1 && break',
+        "  done 2>/dev/null",
+        '  [ -n "$k" ] || break',
+        "  sleep 1; i=$((i+1))",
+        "done",
+    ]
+)
+
+
+def _template(role: Role) -> str:
+    names = PROCESS_NAMES.get(role)
+    if names is None:
+        return _SIGNAL_AND_WAIT
+    return _FIND_AND_SIGNAL.replace("{names}", names)
+
 
 def render(hook: HookIntent) -> dict[str, Any]:
     """The preStop handler of a podgrace hook (a fresh object each time)."""
@@ -68,7 +121,7 @@ def render(hook: HookIntent) -> dict[str, Any]:
         return {"sleep": {"seconds": hook.seconds}}
     if isinstance(hook, ExecSleep):
         return _shell(_EXEC_SLEEP.format(seconds=hook.seconds))
-    script = _SIGNAL_AND_WAIT.format(
+    script = _template(hook.role).format(
         delay=hook.delay_seconds,
         signal=hook.signal.value.removeprefix("SIG"),
         wait_limit=hook.wait_limit_seconds,
@@ -107,7 +160,7 @@ def _pattern(template: str) -> re.Pattern[str]:
 
 
 _EXEC_SLEEP_FORM = _pattern(_EXEC_SLEEP)
-_SIGNAL_AND_WAIT_FORM = _pattern(_SIGNAL_AND_WAIT)
+_SIGNAL_AND_WAIT_FORMS = {role: _pattern(_template(role)) for role in Role}
 
 
 def read(handler: Mapping[str, Any]) -> HookIntent | None:
@@ -131,6 +184,8 @@ def _candidate(handler: Mapping[str, Any]) -> HookIntent | None:
         return None
     if found := _EXEC_SLEEP_FORM.fullmatch(command[2]):
         return ExecSleep(int(found["seconds"]))
-    if found := _SIGNAL_AND_WAIT_FORM.fullmatch(command[2]):
-        return SignalAndWait(int(found["delay"]), Signal("SIG" + found["signal"]), int(found["wait_limit"]))
+    for role, form in _SIGNAL_AND_WAIT_FORMS.items():
+        if found := form.fullmatch(command[2]):
+            signal = Signal("SIG" + found["signal"])
+            return SignalAndWait(int(found["delay"]), signal, int(found["wait_limit"]), role)
     return None

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from podgrace.core.hook_intent import ExecSleep, NativeSleep, SignalAndWait, script_text
 from podgrace.core.models import PreStop, PreStopKind
+from podgrace.core.signals import Role
 
 
 @dataclass(frozen=True)
@@ -18,11 +19,14 @@ class HookEffect:
     signal: str | None  # a signal the hook delivers to the server itself, e.g. "SIGQUIT"
     waits_for_exit: bool  # the hook holds the kubelet's stop signal back until the server has exited
     known_bad: bool  # `nginx -s quit` and the like: signals and returns at once
+    signals_pid1: bool = False  # the signal goes to PID 1 (the pause process when the pod shares PIDs)
 
 
 _SLEEP = re.compile(r"(?:^|[\s;&|(])(?:/usr)?(?:/bin/)?sleep\s+(\d+)(?:\.\d+)?s?\b")
-_KILL_PID1 = re.compile(r"\bkill\s+(?:-s\s+)?-?(?:SIG)?([A-Z]+[12]?)\s+1\b")
-_WAIT_PID1 = re.compile(r"\bkill\s+-0\s+1\b")
+# PID 1, or a PID the script found (podgrace's hook finds the server's master process under /proc)
+_TARGET = r"""(?:1\b|"\$\w+"|\$\w+\b)"""
+_KILL_PID1 = re.compile(rf"\bkill\s+(?:-s\s+)?-?(?:SIG)?([A-Z]+[12]?)\s+({_TARGET})")
+_WAIT_PID1 = re.compile(rf"\bkill\s+-0\s+{_TARGET}")
 _SERVER_SIGNAL = (
     (re.compile(r"\bnginx\s+-s\s+quit\b"), "SIGQUIT"),
     (re.compile(r"\b(?:apache2?ctl|httpd)\s+-k\s+graceful-stop\b"), "SIGWINCH"),
@@ -35,7 +39,7 @@ def effect(pre_stop: PreStop) -> HookEffect:
     if isinstance(hook, NativeSleep | ExecSleep):
         return HookEffect(hook.seconds, None, False, False)
     if isinstance(hook, SignalAndWait):
-        return HookEffect(hook.delay_seconds, hook.signal.value, True, False)
+        return HookEffect(hook.delay_seconds, hook.signal.value, True, False, hook.role is Role.GENERIC)
     return analyze(pre_stop)
 
 
@@ -52,7 +56,7 @@ def analyze(pre_stop: PreStop) -> HookEffect:
     delay = sum(int(m.group(1)) for m in _SLEEP.finditer(head))
     if killed is not None and killed.group(1) != "0":
         waits = _WAIT_PID1.search(script[killed.end() :]) is not None
-        return HookEffect(delay, "SIG" + killed.group(1), waits, not waits)
+        return HookEffect(delay, "SIG" + killed.group(1), waits, not waits, killed.group(2) == "1")
     for pattern, signal in _SERVER_SIGNAL:
         found = pattern.search(script)
         if found:

@@ -6,6 +6,7 @@ External input (YAML files, API objects) is validated into these at the edge; th
 from __future__ import annotations
 
 import fnmatch
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -20,15 +21,7 @@ from podgrace.core.constants import (
     MAX_SLEEP_SECONDS,
 )
 from podgrace.core.hook_intent import HookIntent
-from podgrace.core.signals import Signal
-
-
-class Role(StrEnum):
-    NGINX = "nginx"
-    PHP_FPM = "php-fpm"
-    APACHE = "apache"
-    GENERIC = "generic"
-
+from podgrace.core.signals import Role, Signal
 
 # The graceful stop of each role; nginx and php-fpm treat SIGTERM as fast shutdown, Apache too (WINCH is
 # its graceful-stop). A generic server is assumed to drain on the image's default signal.
@@ -58,9 +51,13 @@ Seconds = Annotated[int, Field(ge=0, le=MAX_SLEEP_SECONDS)]
 RuleName = Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")]
 
 
+ImagePattern = Annotated[str, Field(min_length=1, max_length=255)]
+
+
 class ContainerMatch(_Strict):
     container_names: tuple[RuleName, ...] = Field(default=(), alias="containerNames", max_length=32)
-    images: tuple[Annotated[str, Field(min_length=1, max_length=255)], ...] = Field(default=(), max_length=32)
+    images: tuple[ImagePattern, ...] = Field(default=(), max_length=64)
+    exclude_images: tuple[ImagePattern, ...] = Field(default=(), alias="excludeImages", max_length=64)
 
     @model_validator(mode="after")
     def _not_empty(self) -> ContainerMatch:
@@ -69,23 +66,47 @@ class ContainerMatch(_Strict):
         return self
 
     def matches(self, name: str, image: str) -> bool:
-        if name in self.container_names:
-            return True
-        # Patterns see the whole reference and the repository alone: `*php*fpm*` matches `php:8.3-fpm`,
-        # `nginx` matches `nginx:1.27`.
-        repository = image_repository(image)
-        return any(
-            fnmatch.fnmatchcase(image, pattern) or fnmatch.fnmatchcase(repository, pattern)
-            for pattern in self.images
+        if self.excludes(image):
+            return False
+        return name in self.container_names or any(image_matches(image, p) for p in self.images)
+
+    def excludes(self, image: str) -> bool:
+        """Whether the image is one this rule never takes, whatever the container's name."""
+        return any(image_matches(image, p) for p in self.exclude_images)
+
+
+@functools.lru_cache(maxsize=65536)
+def image_matches(image: str, pattern: str) -> bool:
+    """Glob `pattern` against an image reference.
+
+    A pattern with a tag part (a `:` after its last `/`) matches the repository and the tag separately:
+    `wordpress:*fpm*` matches `wordpress:6-fpm-alpine` and `docker.io/library/wordpress:6-fpm` is
+    matched by `*/wordpress:*fpm*`; an image without a tag has the empty tag. A pattern without one sees
+    the whole reference and the repository alone: `*php*fpm*` matches `php:8.3-fpm`, `nginx` matches
+    `nginx:1.27`.
+    """
+    repository, tag = split_image(image)
+    colon, slash = pattern.rfind(":"), pattern.rfind("/")
+    if colon > slash:
+        return fnmatch.fnmatchcase(repository, pattern[:colon]) and fnmatch.fnmatchcase(
+            tag, pattern[colon + 1 :]
         )
+    return fnmatch.fnmatchcase(image, pattern) or fnmatch.fnmatchcase(repository, pattern)
+
+
+def split_image(image: str) -> tuple[str, str]:
+    """`reg:5000/ns/nginx:1.27@sha256:..` -> (`reg:5000/ns/nginx`, `1.27`); no tag: the empty tag."""
+    without_digest = image.split("@", 1)[0]
+    last_slash = without_digest.rfind("/")
+    last_colon = without_digest.rfind(":")
+    if last_colon > last_slash:
+        return without_digest[:last_colon], without_digest[last_colon + 1 :]
+    return without_digest, ""
 
 
 def image_repository(image: str) -> str:
     """The image reference without tag or digest: `reg/ns/nginx:1.27@sha256:..` -> `reg/ns/nginx`."""
-    without_digest = image.split("@", 1)[0]
-    last_slash = without_digest.rfind("/")
-    last_colon = without_digest.rfind(":")
-    return without_digest[:last_colon] if last_colon > last_slash else without_digest
+    return split_image(image)[0]
 
 
 class ContainerRule(_Strict):
@@ -311,6 +332,8 @@ class Workload(_Strict):
     termination_grace_period_seconds: int | None = None
     os_name: str | None = None
     ownership: Ownership = Ownership()
+    # spec.template.spec.shareProcessNamespace: PID 1 is the pause process, not a container's server
+    share_process_namespace: bool = False
 
     @field_validator("containers")
     @classmethod

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 from podgrace.core import hooks
@@ -25,13 +25,12 @@ from podgrace.core.models import (
     Ownership,
     PreStop,
     PreStopKind,
-    Role,
     ShutdownProfile,
     ShutdownProfileSpec,
     Workload,
     pre_stop_field,
 )
-from podgrace.core.signals import Signal
+from podgrace.core.signals import Role, Signal
 from podgrace.core.timing import (
     Expectation,
     grace_with_margin,
@@ -77,6 +76,8 @@ class Plan:
     findings_after: tuple[Finding, ...] = ()  # risks once the plan is applied
     decisions: tuple[Finding, ...] = ()  # Warnings: what podgrace left as the user had it
     errors: tuple[Finding, ...] = field(default=())
+    notices: tuple[Finding, ...] = ()  # Normal Events: what podgrace assumed (SoleRuleApplied)
+    unrecognised: tuple[str, ...] = ()  # containers no rule classified (audit lists them)
 
     @property
     def owns_anything(self) -> bool:
@@ -92,7 +93,12 @@ def plan(
     if parsed.profile is None:
         # Not opted in: other podgrace annotations left behind mean nothing, and must not block a revert.
         expectations = detect_expectations(workload, profiles)
-        return Plan(workload.key, Outcome.NOT_OPTED_IN, findings_before=assess(workload, expectations))
+        return Plan(
+            workload.key,
+            Outcome.NOT_OPTED_IN,
+            findings_before=assess(workload, expectations),
+            unrecognised=_unrecognised(workload, expectations, None),
+        )
     if parsed.errors:
         return _invalid(
             workload, parsed.profile, *(Finding(Code.INVALID_ANNOTATION, None, e) for e in parsed.errors)
@@ -108,19 +114,71 @@ def plan(
             message = f"{ANN_CONTAINERS}: the pod has no container named {', '.join(missing)}"
             return _invalid(workload, profile.name, Finding(Code.INVALID_ANNOTATION, None, message))
     expectations = profile_expectations(workload, profile.spec, parsed)
+    notices: tuple[Finding, ...] = ()
+    if not expectations:
+        expectations, notices = sole_rule_expectations(workload, profile, parsed)
+    unrecognised = _unrecognised(workload, expectations, parsed.containers)
+    no_match: tuple[Finding, ...] = ()
+    if not expectations:
+        no_match = (
+            Finding(
+                Code.NO_MATCHING_CONTAINERS,
+                None,
+                f"no container matches a rule of ShutdownProfile {profile.name!r} "
+                f"(unrecognised: {', '.join(unrecognised) or 'none'})",
+            ),
+        )
     before = assess(workload, expectations)
     if parsed.mode is Mode.AUDIT:
         return Plan(
-            workload.key, Outcome.AUDIT, profile=profile.name, findings_before=before, findings_after=before
+            workload.key,
+            Outcome.AUDIT,
+            profile=profile.name,
+            findings_before=before,
+            findings_after=before,
+            decisions=no_match,
+            notices=notices,
+            unrecognised=unrecognised,
         )
     if not expectations:
-        decision = Finding(
-            Code.NO_MATCHING_CONTAINERS,
-            None,
-            f"no container matches a rule of ShutdownProfile {profile.name!r}",
+        return Plan(
+            workload.key, Outcome.MANAGED, profile=profile.name, decisions=no_match, unrecognised=unrecognised
         )
-        return Plan(workload.key, Outcome.MANAGED, profile=profile.name, decisions=(decision,))
-    return _enforce(workload, profile, parsed, expectations, capabilities, before)
+    result = _enforce(workload, profile, parsed, expectations, capabilities, before)
+    return replace(result, notices=notices, unrecognised=unrecognised)
+
+
+def sole_rule_expectations(
+    workload: Workload, profile: ShutdownProfile, parsed: Overrides
+) -> tuple[tuple[Expectation, ...], tuple[Finding, ...]]:
+    """A Deployment that names a profile says what its server is: when no rule matches, the profile has
+    one rule and the pod one serving container (the only one, or the only one `podgrace.dev/containers`
+    names), that rule applies, unless the rule excludes the container's image."""
+    candidates = [c for c in workload.containers if parsed.containers is None or c.name in parsed.containers]
+    if len(profile.spec.containers) != 1 or len(candidates) != 1:
+        return (), ()
+    (rule,), (container,) = profile.spec.containers, candidates
+    if rule.match.excludes(container.image):
+        return (), ()
+    notice = Finding(
+        Code.SOLE_RULE_APPLIED,
+        container.name,
+        f"image {container.image or '(none)'!r} matches no rule of ShutdownProfile {profile.name!r}; "
+        f"as the Deployment names that profile and it has one rule, rule {rule.name!r} "
+        f"({rule.role.value}) applies to the pod's only container",
+    )
+    return _expectations(profile.spec, parsed, [(container.name, rule.name)]), (notice,)
+
+
+def _unrecognised(
+    workload: Workload, expectations: tuple[Expectation, ...], selected: frozenset[str] | None
+) -> tuple[str, ...]:
+    matched = {e.container for e in expectations}
+    return tuple(
+        c.name
+        for c in workload.containers
+        if c.name not in matched and (selected is None or c.name in selected)
+    )
 
 
 def _invalid(workload: Workload, profile: str | None, *errors: Finding) -> Plan:
@@ -143,6 +201,29 @@ def _enforce(
         _match(workload, views[e.container], e, delays[e.container], capabilities, policy, decisions)
         for e in expectations
     ]
+    unreachable = [
+        Finding(
+            Code.SIGNAL_UNREACHABLE,
+            m.view.name,
+            f"the pod shares its process namespace, so PID 1 is the pause process: podgrace's hook cannot "
+            f"deliver {m.hook_signal.value} to a {m.expectation.role.value} server it cannot find by name "
+            "(set lifecycle.stopSignal on a cluster that supports it, or a role with a known process name); "
+            "the Deployment is left unchanged",
+        )
+        for m in matched
+        if workload.share_process_namespace
+        and m.hook_signal is not None
+        and m.expectation.role is Role.GENERIC
+        and not m.keeps_users_hook
+    ]
+    if unreachable:
+        return Plan(
+            workload.key,
+            Outcome.INVALID,
+            profile=profile.name,
+            findings_before=before,
+            errors=tuple(unreachable),
+        )
     # A kept hook that waits longer than podgrace would must still fit in the grace period.
     waits = {m.view.name: max(m.delay, m.kept_hook_wait) for m in matched}
     required = required_grace(expectations, waits)
@@ -274,14 +355,15 @@ def _settle(
     e, current = m.expectation, m.view.pre_stop
     wait = _hold_until_grace_ends(m.delay, e.drain_seconds, grace)
     desired = _equivalent_current(
-        current.podgrace_hook, _hook(m.hook_signal, m.delay, wait, native_sleep=capabilities.native_sleep)
+        current.podgrace_hook,
+        _hook(m.hook_signal, e.role, m.delay, wait, native_sleep=capabilities.native_sleep),
     )
     pre_stop = desired
     # somebody else's hook, and not already the one podgrace wants
     conflict = m.users_hook and (desired is None or current.podgrace_hook != desired)
     replaces = conflict and not m.keeps_users_hook
     if replaces:  # with podgrace's hook in the user's handler type: see _replaceable
-        pre_stop = _hook(m.hook_signal, m.delay, wait, native_sleep=current.kind is PreStopKind.SLEEP)
+        pre_stop = _hook(m.hook_signal, e.role, m.delay, wait, native_sleep=current.kind is PreStopKind.SLEEP)
     elif conflict:
         pre_stop = None
         owner = ownership.owner_of(m.field_key)
@@ -334,9 +416,11 @@ def _hold_until_grace_ends(delay: int, drain: int, grace: int) -> int:
     return max(min(drain, grace - delay), grace - delay - KUBELET_STOP_TAIL, 0)
 
 
-def _hook(hook_signal: Signal | None, delay: int, wait: int, *, native_sleep: bool) -> HookIntent | None:
+def _hook(
+    hook_signal: Signal | None, role: Role, delay: int, wait: int, *, native_sleep: bool
+) -> HookIntent | None:
     if hook_signal is not None:
-        return SignalAndWait(delay, hook_signal, wait)
+        return SignalAndWait(delay, hook_signal, wait, role)
     if delay == 0:
         return None
     return NativeSleep(delay) if native_sleep else ExecSleep(delay)
@@ -452,6 +536,12 @@ def profile_expectations(
         rule = spec.match(container.name, container.image)
         if rule is not None:
             matched.append((container.name, rule.name))
+    return _expectations(spec, parsed, matched)
+
+
+def _expectations(
+    spec: ShutdownProfileSpec, parsed: Overrides, matched: list[tuple[str, str]]
+) -> tuple[Expectation, ...]:
     containers_of_rule: dict[str, list[str]] = {}
     for container_name, rule_name in matched:
         containers_of_rule.setdefault(rule_name, []).append(container_name)

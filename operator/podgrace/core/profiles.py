@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
 from importlib import resources
 from typing import Any
@@ -57,4 +58,9 @@ def builtin_text() -> str:
 
 
 def builtin() -> dict[str, ShutdownProfile]:
+    return dict(_builtin())  # a fresh dict: callers add their own profiles to it
+
+
+@functools.cache
+def _builtin() -> dict[str, ShutdownProfile]:  # profiles are frozen models: parsed once per process
     return from_documents(yaml.safe_load_all(builtin_text()))

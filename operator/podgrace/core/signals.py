@@ -15,3 +15,12 @@ class Signal(StrEnum):
     SIGHUP = "SIGHUP"
     SIGUSR1 = "SIGUSR1"
     SIGUSR2 = "SIGUSR2"
+
+
+class Role(StrEnum):
+    """What a container runs, as a profile names it; a known server is also found by its process name."""
+
+    NGINX = "nginx"
+    PHP_FPM = "php-fpm"
+    APACHE = "apache"
+    GENERIC = "generic"

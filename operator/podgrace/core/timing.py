@@ -17,8 +17,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from podgrace.core.constants import KUBERNETES_DEFAULT_GRACE
-from podgrace.core.models import Role
-from podgrace.core.signals import Signal
+from podgrace.core.signals import Role, Signal
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Deployment objects (from a file or the API) -> the typed `Workload` the planner reads."""
+"""Workload objects (from a file or the API) -> the typed `Workload` the planner reads."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from podgrace.core import managed_fields, overrides
+from podgrace.core import managed_fields, manifest_checks, overrides
 from podgrace.core.models import ContainerView, Ownership, PreStop, Workload
 
 LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
@@ -17,16 +17,31 @@ class ManifestError(ValueError):
     pass
 
 
+# Workload kinds whose pod template (spec.template) podgrace reads; the operator reconciles Deployments.
+WORKLOAD_KINDS = ("Deployment", "StatefulSet", "DaemonSet")
+
+
 def is_deployment(obj: Any) -> bool:
     return isinstance(obj, Mapping) and obj.get("kind") == "Deployment" and obj.get("apiVersion") == "apps/v1"
 
 
+def is_workload(obj: Any) -> bool:
+    """An apps/v1 Deployment, StatefulSet or DaemonSet: the same pod template at spec.template."""
+    return (
+        isinstance(obj, Mapping) and obj.get("kind") in WORKLOAD_KINDS and obj.get("apiVersion") == "apps/v1"
+    )
+
+
 def from_object(obj: Mapping[str, Any], *, with_ownership: bool) -> Workload:
-    """Read a Deployment. `with_ownership` reads managedFields (objects from the API server)."""
+    """Read a workload. `with_ownership` reads managedFields (objects from the API server)."""
+    kind = str(obj.get("kind") or "Deployment")
     metadata = obj.get("metadata")
     if not isinstance(metadata, Mapping) or not isinstance(metadata.get("name"), str):
-        raise ManifestError("Deployment has no metadata.name")
-    where = f"Deployment {metadata.get('namespace') or 'default'}/{metadata['name']}"
+        raise ManifestError(f"{kind} has no metadata.name")
+    where = f"{kind} {metadata.get('namespace') or 'default'}/{metadata['name']}"
+    problem = manifest_checks.first_problem(obj)
+    if problem is not None:
+        raise ManifestError(f"{where}: {problem}")
     pod_spec = _mapping(obj, ("spec", "template", "spec"), where)
     raw_containers = pod_spec.get("containers")
     if not isinstance(raw_containers, list) or not raw_containers:
@@ -60,10 +75,11 @@ def from_object(obj: Mapping[str, Any], *, with_ownership: bool) -> Workload:
         return Workload(
             namespace=str(metadata.get("namespace") or "default"),
             name=metadata["name"],
-            overrides=overrides.parse({str(k): str(v) for k, v in annotations.items()}),
+            overrides=overrides.parse({str(k): "" if v is None else str(v) for k, v in annotations.items()}),
             containers=tuple(containers),
             termination_grace_period_seconds=int(grace) if grace is not None else None,
             os_name=os_spec.get("name") if isinstance(os_spec, Mapping) else None,
+            share_process_namespace=pod_spec.get("shareProcessNamespace") is True,
             ownership=(
                 managed_fields.ownership(
                     metadata.get("managedFields") or [],

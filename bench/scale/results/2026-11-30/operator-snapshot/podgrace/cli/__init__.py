@@ -1,0 +1,1 @@
+"""The `podgrace` command line: `run` (the controller), `render` and `audit` (the pure core, offline)."""

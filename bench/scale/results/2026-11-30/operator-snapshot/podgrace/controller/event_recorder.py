@@ -1,0 +1,167 @@
+"""Kubernetes Events on Deployments, posted once per distinct message.
+
+A resync or an operator restart must not repeat Warnings that are already there, so a Warning is
+posted only when neither this process nor the API server (an Event with the same object, reason and
+message) has it yet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import logging
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from podgrace.controller.kube_api import Api, ApiError
+from podgrace.controller.metrics import Metrics
+from podgrace.controller.tasks import cancel_and_wait
+from podgrace.core.constants import FIELD_MANAGER
+
+log = logging.getLogger(__name__)
+NORMAL = "Normal"
+WARNING = "Warning"
+_SEEN_LIMIT = 50_000
+# The longest a background Normal Event waits for the reconcilers to be idle before it is posted anyway.
+IDLE_WAIT_LIMIT = 10.0
+# Normal Events waiting for a background poster: (namespace, Event, the key it is remembered under).
+PendingEvents = asyncio.Queue[tuple[str, dict[str, Any], tuple[str, str, str, str]]]
+
+
+class EventRecorder:
+    def __init__(
+        self,
+        api: Api,
+        metrics: Metrics,
+        *,
+        instance: str = "podgrace",
+        background: int = 0,
+        idle: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        self._api = api
+        self._metrics = metrics
+        self._instance = instance
+        self._seen: OrderedDict[tuple[str, str, str, str], None] = OrderedDict()
+        # Normal Events (Applied, Reverted) can go out after the reconcile, from `background` tasks: a
+        # Deployment's settings are written first, the informational Event follows (its timestamp is the
+        # reconcile's). 0: every Event is posted before post() returns. `idle` (the work queue's) holds
+        # them back while Deployments wait for their settings (at most IDLE_WAIT_LIMIT seconds each): in a
+        # cold start over 5,000 Deployments they otherwise competed with the applies for the API server.
+        self._background = background
+        self._idle = idle
+        self._pending: PendingEvents | None = None
+        self._posters: list[asyncio.Task[None]] = []
+
+    async def post(self, obj: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
+        metadata = obj.get("metadata") or {}
+        uid = str(metadata.get("uid") or "")
+        namespace = str(metadata.get("namespace") or "default")
+        key = (uid, type_, reason, message)
+        if key in self._seen:
+            self._seen.move_to_end(key)
+            return
+        if type_ == NORMAL and self._background:
+            self._remember(key)  # forgotten again if the post fails
+            self._lane().put_nowait((namespace, self._event(obj, type_, reason, message), key))
+            return
+        try:
+            if type_ == WARNING and await self._exists(namespace, uid, reason, message):
+                self._remember(key)
+                return
+            await self._api.create_event(namespace, self._event(obj, type_, reason, message))
+        except ApiError as error:
+            # Events are best effort: failing to post one must not fail the reconcile.
+            log.warning(
+                "could not post %s event %s on %s/%s: %s",
+                type_,
+                reason,
+                namespace,
+                metadata.get("name"),
+                error,
+            )
+            return
+        self._remember(key)
+        self._metrics.writes.labels("event").inc()
+        if type_ == WARNING:
+            self._metrics.warnings.labels(reason).inc()
+
+    def _lane(self) -> PendingEvents:
+        if self._pending is None:
+            self._pending = asyncio.Queue()
+            self._posters = [
+                asyncio.create_task(self._post_pending(self._pending)) for _ in range(self._background)
+            ]
+        return self._pending
+
+    async def _post_pending(self, pending: PendingEvents) -> None:
+        while True:
+            namespace, event, key = await pending.get()
+            if self._idle is not None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._idle(), IDLE_WAIT_LIMIT)
+            try:
+                await self._api.create_event(namespace, event)
+            except Exception as error:  # best effort, as inline: log it, never stop the lane
+                self._seen.pop(key, None)
+                involved = event.get("involvedObject") or {}
+                log.warning(
+                    "could not post %s event %s on %s/%s: %s",
+                    event.get("type"),
+                    event.get("reason"),
+                    namespace,
+                    involved.get("name"),
+                    error,
+                )
+                continue
+            self._metrics.writes.labels("event").inc()
+
+    async def close(self, drain_timeout: float = 5.0) -> None:
+        """Post what is still pending (at most `drain_timeout` seconds), then stop the background tasks."""
+        if self._pending is not None and not self._pending.empty():
+            deadline = asyncio.get_running_loop().time() + drain_timeout
+            while not self._pending.empty() and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(0.05)
+        await cancel_and_wait(self._posters)
+        self._posters = []
+
+    def _remember(self, key: tuple[str, str, str, str]) -> None:
+        self._seen[key] = None
+        while len(self._seen) > _SEEN_LIMIT:
+            self._seen.popitem(last=False)
+
+    async def _exists(self, namespace: str, uid: str, reason: str, message: str) -> bool:
+        if not uid:
+            return False
+        events = await self._api.list_events(namespace, f"involvedObject.uid={uid},reason={reason}")
+        return any(e.get("message") == message for e in events)
+
+    def _event(self, obj: Mapping[str, Any], type_: str, reason: str, message: str) -> dict[str, Any]:
+        metadata = obj.get("metadata") or {}
+        now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {
+                "generateName": f"{metadata.get('name', 'podgrace')}.",
+                "namespace": metadata.get("namespace"),
+            },
+            "involvedObject": {
+                "apiVersion": obj.get("apiVersion"),
+                "kind": obj.get("kind"),
+                "name": metadata.get("name"),
+                "namespace": metadata.get("namespace"),
+                "uid": metadata.get("uid"),
+                "resourceVersion": metadata.get("resourceVersion"),
+            },
+            "type": type_,
+            "reason": reason,
+            "message": message[:1024],
+            "source": {"component": FIELD_MANAGER},
+            "reportingComponent": FIELD_MANAGER,
+            "reportingInstance": self._instance,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }

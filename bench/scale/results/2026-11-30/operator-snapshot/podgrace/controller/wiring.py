@@ -1,0 +1,95 @@
+"""The operator's long-lived objects, built once by `podgrace run` before Kopf starts, and handed to the
+Kopf handlers as Kopf's `memo`. Starting and stopping them is all this module does beyond building them."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import kopf
+
+from podgrace.controller.capability_probe import CapabilityCache
+from podgrace.controller.deployment_events import DeploymentEvents
+from podgrace.controller.event_recorder import EventRecorder
+from podgrace.controller.informer import DeploymentInformer
+from podgrace.controller.kube_api import KubeClient
+from podgrace.controller.metrics import Metrics
+from podgrace.controller.profile_events import ProfileEvents
+from podgrace.controller.profile_index import ProfileIndex
+from podgrace.controller.reconciler import Reconciler
+from podgrace.controller.skip_record import SkipRecord
+from podgrace.controller.status_flusher import StatusFlusher
+from podgrace.controller.work_queue import DeploymentQueue
+from podgrace.controller.workload_gauges import WorkloadGauges
+from podgrace.core.profile_store import ProfileStore
+
+log = logging.getLogger(__name__)
+
+# Tasks posting the Normal Events (Applied, Reverted) after the writes: few, so that during a sync over
+# thousands of Deployments the API server spends itself on the settings first.
+EVENT_POSTERS = 2
+
+
+@dataclass(frozen=True)
+class Options:
+    namespaces: list[str]
+    workers: int
+    stop_signals: bool | None  # None: detect
+
+
+# Frozen, and holding no state of its own: Kopf hands each ShutdownProfile's handlers a shallow copy of
+# the memo, which then refers to the same objects.
+@dataclass(frozen=True)
+class Operator:
+    connection: kopf.ConnectionInfo
+    client: KubeClient
+    store: ProfileStore
+    capabilities: CapabilityCache
+    queue: DeploymentQueue
+    events: EventRecorder
+    deployments: DeploymentEvents
+    informer: DeploymentInformer
+    flusher: StatusFlusher
+    profiles: ProfileEvents
+
+    async def start(self) -> None:
+        """Learn the API server's version and the ShutdownProfiles, then start reconciling."""
+        version = await self.capabilities.server_version()
+        for body in await self.client.list_profiles():
+            self.store.upsert(body)
+        self.queue.start(self.deployments.handle)
+        self.informer.start()
+        self.flusher.start()
+        log.info("podgrace started: API server %s.%s, %d ShutdownProfiles", *version, len(self.store.names()))
+
+    async def stop(self) -> None:
+        await self.informer.stop()
+        await self.flusher.stop()
+        await self.queue.stop()
+        await self.events.close()
+        await self.client.close()
+
+    def health(self) -> dict[str, Any]:
+        return self.informer.health()
+
+
+def build(options: Options, connection: kopf.ConnectionInfo, metrics: Metrics) -> Operator:
+    client = KubeClient(connection, connection_limit=max(10, options.workers * 2))
+    store = ProfileStore()
+    index = ProfileIndex()
+    record = SkipRecord()
+    gauges = WorkloadGauges(metrics, index)
+    capabilities = CapabilityCache(client, stop_signal_override=options.stop_signals)
+    queue = DeploymentQueue(options.workers)
+    events = EventRecorder(client, metrics, background=EVENT_POSTERS, idle=queue.wait_idle)
+    reconciler = Reconciler(
+        client, store, capabilities, events, metrics, gauges, record, concurrency=options.workers
+    )
+    deployments = DeploymentEvents(index, record, gauges, queue, reconciler)
+    informer = DeploymentInformer(client, options.namespaces, deployments.on_event)
+    flusher = StatusFlusher(reconciler, index, informer.listed.wait)
+    profiles = ProfileEvents(store, index, record, flusher, reconciler, informer.listed.wait)
+    return Operator(
+        connection, client, store, capabilities, queue, events, deployments, informer, flusher, profiles
+    )

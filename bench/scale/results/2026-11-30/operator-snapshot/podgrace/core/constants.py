@@ -1,0 +1,32 @@
+"""Names shared by the operator, the CLI and the chart: the public contract."""
+
+GROUP = "podgrace.dev"
+VERSION = "v1alpha1"
+PROFILE_PLURAL = "shutdownprofiles"
+PROFILE_KIND = "ShutdownProfile"
+FIELD_MANAGER = "podgrace"
+
+ANNOTATION_PREFIX = "podgrace.dev/"
+ANN_PROFILE = ANNOTATION_PREFIX + "profile"
+ANN_MODE = ANNOTATION_PREFIX + "mode"
+ANN_PRESTOP_SLEEP = ANNOTATION_PREFIX + "prestop-sleep-seconds"
+ANN_DRAIN = ANNOTATION_PREFIX + "drain-seconds"
+ANN_GRACE = ANNOTATION_PREFIX + "termination-grace-period-seconds"
+ANN_CONTAINERS = ANNOTATION_PREFIX + "containers"
+ANN_EXISTING_PRESTOP = ANNOTATION_PREFIX + "existing-prestop"
+
+KNOWN_ANNOTATIONS = frozenset(
+    {ANN_PROFILE, ANN_MODE, ANN_PRESTOP_SLEEP, ANN_DRAIN, ANN_GRACE, ANN_CONTAINERS, ANN_EXISTING_PRESTOP}
+)
+
+# Bounds shared with the CRD schema (crds/) so annotations and profiles agree.
+MAX_SLEEP_SECONDS = 3600
+MAX_DRAIN_SECONDS = 3600
+MAX_MARGIN_SECONDS = 600
+MAX_GRACE_SECONDS = 86400
+
+# The API server's default terminationGracePeriodSeconds.
+KUBERNETES_DEFAULT_GRACE = 30
+
+# Marks the exec hooks podgrace writes so a rendered manifest can be recognised as podgrace's own.
+HOOK_MARKER = "# podgrace graceful stop"

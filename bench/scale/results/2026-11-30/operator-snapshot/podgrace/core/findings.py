@@ -1,0 +1,60 @@
+"""Findings: why a workload may drop requests on termination, and decisions worth a Warning.
+
+Codes are a closed set: they are metric label values and Event reasons.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class Code(StrEnum):
+    # Risks: the pod as it is may drop requests when it terminates.
+    NO_PRESTOP = "NoPreStop"
+    SLEEP_TOO_SHORT = "SleepTooShort"
+    KNOWN_BAD_HOOK = "SignalHookReturnsEarly"
+    FAST_STOP_SIGNAL = "FastStopSignal"
+    GRACE_TOO_SHORT = "GracePeriodTooShort"
+    PHP_FPM_BEFORE_DRAIN = "PhpFpmStopsBeforeDrain"
+    # Decisions: podgrace left something as the user had it.
+    USER_HOOK_KEPT = "UserHookKept"
+    STOP_SIGNAL_KEPT = "UserStopSignalKept"
+    GRACE_PINNED = "GracePeriodPinned"
+    NO_MATCHING_CONTAINERS = "NoMatchingContainers"
+    # Input errors: nothing is changed.
+    INVALID_ANNOTATION = "InvalidAnnotation"
+    UNKNOWN_PROFILE = "UnknownProfile"
+    INVALID_PROFILE = "InvalidProfile"
+    APPLY_FAILED = "ApplyFailed"
+
+
+RISKS = frozenset(
+    {
+        Code.NO_PRESTOP,
+        Code.SLEEP_TOO_SHORT,
+        Code.KNOWN_BAD_HOOK,
+        Code.FAST_STOP_SIGNAL,
+        Code.GRACE_TOO_SHORT,
+        Code.PHP_FPM_BEFORE_DRAIN,
+    }
+)
+ERRORS = frozenset({Code.INVALID_ANNOTATION, Code.UNKNOWN_PROFILE, Code.INVALID_PROFILE, Code.APPLY_FAILED})
+
+
+@dataclass(frozen=True, order=True)
+class Finding:
+    code: Code
+    container: str | None
+    message: str
+
+    @property
+    def is_risk(self) -> bool:
+        return self.code in RISKS
+
+    @property
+    def is_error(self) -> bool:
+        return self.code in ERRORS
+
+    def to_dict(self) -> dict[str, str | None]:
+        return {"code": self.code.value, "container": self.container, "message": self.message}

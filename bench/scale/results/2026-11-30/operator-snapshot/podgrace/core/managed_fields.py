@@ -1,0 +1,134 @@
+"""Reading `metadata.managedFields`: who owns the fields podgrace injects, and whether an apply is a no-op.
+
+Skipping an apply whose result would equal what is there is what keeps a resync or a restart at zero writes:
+podgrace's apply changes nothing exactly when the set of fields podgrace owns equals the set it would apply
+and the live values there already equal the desired ones.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from podgrace.core.constants import FIELD_MANAGER, KUBERNETES_DEFAULT_GRACE
+from podgrace.core.models import Ownership
+
+Path = tuple[str, ...]
+_TEMPLATE_SPEC: Path = ("f:spec", "f:template", "f:spec")
+
+
+def _leaves(fields: Mapping[str, Any], prefix: Path = ()) -> set[Path]:
+    found: set[Path] = set()
+    for key, sub in fields.items():
+        if key == ".":
+            continue
+        path = (*prefix, key)
+        if isinstance(sub, Mapping) and any(k != "." for k in sub):
+            found |= _leaves(sub, path)
+        else:
+            found.add(path)
+    return found
+
+
+def container_key(name: str) -> str:
+    return "k:" + json.dumps({"name": name}, separators=(",", ":"))
+
+
+def desired_leaves(value: Any, prefix: Path = ()) -> dict[Path, Any]:
+    """Leaf paths (fieldsV1 notation) of an applied configuration, with their values."""
+    found: dict[Path, Any] = {}
+    if isinstance(value, Mapping) and value:
+        for key, sub in value.items():
+            if key == "containers" and isinstance(sub, list):
+                for item in sub:
+                    found.update(desired_leaves(item, (*prefix, "f:containers", container_key(item["name"]))))
+            else:
+                found.update(desired_leaves(sub, (*prefix, f"f:{key}")))
+    else:
+        found[prefix] = value
+    return found
+
+
+def manager_leaves(
+    managed_fields: Iterable[Mapping[str, Any]], *, podgrace: bool, operation: str | None = None
+) -> set[Path]:
+    """Leaves owned by podgrace (podgrace=True) or by every other manager together (podgrace=False),
+    optionally only through one operation (`Apply` or `Update`)."""
+    found: set[Path] = set()
+    for entry in managed_fields:
+        if (entry.get("manager") == FIELD_MANAGER) is not podgrace or entry.get("fieldsType") != "FieldsV1":
+            continue
+        if operation is None or entry.get("operation") == operation:
+            found |= _leaves(entry.get("fieldsV1") or {})
+    return found
+
+
+def _containers_with(leaves: set[Path], *suffix: str) -> frozenset[str]:
+    names = set()
+    depth = len(_TEMPLATE_SPEC) + 2
+    for path in leaves:
+        in_containers = path[: len(_TEMPLATE_SPEC) + 1] == (*_TEMPLATE_SPEC, "f:containers")
+        if in_containers and len(path) > depth and path[depth : depth + len(suffix)] == suffix:
+            names.add(json.loads(path[len(_TEMPLATE_SPEC) + 1][2:])["name"])
+    return frozenset(names)
+
+
+def ownership(
+    managed_fields: Iterable[Mapping[str, Any]],
+    *,
+    grace_value: int | None = None,
+    last_applied: str | None = None,
+) -> Ownership:
+    """Who owns podgrace's fields. An Update (create, edit, client-side apply) records the fields the API
+    server defaulted as well, so a grace period of exactly the default that the user's last-applied
+    configuration does not mention counts as defaulted, not as the user's choice."""
+    entries = list(managed_fields)
+    ours = manager_leaves(entries, podgrace=True)
+    theirs = manager_leaves(entries, podgrace=False)
+    grace = (*_TEMPLATE_SPEC, "f:terminationGracePeriodSeconds")
+    applied_by_them = grace in manager_leaves(entries, podgrace=False, operation="Apply")
+    mentioned = last_applied is not None and '"terminationGracePeriodSeconds"' in last_applied
+    defaulted = (
+        grace in theirs and not applied_by_them and grace_value == KUBERNETES_DEFAULT_GRACE and not mentioned
+    )
+    return Ownership(
+        known=True,
+        podgrace_pre_stop=_containers_with(ours, "f:lifecycle", "f:preStop"),
+        podgrace_stop_signal=_containers_with(ours, "f:lifecycle", "f:stopSignal"),
+        foreign_pre_stop=_containers_with(theirs, "f:lifecycle", "f:preStop"),
+        foreign_stop_signal=_containers_with(theirs, "f:lifecycle", "f:stopSignal"),
+        foreign_grace=grace in theirs and not defaulted,
+        grace_defaulted=defaulted,
+    )
+
+
+def _value_at(obj: Any, path: Path) -> Any:
+    current = obj
+    for step in path:
+        if step.startswith("f:") and isinstance(current, Mapping):
+            current = current.get(step[2:])
+        elif step.startswith("k:") and isinstance(current, list):
+            key = json.loads(step[2:])
+            current = next((i for i in current if all(i.get(k) == v for k, v in key.items())), None)
+        else:
+            return None
+        if current is None:
+            return None
+    return current
+
+
+def apply_is_noop(live: Mapping[str, Any], applied: Mapping[str, Any]) -> bool:
+    """True when applying `applied` with podgrace's field manager would change neither the object nor
+    podgrace's ownership. Only `spec` is compared: podgrace applies nothing else."""
+    want = {
+        p: v for p, v in desired_leaves(applied.get("spec") or {}, ("f:spec",)).items() if p != ("f:spec",)
+    }
+    owned = {
+        p
+        for p in manager_leaves(live.get("metadata", {}).get("managedFields") or [], podgrace=True)
+        if p[:1] == ("f:spec",)
+    }
+    if set(want) != owned:
+        return False
+    return all(_value_at(live, path) == value for path, value in want.items())

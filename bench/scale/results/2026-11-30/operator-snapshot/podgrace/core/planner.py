@@ -1,0 +1,430 @@
+"""The planner: a Deployment's pod template + a ShutdownProfile + cluster capabilities -> desired settings.
+
+Pure: no I/O. The operator, `podgrace render` and `podgrace audit` all call `plan`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from podgrace.core import hooks
+from podgrace.core.assess import assess
+from podgrace.core.capabilities import Capabilities
+from podgrace.core.constants import ANN_CONTAINERS, ANN_PROFILE, KUBERNETES_DEFAULT_GRACE
+from podgrace.core.findings import Code, Finding
+from podgrace.core.hook_intent import ExecSleep, HookIntent, NativeSleep, SignalAndWait
+from podgrace.core.models import (
+    ContainerView,
+    ExistingPreStop,
+    Mode,
+    Overrides,
+    Ownership,
+    PreStop,
+    PreStopKind,
+    Role,
+    ShutdownProfile,
+    ShutdownProfileSpec,
+    Workload,
+)
+from podgrace.core.signals import Signal
+from podgrace.core.timing import (
+    Expectation,
+    grace_with_margin,
+    required_grace,
+    signal_delays,
+)
+
+# The fallback hook returns this long before the grace period ends, so the kubelet's own stop signal and
+# its SIGKILL (at the end of the grace period, at least 2 s after the hook) come only once time is up.
+KUBELET_STOP_TAIL = 2
+
+
+class Outcome(StrEnum):
+    MANAGED = "managed"  # opted in, enforce: podgrace owns the settings below
+    AUDIT = "audit"  # opted in, audit mode: findings only, podgrace owns nothing
+    NOT_OPTED_IN = "not-opted-in"  # podgrace owns nothing (a revert if it owned something)
+    INVALID = "invalid"  # bad input: leave the workload exactly as it is
+
+
+@dataclass(frozen=True)
+class ContainerSettings:
+    name: str
+    rule: str
+    role: Role
+    signal_delay_seconds: int
+    drain_seconds: int
+    pre_stop: HookIntent | None = None  # podgrace's preStop hook; None: podgrace leaves preStop alone
+    stop_signal: str | None = None  # lifecycle.stopSignal podgrace owns
+
+
+@dataclass(frozen=True)
+class Plan:
+    workload: str
+    outcome: Outcome
+    profile: str | None = None
+    containers: tuple[ContainerSettings, ...] = ()
+    termination_grace_period_seconds: int | None = None  # None: podgrace does not own it
+    os_name: str | None = None
+    required_grace_seconds: int = 0
+    force: bool = False  # replacing a user's hook takes the field from its manager
+    findings_before: tuple[Finding, ...] = ()  # risks as the workload is now
+    findings_after: tuple[Finding, ...] = ()  # risks once the plan is applied
+    decisions: tuple[Finding, ...] = ()  # Warnings: what podgrace left as the user had it
+    errors: tuple[Finding, ...] = field(default=())
+
+    @property
+    def owns_anything(self) -> bool:
+        return bool(self.containers or self.termination_grace_period_seconds or self.os_name)
+
+
+def plan(
+    workload: Workload,
+    profiles: Mapping[str, ShutdownProfile],
+    capabilities: Capabilities,
+) -> Plan:
+    parsed = workload.overrides
+    if parsed.profile is None:
+        # Not opted in: other podgrace annotations left behind mean nothing, and must not block a revert.
+        expectations = detect_expectations(workload, profiles)
+        return Plan(workload.key, Outcome.NOT_OPTED_IN, findings_before=assess(workload, expectations))
+    if parsed.errors:
+        return _invalid(
+            workload, parsed.profile, *(Finding(Code.INVALID_ANNOTATION, None, e) for e in parsed.errors)
+        )
+    profile = profiles.get(parsed.profile)
+    if profile is None:
+        known = ", ".join(sorted(profiles)) or "none"
+        message = f"{ANN_PROFILE}: ShutdownProfile {parsed.profile!r} does not exist (known: {known})"
+        return _invalid(workload, parsed.profile, Finding(Code.UNKNOWN_PROFILE, None, message))
+    if parsed.containers is not None:
+        missing = sorted(parsed.containers - {c.name for c in workload.containers})
+        if missing:
+            message = f"{ANN_CONTAINERS}: the pod has no container named {', '.join(missing)}"
+            return _invalid(workload, profile.name, Finding(Code.INVALID_ANNOTATION, None, message))
+    expectations = profile_expectations(workload, profile.spec, parsed)
+    before = assess(workload, expectations)
+    if parsed.mode is Mode.AUDIT:
+        return Plan(
+            workload.key, Outcome.AUDIT, profile=profile.name, findings_before=before, findings_after=before
+        )
+    if not expectations:
+        decision = Finding(
+            Code.NO_MATCHING_CONTAINERS,
+            None,
+            f"no container matches a rule of ShutdownProfile {profile.name!r}",
+        )
+        return Plan(workload.key, Outcome.MANAGED, profile=profile.name, decisions=(decision,))
+    return _enforce(workload, profile, parsed, expectations, capabilities, before)
+
+
+def _invalid(workload: Workload, profile: str | None, *errors: Finding) -> Plan:
+    return Plan(workload.key, Outcome.INVALID, profile=profile, errors=errors)
+
+
+def _enforce(
+    workload: Workload,
+    profile: ShutdownProfile,
+    parsed: Overrides,
+    expectations: tuple[Expectation, ...],
+    capabilities: Capabilities,
+    before: tuple[Finding, ...],
+) -> Plan:
+    delays = signal_delays(expectations)
+    policy = parsed.existing_pre_stop or profile.spec.existing_pre_stop
+    views = {c.name: c for c in workload.containers}
+    decisions: list[Finding] = []
+    matched = [
+        _match(workload, views[e.container], e, delays[e.container], capabilities, policy, decisions)
+        for e in expectations
+    ]
+    # A kept hook that waits longer than podgrace would must still fit in the grace period.
+    waits = {m.view.name: max(m.delay, m.kept_hook_wait) for m in matched}
+    required = required_grace(expectations, waits)
+    grace = _grace(workload, parsed, required, profile.spec.grace_period_margin_seconds, decisions)
+    effective_grace = grace or workload.termination_grace_period_seconds or KUBERNETES_DEFAULT_GRACE
+    settled = [_settle(m, effective_grace, capabilities, policy, decisions) for m in matched]
+    settings = [s for s, _ in settled]
+    force = any(replaced for _, replaced in settled)
+    if grace is not None and workload.ownership.known and workload.ownership.grace_defaulted:
+        force = True  # the creator "owns" only the API server's default: taking it overrides no choice
+    os_name = "linux" if any(s.stop_signal for s in settings) else None
+    result = Plan(
+        workload.key,
+        Outcome.MANAGED,
+        profile=profile.name,
+        containers=tuple(settings),
+        termination_grace_period_seconds=grace,
+        os_name=os_name,
+        required_grace_seconds=required,
+        force=force,
+        findings_before=before,
+        decisions=tuple(sorted(decisions)),
+    )
+    after = assess(apply_to_workload(workload, result), expectations)
+    return Plan(**{**result.__dict__, "findings_after": after})
+
+
+@dataclass(frozen=True)
+class _Matched:
+    """A container a profile rule matched, decided as far as it can be before the grace period is known
+    (which bounds how long a signal hook waits)."""
+
+    view: ContainerView
+    expectation: Expectation
+    delay: int  # seconds from pod deletion until its stop signal
+    stop_signal: str | None  # lifecycle.stopSignal podgrace owns
+    hook_signal: Signal | None  # the graceful signal podgrace's hook delivers, where stopSignal cannot
+    users_hook: bool  # its preStop is somebody else's: neither absent nor podgrace's own
+    keeps_users_hook: bool  # ... and podgrace keeps it (existingPreStop: keep, or no in-place replacement)
+
+    @property
+    def kept_hook_wait(self) -> int:
+        """How long a kept hook of the user's holds the stop signal back."""
+        return hooks.effect(self.view.pre_stop).delay_seconds if self.keeps_users_hook else 0
+
+
+def _match(
+    workload: Workload,
+    container: ContainerView,
+    e: Expectation,
+    delay: int,
+    capabilities: Capabilities,
+    policy: ExistingPreStop,
+    decisions: list[Finding],
+) -> _Matched:
+    ownership = workload.ownership
+    stop_signal = None
+    if e.signal is not None and capabilities.stop_signal and workload.os_name in (None, "linux"):
+        stop_signal = e.signal.value
+        if _foreign_stop_signal(container, ownership, stop_signal):
+            stop_signal = None
+            decisions.append(
+                Finding(
+                    Code.STOP_SIGNAL_KEPT,
+                    e.container,
+                    f"lifecycle.stopSignal {container.stop_signal} is set by its owner and kept",
+                )
+            )
+    hook_signal = e.signal if stop_signal is None else None
+    users_hook = not _podgrace_may_rewrite(container, ownership)
+    replaceable = _replaceable(container.pre_stop, hook_signal is not None, delay, capabilities)
+    keeps = users_hook and not (policy is ExistingPreStop.REPLACE and replaceable)
+    return _Matched(container, e, delay, stop_signal, hook_signal, users_hook, keeps)
+
+
+def _settle(
+    m: _Matched, grace: int, capabilities: Capabilities, policy: ExistingPreStop, decisions: list[Finding]
+) -> tuple[ContainerSettings, bool]:
+    """The container's settings once the grace period is known, and whether they replace a user's hook."""
+    e, current = m.expectation, m.view.pre_stop
+    wait = _hold_until_grace_ends(m.delay, e.drain_seconds, grace)
+    desired = _equivalent_current(
+        current.podgrace_hook, _hook(m.hook_signal, m.delay, wait, native_sleep=capabilities.native_sleep)
+    )
+    pre_stop = desired
+    # somebody else's hook, and not already the one podgrace wants
+    conflict = m.users_hook and (desired is None or current.podgrace_hook != desired)
+    replaces = conflict and not m.keeps_users_hook
+    if replaces:  # with podgrace's hook in the user's handler type: see _replaceable
+        pre_stop = _hook(m.hook_signal, m.delay, wait, native_sleep=current.kind is PreStopKind.SLEEP)
+    elif conflict:
+        pre_stop = None
+        why = (
+            f"existingPreStop: {policy.value}"
+            if policy is ExistingPreStop.KEEP or desired is None
+            else f"a {current.kind.value} hook cannot be replaced in place by podgrace's"
+        )
+        decisions.append(
+            Finding(
+                Code.USER_HOOK_KEPT,
+                e.container,
+                f"the container's own preStop hook is kept ({why}); podgrace's "
+                f"needs {m.delay}s before the stop signal",
+            )
+        )
+    settings = ContainerSettings(
+        e.container, e.rule, e.role, m.delay, e.drain_seconds, pre_stop=pre_stop, stop_signal=m.stop_signal
+    )
+    return settings, replaces
+
+
+def _hold_until_grace_ends(delay: int, drain: int, grace: int) -> int:
+    """How long a hook that delivers the signal waits for the server to exit. It also holds back the
+    kubelet's own stop signal (SIGTERM, a fast stop) until just before the grace period ends, as
+    lifecycle.stopSignal would: waiting only `drain` would cut requests that run longer than expected while
+    grace remains (seen in the lab)."""
+    return max(drain, grace - delay - KUBELET_STOP_TAIL)
+
+
+def _hook(hook_signal: Signal | None, delay: int, wait: int, *, native_sleep: bool) -> HookIntent | None:
+    if hook_signal is not None:
+        return SignalAndWait(delay, hook_signal, wait)
+    if delay == 0:
+        return None
+    return NativeSleep(delay) if native_sleep else ExecSleep(delay)
+
+
+def _equivalent_current(current: HookIntent | None, desired: HookIntent | None) -> HookIntent | None:
+    """Keep podgrace's current hook when it already does what the desired one does (an exec sleep written
+    while replacing a user's exec hook, where a native sleep would do now): a change of form alone is not
+    worth a rollout."""
+    if (
+        isinstance(current, ExecSleep)
+        and isinstance(desired, NativeSleep)
+        and current.seconds == desired.seconds
+    ):
+        return current
+    return desired
+
+
+def _replaceable(current: PreStop, needs_signal_hook: bool, delay: int, capabilities: Capabilities) -> bool:
+    """Whether podgrace's hook can take the user's hook over.
+
+    A forced server-side apply takes over only the fields it sends: the user's other handler type would
+    stay beside podgrace's, which the API server rejects. So an exec hook is replaced by podgrace's exec
+    form and a native sleep by podgrace's native sleep (when no signal must go through the hook); an
+    httpGet or tcpSocket hook is kept."""
+    if delay == 0 and not needs_signal_hook:
+        return False  # podgrace has no hook to put there
+    if current.kind is PreStopKind.EXEC:
+        return True
+    return current.kind is PreStopKind.SLEEP and not needs_signal_hook and capabilities.native_sleep
+
+
+def _podgrace_may_rewrite(container: ContainerView, ownership: Ownership) -> bool:
+    """Whether the container's preStop is absent or podgrace's own: from managedFields when known, else
+    by podgrace's marker."""
+    current = container.pre_stop
+    if current.kind is PreStopKind.NONE:
+        return True
+    if ownership.known:
+        return (
+            container.name not in ownership.foreign_pre_stop and container.name in ownership.podgrace_pre_stop
+        )
+    return current.marked
+
+
+def _foreign_stop_signal(container: ContainerView, ownership: Ownership, desired: str) -> bool:
+    if container.stop_signal is None or container.stop_signal == desired:
+        return False
+    if ownership.known:
+        return (
+            container.name in ownership.foreign_stop_signal
+            or container.name not in ownership.podgrace_stop_signal
+        )
+    return True
+
+
+def _grace(
+    workload: Workload, parsed: Overrides, required: int, margin: int, decisions: list[Finding]
+) -> int | None:
+    wanted = grace_with_margin(required, margin)
+    current = workload.termination_grace_period_seconds
+    ownership = workload.ownership
+    pinned_by_owner = current is not None and (
+        ownership.foreign_grace if ownership.known else current != parsed.termination_grace_period_seconds
+    )
+    if pinned_by_owner and current is not None:
+        if current < required:
+            decisions.append(
+                Finding(
+                    Code.GRACE_PINNED,
+                    None,
+                    f"terminationGracePeriodSeconds {current} is set by the Deployment's owner and kept, "
+                    f"but the pod needs {required}s",
+                )
+            )
+        return None
+    if parsed.termination_grace_period_seconds is not None:
+        pinned = parsed.termination_grace_period_seconds
+        if pinned < required:
+            decisions.append(
+                Finding(
+                    Code.GRACE_PINNED,
+                    None,
+                    f"the grace period annotation pins {pinned}s, but the pod needs {required}s",
+                )
+            )
+        return pinned
+    return wanted
+
+
+def profile_expectations(
+    workload: Workload, spec: ShutdownProfileSpec, parsed: Overrides
+) -> tuple[Expectation, ...]:
+    matched: list[tuple[str, str]] = []  # (container, rule)
+    for container in workload.containers:
+        if parsed.containers is not None and container.name not in parsed.containers:
+            continue
+        rule = spec.match(container.name, container.image)
+        if rule is not None:
+            matched.append((container.name, rule.name))
+    containers_of_rule: dict[str, list[str]] = {}
+    for container_name, rule_name in matched:
+        containers_of_rule.setdefault(rule_name, []).append(container_name)
+    expectations = []
+    for container_name, rule_name in matched:
+        rule = spec.rule(rule_name)
+        after = tuple(c for upstream in rule.stop_after for c in containers_of_rule.get(upstream, []))
+        expectations.append(
+            Expectation(
+                container=container_name,
+                rule=rule.name,
+                role=rule.role,
+                propagation_seconds=_pick(parsed.pre_stop_sleep_seconds, rule.pre_stop_sleep_seconds),
+                drain_seconds=_pick(parsed.drain_seconds, rule.drain_seconds),
+                signal=rule.effective_signal,
+                after=after,
+            )
+        )
+    return tuple(expectations)
+
+
+def _pick(override: int | None, default: int) -> int:
+    return default if override is None else override
+
+
+def detect_expectations(
+    workload: Workload, profiles: Mapping[str, ShutdownProfile]
+) -> tuple[Expectation, ...]:
+    """Expectations for a workload that has not opted in: the first profile, in name order, that matches a
+    container of a known web role (nginx, php-fpm, Apache) and the most of them. Generic containers are not
+    assessed: from a manifest alone they cannot be told apart from workers and sidecars."""
+    best: tuple[Expectation, ...] = ()
+    no_overrides = Overrides()
+    for name in sorted(profiles):
+        found = tuple(
+            e
+            for e in profile_expectations(workload, profiles[name].spec, no_overrides)
+            if e.role is not Role.GENERIC
+        )
+        if len(found) > len(best):
+            best = found
+    return best
+
+
+def apply_to_workload(workload: Workload, result: Plan) -> Workload:
+    """The workload as it will be once podgrace's settings are applied (for assessing the outcome)."""
+    by_name = {s.name: s for s in result.containers}
+    containers = []
+    for container in workload.containers:
+        s = by_name.get(container.name)
+        if s is None:
+            containers.append(container)
+            continue
+        pre_stop = PreStop.of_podgrace_hook(s.pre_stop) if s.pre_stop is not None else container.pre_stop
+        containers.append(
+            container.model_copy(
+                update={"pre_stop": pre_stop, "stop_signal": s.stop_signal or container.stop_signal}
+            )
+        )
+    grace = result.termination_grace_period_seconds or workload.termination_grace_period_seconds
+    return workload.model_copy(
+        update={
+            "containers": tuple(containers),
+            "termination_grace_period_seconds": grace,
+            "os_name": result.os_name or workload.os_name,
+        }
+    )

@@ -1,0 +1,1 @@
+"""Real-node termination lab (short form): see lab.py and README.md."""
