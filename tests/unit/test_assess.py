@@ -249,7 +249,13 @@ def test_assess_directly_with_expectations(workload: Any, container: Any) -> Non
 
 
 def test_every_code_is_a_risk_a_decision_a_notice_or_an_error() -> None:
-    decisions = {Code.USER_HOOK_KEPT, Code.STOP_SIGNAL_KEPT, Code.GRACE_PINNED, Code.NO_MATCHING_CONTAINERS}
+    decisions = {
+        Code.USER_HOOK_KEPT,
+        Code.STOP_SIGNAL_KEPT,
+        Code.GRACE_PINNED,
+        Code.OWNER_RECLAIMED,
+        Code.NO_MATCHING_CONTAINERS,
+    }
     assert RISKS.isdisjoint(ERRORS) and RISKS.isdisjoint(decisions) and ERRORS.isdisjoint(decisions)
     assert NOTICES.isdisjoint(RISKS | ERRORS | decisions)
     assert RISKS | ERRORS | decisions | NOTICES == set(Code)

@@ -145,6 +145,12 @@ def test_ownership_of_user_managers() -> None:
         foreign_pre_stop=frozenset({"php-fpm"}),
         foreign_stop_signal=frozenset({"nginx"}),
         foreign_grace=True,
+        # who holds each contested field, and which of them by server-side apply (issue 12)
+        owners=(
+            ("containers[php-fpm].lifecycle.preStop", "kubectl-client-side-apply"),
+            ("terminationGracePeriodSeconds", "kubectl-client-side-apply"),
+        ),
+        last_writer="kubectl-client-side-apply",
     )
 
 
@@ -181,7 +187,7 @@ def test_ownership_ignores_other_field_types_and_lifecycle_elsewhere() -> None:
             },
         ),
     ]
-    assert managed_fields.ownership(entries) == Ownership(known=True)
+    assert managed_fields.ownership(entries) == Ownership(known=True, last_writer="kube-controller-manager")
 
 
 def test_from_object_reads_ownership_only_when_asked(deployment: Any) -> None:

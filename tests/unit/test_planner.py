@@ -838,6 +838,176 @@ def test_exported_manifest_with_default_grace_counts_as_pinned(
     assert [d.code for d in result.decisions] == [Code.GRACE_PINNED]
 
 
+# --- a grace period kept shorter than the pod needs: the best valid settings (issue 12) ---------------------
+
+ANN_GRACE_PIN = "podgrace.dev/termination-grace-period-seconds"
+NGINX_PHP = ("nginx", "nginx:1.27"), ("php-fpm", "php:8.3-fpm")
+FOREIGN_GRACE = Ownership(known=True, foreign_grace=True)
+
+# One row per case: profile, pod, owner's grace (kept), annotations, caps,
+#   expected {container: preStop podgrace writes}, the grace podgrace writes, what the Warning names shortened
+FIT_TABLE = [
+    # the issue's case: nginx-php-fpm inside the owner's 30: php-fpm's 35 s sleep would be rejected (> 30)
+    ("nginx-php-fpm", NGINX_PHP, 30, {}, "1.35+gate",
+     {"nginx": native(5), "php-fpm": native(28)}, None, ["php-fpm is stopped after 28s (it needs 35s)"]),
+    # the fallback hook: php-fpm's signal 2 s before the end; no hook waits past the end of the grace period
+    ("nginx-php-fpm", NGINX_PHP, 30, {}, "1.34",
+     {"nginx": signal_wait(5, "QUIT", 25, "nginx"), "php-fpm": signal_wait(28, "QUIT", 2, "php-fpm*")}, None,
+     ["php-fpm is stopped after 28s (it needs 35s)"]),
+    ("nginx-php-fpm", NGINX_PHP, 30, {}, "1.29",
+     {"nginx": signal_wait(5, "QUIT", 25, "nginx"), "php-fpm": signal_wait(28, "QUIT", 2, "php-fpm*")}, None,
+     ["php-fpm is stopped after 28s (it needs 35s)"]),
+    # a grace pinned by podgrace's own annotation is written, and the hooks fit in it
+    ("php-fpm", (("app", "php:8.3-fpm"),), None, {ANN_GRACE_PIN: "10"}, "1.35+gate",
+     {"app": native(8)}, 10, ["app is stopped after 8s (it needs 35s)"]),
+    # a long propagation sleep for nginx alone, inside the owner's 30
+    ("nginx", (("nginx", "nginx:1.27"),), 30, {ANN_PRESTOP_SLEEP: "90"}, "1.35+gate",
+     {"nginx": native(28)}, None, ["nginx is stopped after 28s (it needs 90s)"]),
+    # order kept when both are cut: nginx never after php-fpm
+    ("nginx-php-fpm", NGINX_PHP, 10, {ANN_PRESTOP_SLEEP: "20"}, "1.35+gate",
+     {"nginx": native(8), "php-fpm": native(8)}, None,
+     ["nginx is stopped after 8s (it needs 20s)", "php-fpm is stopped after 8s (it needs 50s)"]),
+    # a grace too short for any delay: no sleep at all (a zero-second hook is none)
+    ("nginx", (("nginx", "nginx:1.27"),), 2, {}, "1.35+gate", {"nginx": None}, None,
+     ["nginx is stopped after 0s (it needs 5s)"]),
+    # long enough for the delays, too short for the drain: nothing shortened, the hook's wait ends in time
+    ("nginx-php-fpm", NGINX_PHP, 45, {}, "1.34",
+     {"nginx": signal_wait(5, "QUIT", 38, "nginx"), "php-fpm": signal_wait(35, "QUIT", 10, "php-fpm*")},
+     None, []),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("profile", "pod", "owner_grace", "annotations", "caps", "expected", "grace", "shortened"),
+    FIT_TABLE,
+    ids=[f"{r[0]}-grace{r[2] or r[3].get(ANN_GRACE_PIN)}-{r[4]}-{i}" for i, r in enumerate(FIT_TABLE)],
+)
+def test_a_too_short_grace_gets_the_best_valid_settings(
+    handler: Any,
+    builtin_profiles: dict[str, ShutdownProfile],
+    workload: Any,
+    container: Any,
+    profile: str,
+    pod: tuple[tuple[str, str], ...],
+    owner_grace: int | None,
+    annotations: dict[str, str],
+    caps: str,
+    expected: dict[str, dict[str, Any] | None],
+    grace: int | None,
+    shortened: list[str],
+) -> None:
+    w = workload(
+        *(container(n, i) for n, i in pod),
+        profile=profile,
+        annotations=annotations,
+        grace=owner_grace,
+        ownership=FOREIGN_GRACE if owner_grace is not None else Ownership(known=True),
+    )
+    result = planner.plan(w, builtin_profiles, CAPS[caps])
+    assert {s.name: handler(s) for s in result.containers} == expected
+    assert result.termination_grace_period_seconds == grace
+    kept = grace or owner_grace
+    assert kept is not None
+    # valid: no sleep longer than the grace period (API server), every signal 2 s before its end
+    for s in result.containers:
+        assert s.signal_delay_seconds <= max(kept - planner.KUBELET_STOP_TAIL, 0)
+        hook = handler(s)
+        if hook and "sleep" in hook:
+            assert hook["sleep"]["seconds"] <= kept - planner.KUBELET_STOP_TAIL
+    pinned = [d for d in result.decisions if d.code is Code.GRACE_PINNED]
+    assert len(pinned) == 1, result.decisions
+    for part in shortened:
+        assert part in pinned[0].message
+    if not shortened:
+        assert "stopped after" not in pinned[0].message
+
+
+# --- take once, never fight (issue 12) ----------------------------------------------------------------------
+
+HOOK_KEY = "containers[nginx].lifecycle.preStop"
+GRACE_KEY = "terminationGracePeriodSeconds"
+
+# One row per case: ownership of the contested fields, the user's hook?, owner's grace, annotations,
+#   expected: (podgrace replaces the hook, grace podgrace writes, force, [(decision code, owner named)])
+OWNER_TABLE = [
+    # an Update-operation owner's hook (kubectl create/edit, Helm 3) with `replace`: taken once, forced
+    ("update-owner-hook-replace",
+     Ownership(known=True, foreign_pre_stop=frozenset({"nginx"}), owners=((HOOK_KEY, "kubectl-create"),)),
+     True, None, {ANN_EXISTING_PRESTOP: "replace"}, (True, 40, True, [])),
+    # a server-side-apply owner's hook (Flux, Argo, Helm 4) with `replace`: never taken, said why
+    ("apply-owner-hook-replace",
+     Ownership(known=True, foreign_pre_stop=frozenset({"nginx"}),
+               owners=((HOOK_KEY, "kustomize-controller"),), applied=frozenset({HOOK_KEY})),
+     True, None, {ANN_EXISTING_PRESTOP: "replace"},
+     (False, 40, False, [(Code.USER_HOOK_KEPT, "kustomize-controller")])),
+    # the Update owner took the replaced hook back: podgrace backs off, one OwnerReclaimed
+    ("update-owner-took-hook-back",
+     Ownership(known=True, foreign_pre_stop=frozenset({"nginx"}), owners=((HOOK_KEY, "kubectl-edit"),),
+               reclaimed=((HOOK_KEY, "kubectl-edit"),)),
+     True, None, {ANN_EXISTING_PRESTOP: "replace"},
+     (False, 40, False, [(Code.OWNER_RECLAIMED, "kubectl-edit")])),
+    # the grace period an Update owner holds at exactly 30 (maybe the API server's default): taken once
+    ("grace-defaulted-taken-once",
+     Ownership(known=True, grace_defaulted=True, owners=((GRACE_KEY, "helm"),)),
+     False, 30, {}, (False, 40, True, [])),
+    # ... and when Helm 3 sets it back, podgrace keeps it and says so once, naming the owner
+    ("grace-taken-back",
+     Ownership(known=True, grace_defaulted=True, owners=((GRACE_KEY, "helm"),),
+               reclaimed=((GRACE_KEY, "helm"),)),
+     False, 30, {}, (False, None, False, [(Code.OWNER_RECLAIMED, "helm")])),
+    # `kubectl replace` of a manifest without podgrace's settings: both taken back at once (one Warning each)
+    ("replace-took-grace-and-hook-back",
+     Ownership(known=True, grace_defaulted=True, owners=((GRACE_KEY, "kubectl-replace"),),
+               reclaimed=((GRACE_KEY, "kubectl-replace"), (HOOK_KEY, "kubectl-replace"))),
+     False, 30, {}, (False, None, False, [(Code.OWNER_RECLAIMED, "kubectl-replace")] * 2)),
+    # an Apply owner's grace period is its choice: kept, the Warning names it
+    ("grace-of-an-apply-owner",
+     Ownership(known=True, foreign_grace=True, owners=((GRACE_KEY, "argocd-controller"),),
+               applied=frozenset({GRACE_KEY})),
+     False, 20, {}, (False, None, False, [(Code.GRACE_PINNED, "argocd-controller")])),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("ownership", "user_hook", "owner_grace", "annotations", "expected"),
+    [row[1:] for row in OWNER_TABLE],
+    ids=[row[0] for row in OWNER_TABLE],
+)
+def test_podgrace_takes_a_field_at_most_once_and_never_from_an_apply_owner(
+    handler: Any,
+    builtin_profiles: dict[str, ShutdownProfile],
+    workload: Any,
+    container: Any,
+    ownership: Ownership,
+    user_hook: bool,
+    owner_grace: int | None,
+    annotations: dict[str, str],
+    expected: tuple[bool, int | None, bool, list[tuple[Code, str]]],
+) -> None:
+    replaces, grace, force, decisions = expected
+    hook = USER_EXEC if user_hook else None
+    w = workload(
+        container("nginx", "nginx:1.27", pre_stop=hook),
+        profile="nginx",
+        annotations=annotations,
+        grace=owner_grace,
+        ownership=ownership,
+    )
+    result = planner.plan(w, builtin_profiles, CAPS["1.34"])
+    nginx = result.containers[0]
+    hook_reclaimed = ownership.reclaimed_by(HOOK_KEY) is not None
+    assert (nginx.pre_stop is not None) is (replaces or not (user_hook or hook_reclaimed))
+    assert result.termination_grace_period_seconds == grace
+    assert result.force is force
+    assert [d.code for d in result.decisions] == [code for code, _ in decisions]
+    for d, (_, owner) in zip(result.decisions, decisions, strict=True):
+        assert owner in d.message
+        assert (GRACE_KEY if d.container is None else "preStop") in d.message
+
+
+USER_EXEC = {"exec": {"command": ["sh", "-c", "echo draining; sleep 3"]}}
+
+
 # --- outcomes that own nothing ------------------------------------------------------------------------------
 
 

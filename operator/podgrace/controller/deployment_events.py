@@ -68,3 +68,4 @@ class DeploymentEvents:
         """A deleted Deployment: nothing is kept about it any more."""
         self._record.forget(key)
         self._gauges.forget(key)
+        self._reconciler.memory.forget(key)

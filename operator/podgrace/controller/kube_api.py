@@ -18,6 +18,7 @@ from podgrace.core.constants import FIELD_MANAGER, GROUP, PROFILE_PLURAL, VERSIO
 
 APPLY = "application/apply-patch+yaml"
 MERGE = "application/merge-patch+json"
+STRATEGIC = "application/strategic-merge-patch+json"
 PARTIAL_METADATA = "application/json;as=PartialObjectMetadata;v=v1;g=meta.k8s.io,application/json"
 
 
@@ -39,6 +40,10 @@ class Api(Protocol):
     ) -> dict[str, Any]: ...
 
     async def patch_profile_status(self, name: str, status: dict[str, Any]) -> None: ...
+
+    async def patch_deployment_as(
+        self, namespace: str, name: str, patch: dict[str, Any], field_manager: str
+    ) -> None: ...
 
     async def create_event(self, namespace: str, event: dict[str, Any]) -> None: ...
 
@@ -136,6 +141,20 @@ class KubeClient:
             body=body,
             content_type=APPLY,
             accept=None if dry_run else PARTIAL_METADATA,
+        )
+
+    async def patch_deployment_as(
+        self, namespace: str, name: str, patch: dict[str, Any], field_manager: str
+    ) -> None:
+        """A strategic merge patch (an Update operation) under another field manager's name: gives a hook
+        podgrace replaced back to the manager that wrote it (the opt-out's restore)."""
+        await self._request(
+            "PATCH",
+            f"/apis/apps/v1/namespaces/{namespace}/deployments/{name}",
+            params={"fieldManager": field_manager},
+            body=patch,
+            content_type=STRATEGIC,
+            accept=PARTIAL_METADATA,
         )
 
     async def patch_profile_status(self, name: str, status: dict[str, Any]) -> None:

@@ -49,6 +49,13 @@ class Metrics:
             "podgrace_reconcile_time_seconds", "Time per reconciliation.", ["controller"],
             buckets=RECONCILE_BUCKETS, registry=r,
         )  # fmt: skip
+        self.reclaimed = PromCounter(
+            "podgrace_field_reclaimed_total",
+            "Fields an owner took back after podgrace had taken them (podgrace backed off), by field "
+            "(terminationGracePeriodSeconds or preStop).",
+            ["field"],
+            registry=r,
+        )
         self.writes = PromCounter(
             "podgrace_writes_total", "API write requests podgrace made, by kind.", ["kind"], registry=r
         )

@@ -19,16 +19,21 @@ import aiohttp
 from podgrace.controller.capability_probe import CapabilityCache
 from podgrace.controller.deployment_key import Key
 from podgrace.controller.event_recorder import NORMAL, WARNING, EventRecorder
+from podgrace.controller.field_memory import FieldMemory
 from podgrace.controller.kube_api import Api, ApiError
 from podgrace.controller.metrics import DEPLOYMENT, PROFILE, Metrics
 from podgrace.controller.skip_record import SkipRecord
 from podgrace.controller.workload_gauges import WorkloadGauges
+from podgrace.core import replaced_hooks
 from podgrace.core.apply_body import apply_body
+from podgrace.core.constants import ANN_REPLACED_PRESTOP
 from podgrace.core.findings import Code, Finding
 from podgrace.core.hook_intent import SignalAndWait
 from podgrace.core.managed_fields import apply_is_noop
+from podgrace.core.models import GRACE_FIELD, Workload
 from podgrace.core.planner import Outcome, Plan, plan
 from podgrace.core.profile_store import ProfileStore, desired_status, status_differs
+from podgrace.core.take_once import Verdict, contested_values, inputs_key, podgrace_owned
 from podgrace.core.workload_parser import ManifestError, from_object
 
 log = logging.getLogger(__name__)
@@ -78,6 +83,7 @@ class Reconciler:
         # At most this many Deployment reconciles at once (None: no limit); Kopf's workers are unlimited.
         self._slots = asyncio.Semaphore(concurrency) if concurrency else None
         self._requeued: set[Key] = set()
+        self.memory = FieldMemory()  # take once, never fight
         self._background: set[asyncio.Task[None]] = set()
         self.requeue_delay = REQUEUE_DELAY
 
@@ -121,7 +127,11 @@ class Reconciler:
             self.gauges.observe(key, None, ())
             return ReconcileOutcome(Result.INVALID)
         capabilities = await self._with_retries(lambda: self.capabilities.get(body))
-        result = plan(workload, self.store.valid(), capabilities)
+        profiles = self.store.valid()
+        uid = str(metadata.get("uid") or "")
+        inputs = _inputs(metadata, profiles, profile_name)
+        workload = self._with_reclaimed(key, uid, body, workload, inputs)
+        result = plan(workload, profiles, capabilities)
         if result.outcome is Outcome.INVALID:
             for finding in result.errors:
                 await self.events.post(body, WARNING, finding.code.value, finding.message)
@@ -131,10 +141,26 @@ class Reconciler:
         managed_profile = result.profile if result.outcome is not Outcome.NOT_OPTED_IN else None
         self.gauges.observe(key, managed_profile, (f.code for f in risks))
         desired = apply_body(namespace, name, result)
-        if apply_is_noop(body, desired):
+        bookkeeping = replaced_hooks.annotation(body, result, workload.ownership)
+        if bookkeeping is not None and "spec" in desired:
+            desired["metadata"]["annotations"] = {ANN_REPLACED_PRESTOP: bookkeeping}
+        live_bookkeeping = ((metadata.get("annotations") or {}).get(ANN_REPLACED_PRESTOP)
+                            if replaced_hooks.owned_annotation(body) else None)  # fmt: skip
+        if apply_is_noop(body, desired) and live_bookkeeping == bookkeeping:
             await self._report_decisions(body, result.decisions)
             return ReconcileOutcome(Result.UNCHANGED, result)
         reverting = "spec" not in desired
+        if reverting:
+            # the hooks podgrace replaced go back to their managers first (then the revert removes nothing
+            # of theirs): an Update under the manager's name, which takes the field back without conflict
+            for manager, patch in replaced_hooks.restore_patches(body):
+                try:
+                    await self._with_retries(
+                        lambda: self.api.patch_deployment_as(namespace, name, patch, manager)  # noqa: B023
+                    )
+                    self.metrics.writes.labels("revert").inc()
+                except ApiError as error:
+                    log.warning("cannot restore a replaced hook of %s/%s: %s", namespace, name, error)
         try:
             written = await self._with_retries(
                 lambda: self.api.apply_deployment(namespace, name, desired, force=result.force)
@@ -153,6 +179,10 @@ class Reconciler:
             )
             return ReconcileOutcome(Result.FAILED, result)
         self.metrics.writes.labels("revert" if reverting else "apply").inc()
+        if result.outcome is not Outcome.MANAGED:
+            self.memory.forget(key)  # opted out: a new opt-in starts afresh
+        else:  # (an apply that leaves podgrace nothing, every field taken back, keeps the memory)
+            self.memory.wrote(key, uid, _written_fields(desired), inputs)
         # Recorded here rather than by the caller: the fan-out and the requeue reconcile without the work
         # queue, and their writes, too, make older watch events stale.
         self.record.wrote(key, written)
@@ -162,6 +192,26 @@ class Reconciler:
             await self.events.post(body, NORMAL, "Applied", summary(result))
         await self._report_decisions(body, result.decisions)
         return ReconcileOutcome(Result.REVERTED if reverting else Result.APPLIED, result, written)
+
+    def _with_reclaimed(
+        self, key: Key, uid: str, body: Mapping[str, Any], workload: Workload, inputs: str
+    ) -> Workload:
+        """The workload with the fields its owners took back from podgrace (take once, never fight)."""
+        if workload.overrides.profile is None:
+            self.memory.forget(key)
+            return workload
+        verdicts = self.memory.verdicts(key, uid, contested_values(body), podgrace_owned(body), inputs)
+        if not verdicts:
+            return workload
+        ownership = workload.ownership
+        reclaimed = []
+        for field, verdict in sorted(verdicts.items()):
+            reclaimed.append((field, ownership.owner_of(field) or ownership.last_writer))
+            if verdict is Verdict.RECLAIMED:
+                label = GRACE_FIELD if field == GRACE_FIELD else "preStop"
+                self.metrics.reclaimed.labels(label).inc()
+        update = {"ownership": ownership.model_copy(update={"reclaimed": tuple(reclaimed)})}
+        return workload.model_copy(update=update)
 
     async def _report_decisions(self, body: Mapping[str, Any], decisions: Iterable[Finding]) -> None:
         for decision in decisions:
@@ -237,6 +287,18 @@ class Reconciler:
     def forget_profile(self, name: str) -> None:
         self.store.remove(name)
         self.metrics.forget_profile(name)
+
+
+def _inputs(metadata: Mapping[str, Any], profiles: Mapping[str, Any], profile: str | None) -> str:
+    spec = profiles.get(profile) if profile else None
+    dumped = spec.spec.model_dump(mode="json") if spec is not None else None
+    return inputs_key(metadata.get("annotations") or {}, dumped)
+
+
+def _written_fields(desired: Mapping[str, Any]) -> dict[str, Any]:
+    """The contested fields a podgrace apply body sets (absent ones are not podgrace's)."""
+    values = contested_values(desired)
+    return {k: v for k, v in values.items() if v is not None}
 
 
 def summary(result: Plan) -> str:

@@ -14,9 +14,22 @@ ANN_DRAIN = ANNOTATION_PREFIX + "drain-seconds"
 ANN_GRACE = ANNOTATION_PREFIX + "termination-grace-period-seconds"
 ANN_CONTAINERS = ANNOTATION_PREFIX + "containers"
 ANN_EXISTING_PRESTOP = ANNOTATION_PREFIX + "existing-prestop"
+# podgrace's own bookkeeping (written by the operator, in the same apply that replaces a user's hook): the
+# hooks it replaced and their field managers, JSON {container: {"manager": ..., "preStop": {...}}}, so an
+# opt-out restores them even after an operator restart. Not an input: users do not set it.
+ANN_REPLACED_PRESTOP = ANNOTATION_PREFIX + "replaced-prestop"
 
 KNOWN_ANNOTATIONS = frozenset(
-    {ANN_PROFILE, ANN_MODE, ANN_PRESTOP_SLEEP, ANN_DRAIN, ANN_GRACE, ANN_CONTAINERS, ANN_EXISTING_PRESTOP}
+    {
+        ANN_PROFILE,
+        ANN_MODE,
+        ANN_PRESTOP_SLEEP,
+        ANN_DRAIN,
+        ANN_GRACE,
+        ANN_CONTAINERS,
+        ANN_EXISTING_PRESTOP,
+        ANN_REPLACED_PRESTOP,
+    }
 )
 
 # Bounds shared with the CRD schema (crds/) so annotations and profiles agree.

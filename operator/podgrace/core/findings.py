@@ -22,6 +22,7 @@ class Code(StrEnum):
     USER_HOOK_KEPT = "UserHookKept"
     STOP_SIGNAL_KEPT = "UserStopSignalKept"
     GRACE_PINNED = "GracePeriodPinned"
+    OWNER_RECLAIMED = "OwnerReclaimed"  # an owner took back a field podgrace had taken: podgrace backs off
     NO_MATCHING_CONTAINERS = "NoMatchingContainers"
     # Notices (a Normal Event): what podgrace assumed from an explicit statement.
     SOLE_RULE_APPLIED = "SoleRuleApplied"

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from podgrace.core.constants import FIELD_MANAGER, KUBERNETES_DEFAULT_GRACE
-from podgrace.core.models import Ownership
+from podgrace.core.models import GRACE_FIELD, Ownership, pre_stop_field
 
 Path = tuple[str, ...]
 _TEMPLATE_SPEC: Path = ("f:spec", "f:template", "f:spec")
@@ -92,8 +92,27 @@ def ownership(
     defaulted = (
         grace in theirs and not applied_by_them and grace_value == KUBERNETES_DEFAULT_GRACE and not mentioned
     )
+    owners: dict[str, str] = {}
+    applied: set[str] = set()
+    latest: tuple[str, str] = ("", "")
+    for entry in entries:
+        manager = str(entry.get("manager") or "")
+        if manager == FIELD_MANAGER or entry.get("fieldsType") != "FieldsV1":
+            continue
+        latest = max(latest, (str(entry.get("time") or ""), manager))
+        leaves = _leaves(entry.get("fieldsV1") or {})
+        keys = {pre_stop_field(c) for c in _containers_with(leaves, "f:lifecycle", "f:preStop")}
+        if grace in leaves:
+            keys.add(GRACE_FIELD)
+        for key in keys:
+            owners.setdefault(key, manager)
+            if entry.get("operation") == "Apply":
+                applied.add(key)
     return Ownership(
         known=True,
+        owners=tuple(sorted(owners.items())),
+        applied=frozenset(applied),
+        last_writer=latest[1],
         podgrace_pre_stop=_containers_with(ours, "f:lifecycle", "f:preStop"),
         podgrace_stop_signal=_containers_with(ours, "f:lifecycle", "f:stopSignal"),
         foreign_pre_stop=_containers_with(theirs, "f:lifecycle", "f:preStop"),

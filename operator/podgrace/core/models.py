@@ -287,6 +287,27 @@ class Ownership(_Strict):
     # Another manager owns terminationGracePeriodSeconds only because the API server defaulted it (30 s)
     # on that manager's create or update: not a value the user chose; taking it needs a forced apply.
     grace_defaulted: bool = False
+    # The other field manager that owns each contested field (`field_key`), and those of them that wrote it
+    # by server-side apply (they re-assert it with force, or would conflict: podgrace never takes those).
+    owners: tuple[tuple[str, str], ...] = ()
+    applied: frozenset[str] = frozenset()
+    last_writer: str = ""  # the other manager that wrote the Deployment last (names who dropped a field)
+    # Fields an owner took back after podgrace had taken them (the controller's take-once memory): kept.
+    reclaimed: tuple[tuple[str, str], ...] = ()
+
+    def owner_of(self, key: str) -> str:
+        return dict(self.owners).get(key, "")
+
+    def reclaimed_by(self, key: str) -> str | None:
+        return dict(self.reclaimed).get(key)
+
+
+GRACE_FIELD = "terminationGracePeriodSeconds"
+
+
+def pre_stop_field(container: str) -> str:
+    """The key of a container's preStop hook in Ownership.owners / reclaimed and in Warnings."""
+    return f"containers[{container}].lifecycle.preStop"
 
 
 @dataclass(frozen=True)

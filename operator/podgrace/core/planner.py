@@ -5,6 +5,7 @@ Pure: no I/O. The operator, `podgrace render` and `podgrace audit` all call `pla
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
@@ -16,6 +17,7 @@ from podgrace.core.constants import ANN_CONTAINERS, ANN_PROFILE, KUBERNETES_DEFA
 from podgrace.core.findings import Code, Finding
 from podgrace.core.hook_intent import ExecSleep, HookIntent, NativeSleep, SignalAndWait
 from podgrace.core.models import (
+    GRACE_FIELD,
     ContainerView,
     ExistingPreStop,
     Mode,
@@ -26,6 +28,7 @@ from podgrace.core.models import (
     ShutdownProfile,
     ShutdownProfileSpec,
     Workload,
+    pre_stop_field,
 )
 from podgrace.core.signals import Role, Signal
 from podgrace.core.timing import (
@@ -56,6 +59,7 @@ class ContainerSettings:
     drain_seconds: int
     pre_stop: HookIntent | None = None  # podgrace's preStop hook; None: podgrace leaves preStop alone
     stop_signal: str | None = None  # lifecycle.stopSignal podgrace owns
+    replaces_users_hook: bool = False  # pre_stop takes the place of somebody else's hook (forced, once)
 
 
 @dataclass(frozen=True)
@@ -225,7 +229,10 @@ def _enforce(
     required = required_grace(expectations, waits)
     grace = _grace(workload, parsed, required, profile.spec.grace_period_margin_seconds, decisions)
     effective_grace = grace or workload.termination_grace_period_seconds or KUBERNETES_DEFAULT_GRACE
-    settled = [_settle(m, effective_grace, capabilities, policy, decisions) for m in matched]
+    matched = _fit_into_grace(matched, effective_grace, decisions)
+    settled = [
+        _settle(m, effective_grace, capabilities, policy, workload.ownership, decisions) for m in matched
+    ]
     settings = [s for s, _ in settled]
     force = any(replaced for _, replaced in settled)
     if grace is not None and workload.ownership.known and workload.ownership.grace_defaulted:
@@ -241,7 +248,7 @@ def _enforce(
         required_grace_seconds=required,
         force=force,
         findings_before=before,
-        decisions=tuple(sorted(decisions)),
+        decisions=tuple(sorted(decisions, key=lambda d: (d.code, d.container or "", d.message))),
     )
     after = assess(apply_to_workload(workload, result), expectations)
     return Plan(**{**result.__dict__, "findings_after": after})
@@ -259,6 +266,7 @@ class _Matched:
     hook_signal: Signal | None  # the graceful signal podgrace's hook delivers, where stopSignal cannot
     users_hook: bool  # its preStop is somebody else's: neither absent nor podgrace's own
     keeps_users_hook: bool  # ... and podgrace keeps it (existingPreStop: keep, or no in-place replacement)
+    field_key: str = ""  # models.pre_stop_field of the container
 
     @property
     def kept_hook_wait(self) -> int:
@@ -289,14 +297,59 @@ def _match(
                 )
             )
     hook_signal = e.signal if stop_signal is None else None
-    users_hook = not _podgrace_may_rewrite(container, ownership)
+    key = pre_stop_field(container.name)
+    # an owner that removed or changed podgrace's hook took the field back: it is the owner's now
+    users_hook = not _podgrace_may_rewrite(container, ownership) or ownership.reclaimed_by(key) is not None
     replaceable = _replaceable(container.pre_stop, hook_signal is not None, delay, capabilities)
-    keeps = users_hook and not (policy is ExistingPreStop.REPLACE and replaceable)
-    return _Matched(container, e, delay, stop_signal, hook_signal, users_hook, keeps)
+    # never taken from a server-side-apply owner (it re-asserts with force, or its next apply conflicts),
+    # nor again from an owner that took it back (take-once)
+    protected = key in ownership.applied or ownership.reclaimed_by(key) is not None
+    keeps = users_hook and not (policy is ExistingPreStop.REPLACE and replaceable and not protected)
+    return _Matched(container, e, delay, stop_signal, hook_signal, users_hook, keeps, key)
+
+
+def _fit_into_grace(matched: list[_Matched], grace: int, decisions: list[Finding]) -> list[_Matched]:
+    """The best valid settings inside a grace period that is kept shorter than the pod needs.
+
+    The API server rejects a preStop sleep longer than the grace period, and a container whose signal
+    delay reaches the end of the grace period never gets its graceful stop (SIGKILL comes first). So every
+    signal delay is capped at `grace - 2` (the kubelet's own stop signal comes at least 2 s before its
+    SIGKILL): a delay that fits keeps its value, a longer one is cut to the cap, which keeps their order
+    (nginx is not stopped after php-fpm). The hook's wait is cut to the end of the grace period
+    (`_hold_until_grace_ends`). The GracePeriodPinned Warning says what was shortened."""
+    budget = max(grace - KUBELET_STOP_TAIL, 0)
+    if all(m.delay <= budget for m in matched):
+        return matched
+    fitted: list[_Matched] = []
+    shortened: list[str] = []
+    for m in matched:
+        delay = min(m.delay, budget)
+        if delay != m.delay:
+            shortened.append(f"{m.view.name} is stopped after {delay}s (it needs {m.delay}s)")
+        keeps = m.keeps_users_hook or (m.users_hook and delay == 0 and m.hook_signal is None)
+        fitted.append(dataclasses.replace(m, delay=delay, keeps_users_hook=keeps))
+    if shortened:
+        what = "; ".join(shortened)
+        about_grace = (Code.GRACE_PINNED, Code.OWNER_RECLAIMED)
+        pinned = next(
+            (i for i, d in enumerate(decisions) if d.code in about_grace and d.container is None), None
+        )
+        if pinned is None:
+            message = f"terminationGracePeriodSeconds {grace} leaves too little time: {what}"
+            decisions.append(Finding(Code.GRACE_PINNED, None, message))
+        else:
+            said = decisions[pinned]
+            decisions[pinned] = Finding(said.code, None, f"{said.message}; so {what}")
+    return fitted
 
 
 def _settle(
-    m: _Matched, grace: int, capabilities: Capabilities, policy: ExistingPreStop, decisions: list[Finding]
+    m: _Matched,
+    grace: int,
+    capabilities: Capabilities,
+    policy: ExistingPreStop,
+    ownership: Ownership,
+    decisions: list[Finding],
 ) -> tuple[ContainerSettings, bool]:
     """The container's settings once the grace period is known, and whether they replace a user's hook."""
     e, current = m.expectation, m.view.pre_stop
@@ -313,21 +366,44 @@ def _settle(
         pre_stop = _hook(m.hook_signal, e.role, m.delay, wait, native_sleep=current.kind is PreStopKind.SLEEP)
     elif conflict:
         pre_stop = None
-        why = (
-            f"existingPreStop: {policy.value}"
-            if policy is ExistingPreStop.KEEP or desired is None
-            else f"a {current.kind.value} hook cannot be replaced in place by podgrace's"
-        )
+        owner = ownership.owner_of(m.field_key)
+        reclaimed_by = ownership.reclaimed_by(m.field_key)
+        code = Code.USER_HOOK_KEPT
+        if reclaimed_by is not None:
+            code = Code.OWNER_RECLAIMED
+            why = (
+                f"field manager {reclaimed_by or 'unknown'} took it back after podgrace had written it; "
+                "podgrace replaces it again only when the hook, the podgrace annotations or the profile "
+                "change"
+            )
+        elif policy is ExistingPreStop.KEEP or desired is None:
+            why = f"existingPreStop: {policy.value}"
+        elif m.field_key in ownership.applied:
+            why = (
+                f"field manager {owner} sets it by server-side apply and would take it back: podgrace "
+                "never takes a field from a server-side-apply owner"
+            )
+        else:
+            why = f"a {current.kind.value} hook cannot be replaced in place by podgrace's"
+        by = f" (field manager {owner})" if owner and owner not in why else ""
+        what = "own preStop hook" if current.kind is not PreStopKind.NONE else "lack of a preStop hook"
         decisions.append(
             Finding(
-                Code.USER_HOOK_KEPT,
+                code,
                 e.container,
-                f"the container's own preStop hook is kept ({why}); podgrace's "
+                f"the container's {what}{by} is kept ({why}); podgrace's "
                 f"needs {m.delay}s before the stop signal",
             )
         )
     settings = ContainerSettings(
-        e.container, e.rule, e.role, m.delay, e.drain_seconds, pre_stop=pre_stop, stop_signal=m.stop_signal
+        e.container,
+        e.rule,
+        e.role,
+        m.delay,
+        e.drain_seconds,
+        pre_stop=pre_stop,
+        stop_signal=m.stop_signal,
+        replaces_users_hook=replaces and pre_stop is not None,
     )
     return settings, replaces
 
@@ -337,7 +413,7 @@ def _hold_until_grace_ends(delay: int, drain: int, grace: int) -> int:
     kubelet's own stop signal (SIGTERM, a fast stop) until just before the grace period ends, as
     lifecycle.stopSignal would: waiting only `drain` would cut requests that run longer than expected while
     grace remains (seen in the lab)."""
-    return max(drain, grace - delay - KUBELET_STOP_TAIL)
+    return max(min(drain, grace - delay), grace - delay - KUBELET_STOP_TAIL, 0)
 
 
 def _hook(
@@ -407,17 +483,32 @@ def _grace(
     wanted = grace_with_margin(required, margin)
     current = workload.termination_grace_period_seconds
     ownership = workload.ownership
+    reclaimed_by = ownership.reclaimed_by(GRACE_FIELD)
     pinned_by_owner = current is not None and (
-        ownership.foreign_grace if ownership.known else current != parsed.termination_grace_period_seconds
+        ownership.foreign_grace or reclaimed_by is not None
+        if ownership.known
+        else current != parsed.termination_grace_period_seconds
     )
     if pinned_by_owner and current is not None:
-        if current < required:
+        if reclaimed_by is not None:
+            decisions.append(
+                Finding(
+                    Code.OWNER_RECLAIMED,
+                    None,
+                    f"{GRACE_FIELD} {current} was taken back by field manager {reclaimed_by or 'unknown'} "
+                    f"after podgrace had set it: podgrace keeps it and writes it again only when "
+                    f"{reclaimed_by or 'its owner'}'s value, the podgrace annotations or the profile "
+                    f"change" + (f"; the pod needs {required}s" if current < required else ""),
+                )
+            )
+        elif current < required:
+            owner = ownership.owner_of(GRACE_FIELD)
+            by = f"field manager {owner}" if owner else "the Deployment's owner"
             decisions.append(
                 Finding(
                     Code.GRACE_PINNED,
                     None,
-                    f"terminationGracePeriodSeconds {current} is set by the Deployment's owner and kept, "
-                    f"but the pod needs {required}s",
+                    f"{GRACE_FIELD} {current} is set by {by} and kept, but the pod needs {required}s",
                 )
             )
         return None
