@@ -30,9 +30,11 @@ COPY pyproject.toml README.md ./
 COPY operator ./operator
 RUN /opt/build/bin/python -m pip wheel --no-deps --no-build-isolation --no-index --wheel-dir /wheels . \
     && /opt/podgrace/bin/python -m pip install --no-deps --no-index /wheels/podgrace-*.whl \
+    && /opt/podgrace/bin/python -m pip uninstall --yes --quiet setuptools pip \
     && /opt/podgrace/bin/podgrace --help >/dev/null
 
-# Runtime stage: the base plus the venv; no compiler, no pip cache, no build tools, a numeric non-root user.
+# Runtime stage: the base plus the venv (without pip and setuptools, which python3 -m venv put there), no
+# compiler, no build tools, a numeric non-root user.
 # A read-only root filesystem works (Kopf and prometheus-client write nothing outside /tmp, which the chart
 # mounts as an emptyDir).
 FROM ${BASE}
