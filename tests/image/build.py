@@ -73,6 +73,7 @@ CONTEXT_PATHS = (
 )
 HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 APT_PACKAGES = ("buildah", "mmdebstrap")
+KEEP_ARCHIVES = 3
 
 
 class BuildError(RuntimeError):
@@ -425,6 +426,7 @@ def build_operator_image(*, force: bool = False, repo: Path = REPO, log: Path | 
     tmp_archive.rename(archive)
     meta_path.write_text(json.dumps({"ref": ref, "image_id": image_id, "base": base_ref, "config": config}))
     _prune(keep=ref)
+    _prune_archives(out_dir, keep=KEEP_ARCHIVES)
     return BuiltImage(
         ref=ref,
         path=archive,
@@ -436,6 +438,14 @@ def build_operator_image(*, force: bool = False, repo: Path = REPO, log: Path | 
         base_seconds=base_seconds,
         cached=False,
     )
+
+
+def _prune_archives(out_dir: Path, *, keep: int) -> None:
+    """Keep the ``keep`` newest image archives (~230 MB each): other checkouts may use other keys."""
+    archives = sorted(out_dir.glob("podgrace-*.tar"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in archives[keep:]:
+        old.unlink(missing_ok=True)
+        old.with_suffix(".json").unlink(missing_ok=True)
 
 
 def _prune(*, keep: str) -> None:
