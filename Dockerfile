@@ -38,6 +38,10 @@ RUN /opt/build/bin/python -m pip wheel --no-deps --no-build-isolation --no-index
 # A read-only root filesystem works (Kopf and prometheus-client write nothing outside /tmp, which the chart
 # mounts as an emptyDir).
 FROM ${BASE}
+# A passwd entry for the UID: Kopf asks getpass.getuser() for its identity, which fails without one.
+RUN groupadd --system --gid 65532 podgrace \
+    && useradd --system --no-log-init --uid 65532 --gid 65532 --no-create-home --home-dir /nonexistent \
+         --shell /usr/sbin/nologin podgrace
 COPY --from=build /opt/podgrace /opt/podgrace
 ENV PATH=/opt/podgrace/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1

@@ -44,9 +44,9 @@ def test_archive_is_a_docker_archive_of_the_ref(operator_image: BuiltImage) -> N
         assert config_file is not None
         config = json.load(config_file)
     assert config["config"]["User"] == "65532:65532"
-    # base layer + the venv layer of the runtime stage (the build stage leaves nothing behind)
-    assert len(manifest[0]["Layers"]) == 2
-    assert len(config["rootfs"]["diff_ids"]) == 2
+    # base layer + the user + the venv of the runtime stage (the build stage leaves nothing behind)
+    assert len(manifest[0]["Layers"]) == 3
+    assert len(config["rootfs"]["diff_ids"]) == 3
 
 
 @pytest.fixture
@@ -66,6 +66,10 @@ def test_podgrace_runs_in_the_image_as_65532_without_new_cgroups(container: str)
     before = build.cgroup_dirs()
     assert run_in(container, "id", "-u").strip() == "65532"
     assert run_in(container, "id", "-g").strip() == "65532"
+    # Kopf's identity comes from getpass.getuser(): the UID needs a passwd entry
+    assert (
+        run_in(container, "python3", "-c", "import getpass; print(getpass.getuser())").strip() == "podgrace"
+    )
     out = run_in(
         container,
         "python3",
