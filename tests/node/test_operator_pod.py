@@ -234,7 +234,10 @@ def test_security_context_is_enforced(release: Release) -> None:
     assert fields["NoNewPrivs"].strip() == "1"
     assert fields["Seccomp"].strip() == "2"  # filter mode: the RuntimeDefault profile
     cmdline = release.exec("cat", "/proc/1/cmdline").stdout.split("\0")
-    assert cmdline[0].endswith("python3") and "/opt/podgrace/bin/podgrace" in cmdline, cmdline
+    assert cmdline[0].startswith("/opt/podgrace/bin/python") and cmdline[1:3] == [
+        "/opt/podgrace/bin/podgrace",
+        "run",
+    ]
     denied = release.exec("sh", "-c", "echo x > /podgrace-write-test", check=False)
     assert denied.returncode != 0 and "Read-only file system" in denied.stderr, denied.stderr
     mounts = release.exec("cat", "/proc/1/mounts").stdout.splitlines()
