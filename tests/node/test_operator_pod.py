@@ -1,0 +1,314 @@
+"""podgrace as a pod on the real node: the image built from the Dockerfile by buildah (tests/image/build.py)
+imported into the node's containerd, then `helm install charts/podgrace` with it.
+
+- The kubelet runs both probes (its own probe metrics count successes for this pod) and the pod is Ready.
+- The security context is enforced by the runtime: PID 1 runs as 65532:65532 with no capabilities,
+  no_new_privs and seccomp; a write to / fails (read-only root), /tmp (the emptyDir) is writable.
+- podgrace reconciles an opted-in Deployment with the chart's RBAC, through its in-cluster login
+  (https://kubernetes.default.svc, the projected token, the CA from kube-root-ca.crt).
+- /metrics is scraped from the pod IP.
+- Token rotation (serviceAccount.tokenExpirationSeconds=600, the API server's minimum): the kubelet writes
+  a new token at ~80% of its lifetime (seen: 484 s after the first was issued); once the API server rejects
+  the first token (60 s after its exp: go-jose's leeway), podgrace must still reconcile a new Deployment,
+  without a restart or a reconcile error. This test alone waits ~11.5 minutes.
+
+The tests share one release and run in file order (the rotation is last, so that its wait overlaps the
+others' run time). The API server is reached through tests/node/api_relay.py (see there why).
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+import re
+import ssl
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from tests.image.build import BuildError, BuiltImage, build_operator_image
+from tests.node.api_relay import ApiRelay
+
+T = TypeVar("T")
+CHART = Path(__file__).resolve().parents[2] / "charts" / "podgrace"
+NAMESPACE = "podgrace-system"
+APP_NS = "shop"
+RELEASE = "podgrace"
+TOKEN_SECONDS = 600  # the API server's minimum expirationSeconds for a projected token
+SA_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+ALLOWED_GET = "/apis/apps/v1/deployments?limit=1"  # the chart's RBAC lets podgrace list Deployments
+
+
+def wait_until(what: str, fn: Callable[[], T | None], timeout: float = 60.0, interval: float = 1.0) -> T:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = fn()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
+
+
+@dataclass
+class Release:
+    cluster: Any
+    node: Any
+    image: BuiltImage
+    relay: ApiRelay
+    pod: str
+    pod_ip: str
+    started: float  # time.time() when the pod's container started
+
+    def exec(self, *cmd: str, check: bool = True) -> Any:
+        return self.cluster.kubectl(
+            "exec", "-n", NAMESPACE, self.pod, "-c", "operator", "--", *cmd, check=check
+        )
+
+    def pod_obj(self) -> dict[str, Any]:
+        obj: dict[str, Any] = self.cluster.kubectl_json("get", "pod", self.pod, "-n", NAMESPACE)
+        return obj
+
+
+@pytest.fixture(scope="module")
+def operator_image() -> BuiltImage:
+    try:
+        return build_operator_image()
+    except BuildError as err:
+        pytest.fail(f"the image build failed: {err}", pytrace=False)
+
+
+def _ready_pod(cluster: Any) -> dict[str, Any] | None:
+    pods = cluster.kubectl_json("get", "pods", "-n", NAMESPACE, "-l", "app.kubernetes.io/component=operator")[
+        "items"
+    ]
+    for pod in pods:
+        conds = {c["type"]: c["status"] for c in pod.get("status", {}).get("conditions", [])}
+        if conds.get("Ready") == "True" and pod["status"].get("podIP"):
+            return dict(pod)
+    return None
+
+
+@pytest.fixture(scope="module")
+def release(node_cluster: Any, operator_image: BuiltImage) -> Iterator[Release]:
+    cluster, node = node_cluster.cluster, node_cluster.node
+    t0 = time.monotonic()
+    node.ctr("images", "import", "--platform=linux/amd64", str(operator_image.path))
+    listed = node.ctr("images", "ls", "-q").stdout.split()
+    assert operator_image.ref in listed, listed
+    print(f"\n[operator-pod] {operator_image.ref} imported in {time.monotonic() - t0:.1f}s")
+    with ApiRelay(listen=(node.node_ip, 443), target=("127.0.0.1", cluster.port)) as relay:
+        values = [
+            f"image.repository={operator_image.repository}",
+            f"image.tag={operator_image.tag}",
+            "image.pullPolicy=Never",
+            f"serviceAccount.tokenExpirationSeconds={TOKEN_SECONDS}",
+            f"hostAliases[0].ip={node.node_ip}",
+            "hostAliases[0].hostnames[0]=kubernetes.default.svc",
+            "livenessProbe.initialDelaySeconds=5",
+            "livenessProbe.periodSeconds=5",
+            "readinessProbe.periodSeconds=2",
+        ]
+        t0 = time.monotonic()
+        cluster.helm(
+            "install", RELEASE, str(CHART), "--namespace", NAMESPACE, "--create-namespace",
+            *(a for v in values for a in ("--set", v)),
+        )  # fmt: skip
+        try:
+            try:
+                pod = wait_until("the operator pod Ready", lambda: _ready_pod(cluster), timeout=240)
+            except AssertionError:
+                print(cluster.kubectl("describe", "pods", "-n", NAMESPACE, check=False).stdout[-4000:])
+                print(cluster.kubectl("logs", "-n", NAMESPACE, "deploy/podgrace", check=False).stdout[-4000:])
+                raise
+            print(f"[operator-pod] helm install -> pod Ready in {time.monotonic() - t0:.1f}s")
+            state = pod["status"]["containerStatuses"][0]["state"]["running"]
+            started = _rfc3339(state["startedAt"])
+            cluster.kubectl("create", "namespace", APP_NS)
+            yield Release(
+                cluster, node, operator_image, relay, pod["metadata"]["name"], pod["status"]["podIP"], started
+            )
+        finally:
+            logs = cluster.kubectl("logs", "-n", NAMESPACE, "deploy/podgrace", "--tail=40", check=False)
+            print(f"[operator-pod] podgrace log (tail):\n{logs.stdout}")
+            cluster.helm("uninstall", RELEASE, "--namespace", NAMESPACE, "--wait", check=False)
+
+
+def _rfc3339(text: str) -> float:
+    return dt.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def _reconcile_errors(release: Release) -> float:
+    lines = [ln for ln in _scrape(release).splitlines() if ln.startswith("podgrace_reconcile_errors_total")]
+    return sum(float(ln.rsplit(" ", 1)[1]) for ln in lines)
+
+
+def _jwt_claims(token: str) -> dict[str, Any]:
+    payload = token.split(".")[1]
+    claims: dict[str, Any] = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    return claims
+
+
+def _kubelet_metrics(release: Release, path: str) -> str:
+    node = release.cluster.kubectl_json("get", "node", release.node.name)
+    port = node["status"]["daemonEndpoints"]["kubeletEndpoint"]["Port"]
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE  # the kubelet's self-signed serving certificate
+    with urllib.request.urlopen(f"https://{release.node.node_ip}:{port}{path}", context=ctx, timeout=10) as r:
+        return str(r.read().decode())
+
+
+def _probe_successes(release: Release, probe_type: str) -> int:
+    text = _kubelet_metrics(release, "/metrics/probes")
+    total = 0
+    for line in text.splitlines():
+        if (
+            line.startswith("prober_probe_total{")
+            and f'pod="{release.pod}"' in line
+            and f'probe_type="{probe_type}"' in line
+            and 'result="successful"' in line
+        ):
+            total += int(float(line.rsplit(" ", 1)[1]))
+    return total
+
+
+def _deployment(name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": APP_NS, "annotations": {"podgrace.dev/profile": "nginx"}},
+        "spec": {
+            "replicas": 0,  # only the template matters to podgrace; no pod needs an nginx image here
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {"containers": [{"name": "nginx", "image": "nginx:1.27"}]},
+            },
+        },
+    }
+
+
+def _reconciled(release: Release, name: str, timeout: float) -> dict[str, Any]:
+    def done() -> dict[str, Any] | None:
+        obj: dict[str, Any] = release.cluster.kubectl_json("get", "deployment", name, "-n", APP_NS)
+        container = obj["spec"]["template"]["spec"]["containers"][0]
+        return container if "preStop" in (container.get("lifecycle") or {}) else None
+
+    return wait_until(f"podgrace to reconcile deployment {name}", done, timeout=timeout)
+
+
+def _scrape(release: Release) -> str:
+    with urllib.request.urlopen(f"http://{release.pod_ip}:9090/metrics", timeout=10) as r:
+        return str(r.read().decode())
+
+
+# ---------------------------------------------------------------------------------------------------
+
+
+def test_pod_ready_with_probes_run_by_the_kubelet(release: Release) -> None:
+    pod = release.pod_obj()
+    container = pod["spec"]["containers"][0]
+    assert container["image"] == release.image.ref
+    assert container["imagePullPolicy"] == "Never"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/healthz"
+    status = pod["status"]["containerStatuses"][0]
+    assert status["ready"] and status["restartCount"] == 0
+    assert status["imageID"], status  # containerd reports the image it ran
+    # The kubelet's own counters: it ran both probes against the pod, and they succeeded.
+    wait_until("a successful readiness probe", lambda: _probe_successes(release, "Readiness") > 0, 30)
+    wait_until("a successful liveness probe", lambda: _probe_successes(release, "Liveness") > 0, 60)
+
+
+def test_security_context_is_enforced(release: Release) -> None:
+    status = release.exec("cat", "/proc/1/status").stdout
+    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+    assert fields["Uid"].split() == ["65532"] * 4
+    assert fields["Gid"].split() == ["65532"] * 4
+    assert int(fields["CapEff"].strip(), 16) == 0
+    assert int(fields["CapPrm"].strip(), 16) == 0
+    assert fields["NoNewPrivs"].strip() == "1"
+    assert fields["Seccomp"].strip() == "2"  # filter mode: the RuntimeDefault profile
+    cmdline = release.exec("cat", "/proc/1/cmdline").stdout.split("\0")
+    assert cmdline[0].startswith("/opt/podgrace/bin/python") and cmdline[1:3] == [
+        "/opt/podgrace/bin/podgrace",
+        "run",
+    ]
+    denied = release.exec("sh", "-c", "echo x > /podgrace-write-test", check=False)
+    assert denied.returncode != 0 and "Read-only file system" in denied.stderr, denied.stderr
+    mounts = release.exec("cat", "/proc/1/mounts").stdout.splitlines()
+    root = [m.split() for m in mounts if m.split()[1] == "/"][-1]
+    assert "ro" in root[3].split(","), root
+    assert release.exec("sh", "-c", "echo x > /tmp/w && cat /tmp/w && rm /tmp/w").stdout.strip() == "x"
+
+
+def test_projected_token_of_the_chart(release: Release) -> None:
+    pod = release.pod_obj()
+    assert pod["spec"]["automountServiceAccountToken"] is False
+    token = release.exec("cat", f"{SA_DIR}/token").stdout.strip()
+    claims = _jwt_claims(token)
+    assert claims["exp"] - claims["iat"] == TOKEN_SECONDS
+    assert claims["sub"] == f"system:serviceaccount:{NAMESPACE}:{RELEASE}"
+    assert claims["kubernetes.io"]["pod"]["name"] == release.pod  # bound to this pod
+    assert release.exec("cat", f"{SA_DIR}/namespace").stdout.strip() == NAMESPACE
+    assert "BEGIN CERTIFICATE" in release.exec("cat", f"{SA_DIR}/ca.crt").stdout
+
+
+def test_reconciles_an_opted_in_deployment(release: Release) -> None:
+    release.cluster.kubectl("apply", "-f", "-", input=json.dumps(_deployment("web")))
+    container = _reconciled(release, "web", timeout=90)
+    assert container["lifecycle"]["preStop"]
+    assert release.relay.connections > 0  # podgrace's in-cluster connections went through the relay
+
+
+def test_metrics_scraped_from_the_pod_ip(release: Release) -> None:
+    text = _scrape(release)
+    series = {m.group(1) for m in re.finditer(r"^(podgrace_[a-z_]+)", text, re.M)}
+    assert {"podgrace_build_info", "podgrace_reconcile_total", "podgrace_writes_total"} <= series, series
+    assert re.search(r'^podgrace_build_info\{[^}]*python_version="3\.11\.\d+"[^}]*\} 1\.0$', text, re.M), (
+        text[:3000]
+    )
+    writes = [ln for ln in text.splitlines() if ln.startswith("podgrace_writes_total{")]
+    assert any(float(ln.rsplit(" ", 1)[1]) >= 1 for ln in writes), writes
+
+
+@pytest.mark.slow
+def test_keeps_working_across_a_token_rotation(release: Release) -> None:
+    first = release.exec("cat", f"{SA_DIR}/token").stdout.strip()
+    first_claims = _jwt_claims(first)
+    errors_before = _reconcile_errors(release)
+    # The kubelet refreshes a projected token once 80% of its lifetime has passed (plus up to 10 s jitter)
+    # and rewrites the volume on its next pod sync (about once a minute).
+    deadline = first_claims["exp"] - time.time() + 60
+
+    def rotated() -> str | None:
+        token = str(release.exec("cat", f"{SA_DIR}/token").stdout.strip())
+        return token if token != first else None
+
+    second = wait_until("the kubelet to rotate the projected token", rotated, timeout=deadline, interval=10)
+    second_claims = _jwt_claims(second)
+    rotated_after = second_claims["iat"] - first_claims["iat"]
+    print(f"\n[operator-pod] token rotated {rotated_after} s after the first was issued")
+    assert rotated_after >= 0.8 * TOKEN_SECONDS - 15
+    assert second_claims["exp"] - second_claims["iat"] == TOKEN_SECONDS
+
+    # Let the first token expire: wait until the API server rejects it (401). It accepts a token up to 60 s
+    # past its exp (go-jose's default leeway; seen here: 403, i.e. authenticated, 5 s after exp).
+    def first_rejected() -> bool:
+        return release.cluster.request("GET", ALLOWED_GET, token=first)[0] == 401
+
+    time.sleep(max(0.0, first_claims["exp"] - time.time()))
+    wait_until("the API server to reject the first token", first_rejected, timeout=90, interval=5)
+    print(f"[operator-pod] first token rejected {time.time() - first_claims['exp']:.0f} s after its exp")
+    assert release.cluster.request("GET", ALLOWED_GET, token=second)[0] == 200
+    # podgrace must use the new token: a new Deployment is reconciled, with no error and no restart.
+    release.cluster.kubectl("apply", "-f", "-", input=json.dumps(_deployment("after-rotation")))
+    _reconciled(release, "after-rotation", timeout=120)
+    assert release.pod_obj()["status"]["containerStatuses"][0]["restartCount"] == 0
+    assert _reconcile_errors(release) == errors_before
