@@ -282,8 +282,8 @@ def test_metrics_scraped_from_the_pod_ip(release: Release) -> None:
 @pytest.mark.xfail(
     run=False,
     reason="open (issues 12, 14): in the pod podgrace keeps getting 401 after the kubelet rotates the "
-    "projected token (seen 2026-11-30: 'the token from the kubeconfig did not change when read again'); the test takes "
-    "~11.5 min (600 s minimum token life), so it is not run until the fix lands",
+    "projected token (seen 2026-11-30: 'the token from the kubeconfig did not change when read again'); "
+    "the test takes ~11.5 min (600 s minimum token life), so it is not run until the fix lands",
 )
 def test_keeps_working_across_a_token_rotation(release: Release) -> None:
     first = release.exec("cat", f"{SA_DIR}/token").stdout.strip()
