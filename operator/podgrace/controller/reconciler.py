@@ -16,7 +16,7 @@ from typing import Any
 
 import aiohttp
 
-from podgrace.controller.capability_probe import CapabilityCache
+from podgrace.controller.capability_probe import CapabilityCache, ProbeFailed
 from podgrace.controller.deployment_key import Key
 from podgrace.controller.event_recorder import NORMAL, WARNING, EventRecorder
 from podgrace.controller.kube_api import Api, ApiError
@@ -120,7 +120,11 @@ class Reconciler:
             await self.events.post(body, WARNING, Code.INVALID_PROFILE.value, message)
             self.gauges.observe(key, None, ())
             return ReconcileOutcome(Result.INVALID)
-        capabilities = await self._with_retries(lambda: self.capabilities.get(body))
+        try:
+            capabilities = await self.capabilities.get(body)
+        except ProbeFailed as error:
+            log.warning("Deployment %s/%s not reconciled: %s", namespace, name, error)
+            return ReconcileOutcome(Result.FAILED)
         result = plan(workload, self.store.valid(), capabilities)
         if result.outcome is Outcome.INVALID:
             for finding in result.errors:
