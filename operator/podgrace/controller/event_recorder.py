@@ -3,6 +3,11 @@
 A resync or an operator restart must not repeat Warnings that are already there, so a Warning is
 posted only when neither this process nor the API server (an Event with the same object, reason and
 message) has it yet.
+
+Memory is bounded whatever users write: the process remembers a 16-byte digest of each Event it posted
+(object uid, type, reason and the message as stored: cut to MAX_MESSAGE characters), at most SEEN_LIMIT of
+them, never the message itself; and the API server's copy is compared with the cut message too, so a long
+message is recognised after a restart as well.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import hashlib
 import logging
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
@@ -23,11 +29,13 @@ from podgrace.core.constants import FIELD_MANAGER
 log = logging.getLogger(__name__)
 NORMAL = "Normal"
 WARNING = "Warning"
-_SEEN_LIMIT = 50_000
+SEEN_LIMIT = 50_000  # digests remembered (~100 bytes each with the dict's entry: ~5 MB at most)
+MAX_MESSAGE = 1024  # characters of a message posted (the rest is cut)
+Key = bytes
 # The longest a background Normal Event waits for the reconcilers to be idle before it is posted anyway.
 IDLE_WAIT_LIMIT = 10.0
 # Normal Events waiting for a background poster: (namespace, Event, the key it is remembered under).
-PendingEvents = asyncio.Queue[tuple[str, dict[str, Any], tuple[str, str, str, str]]]
+PendingEvents = asyncio.Queue[tuple[str, dict[str, Any], Key]]
 
 
 class EventRecorder:
@@ -43,7 +51,7 @@ class EventRecorder:
         self._api = api
         self._metrics = metrics
         self._instance = instance
-        self._seen: OrderedDict[tuple[str, str, str, str], None] = OrderedDict()
+        self._seen: OrderedDict[Key, None] = OrderedDict()
         # Normal Events (Applied, Reverted) can go out after the reconcile, from `background` tasks: a
         # Deployment's settings are written first, the informational Event follows (its timestamp is the
         # reconcile's). 0: every Event is posted before post() returns. `idle` (the work queue's) holds
@@ -58,7 +66,8 @@ class EventRecorder:
         metadata = obj.get("metadata") or {}
         uid = str(metadata.get("uid") or "")
         namespace = str(metadata.get("namespace") or "default")
-        key = (uid, type_, reason, message)
+        message = cut(message)
+        key = digest(uid, type_, reason, message)
         if key in self._seen:
             self._seen.move_to_end(key)
             return
@@ -126,9 +135,9 @@ class EventRecorder:
         await cancel_and_wait(self._posters)
         self._posters = []
 
-    def _remember(self, key: tuple[str, str, str, str]) -> None:
+    def _remember(self, key: Key) -> None:
         self._seen[key] = None
-        while len(self._seen) > _SEEN_LIMIT:
+        while len(self._seen) > SEEN_LIMIT:
             self._seen.popitem(last=False)
 
     async def _exists(self, namespace: str, uid: str, reason: str, message: str) -> bool:
@@ -157,7 +166,7 @@ class EventRecorder:
             },
             "type": type_,
             "reason": reason,
-            "message": message[:1024],
+            "message": cut(message),
             "source": {"component": FIELD_MANAGER},
             "reportingComponent": FIELD_MANAGER,
             "reportingInstance": self._instance,
@@ -165,3 +174,13 @@ class EventRecorder:
             "lastTimestamp": now,
             "count": 1,
         }
+
+
+def cut(message: str) -> str:
+    """The message as it is posted and stored: at most MAX_MESSAGE characters."""
+    return message if len(message) <= MAX_MESSAGE else message[: MAX_MESSAGE - 3] + "..."
+
+
+def digest(uid: str, type_: str, reason: str, message: str) -> Key:
+    text = "\0".join((uid, type_, reason, message)).encode(errors="replace")
+    return hashlib.blake2b(text, digest_size=16).digest()
