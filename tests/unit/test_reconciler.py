@@ -517,3 +517,25 @@ async def test_statuses_are_recounted_when_users_change_and_retried_when_the_wri
         await p.deliver("DELETED", api.get("web", "a"))
         await flusher.flush()
         assert api.statuses["nginx-php-fpm"]["workloads"] == 1
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        ApiError(422, "Invalid", 'Deployment.apps "shop" is invalid: spec.template: Forbidden'),
+        ApiError(503, "ServiceUnavailable", "the server is currently unable to handle the request"),
+        ApiError(409, "Conflict", 'conflict with "argocd-controller": .spec.template.spec.containers'),
+    ],
+    ids=lambda e: str(e.status),
+)
+async def test_every_failed_apply_is_logged_with_its_object_and_cause(
+    error: ApiError, caplog: pytest.LogCaptureFixture
+) -> None:
+    api = FakeApi()
+    reconciler = make(api, version=(1, 29))
+    reconciler.requeue_delay = 60
+    api.fail_next = [error] * 3
+    outcome = await reconciler.reconcile_deployment(api.create(deployment()))
+    assert outcome.result in (Result.FAILED, Result.REQUEUE)
+    logged = [r for r in caplog.records if r.levelname in ("WARNING", "ERROR")]
+    assert any("web/shop" in r.getMessage() and error.message in r.getMessage() for r in logged), caplog.text

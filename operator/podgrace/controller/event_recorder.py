@@ -95,6 +95,9 @@ class EventRecorder:
         self._metrics.writes.labels("event").inc()
         if type_ == WARNING:
             self._metrics.warnings.labels(reason).inc()
+            # Once per distinct Warning, as the Event: what users caused (bad input) shows in the log too.
+            log.info("Warning %s on %s %s/%s: %s", reason, obj.get("kind"), namespace, metadata.get("name"),
+                     message)  # fmt: skip
 
     def _lane(self) -> PendingEvents:
         if self._pending is None:

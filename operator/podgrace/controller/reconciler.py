@@ -149,9 +149,12 @@ class Reconciler:
             if apply_error.status == 409:
                 # A field podgrace wants changed owner after this event was sent: plan again on a fresh
                 # read a little later (never force a field another manager holds).
-                log.info("apply to %s/%s conflicted, requeued: %s", namespace, name, apply_error)
+                log.warning(
+                    "apply to Deployment %s/%s conflicted, requeued: %s", namespace, name, apply_error
+                )
                 self._requeue(namespace, name)
                 return ReconcileOutcome(Result.REQUEUE, result)
+            log.warning("apply to Deployment %s/%s failed: %s", namespace, name, apply_error)
             await self.events.post(
                 body, WARNING, Code.APPLY_FAILED.value, f"podgrace's apply was rejected: {apply_error}"
             )
