@@ -10,16 +10,17 @@ import kopf
 from prometheus_client import start_http_server
 
 from podgrace.controller import gctune
+from podgrace.controller.credentials import Credentials
+from podgrace.controller.credentials import login as read_credentials
 from podgrace.controller.metrics import Metrics
 from podgrace.controller.wiring import Options, build
 
 
-def login() -> kopf.ConnectionInfo:
-    settings = kopf.OperatorSettings()
-    info = kopf.login_with_service_account(settings=settings) or kopf.login_with_kubeconfig(settings=settings)
-    if info is None:
+def login() -> Credentials:
+    credentials = read_credentials()
+    if credentials is None:
         raise SystemExit("podgrace run: no credentials: neither a service account nor a kubeconfig was found")
-    return info
+    return credentials
 
 
 def run(args: argparse.Namespace) -> int:

@@ -10,6 +10,7 @@ from typing import Any
 import kopf
 
 from podgrace.controller.capability_probe import CapabilityCache
+from podgrace.controller.credentials import Credentials
 from podgrace.controller.deployment_events import DeploymentEvents
 from podgrace.controller.event_recorder import EventRecorder
 from podgrace.controller.informer import DeploymentInformer
@@ -29,6 +30,9 @@ log = logging.getLogger(__name__)
 # Tasks posting the Normal Events (Applied, Reverted) after the writes: few, so that during a sync over
 # thousands of Deployments the API server spends itself on the settings first.
 EVENT_POSTERS = 2
+# The liveness probe fails once every API response has been a 401 for this long (the token read again in
+# between): credentials that stopped working do not come back by themselves, a restart reads them afresh.
+UNAUTHORIZED_LIMIT = 30.0
 
 
 @dataclass(frozen=True)
@@ -42,7 +46,7 @@ class Options:
 # the memo, which then refers to the same objects.
 @dataclass(frozen=True)
 class Operator:
-    connection: kopf.ConnectionInfo
+    credentials: Credentials
     client: KubeClient
     store: ProfileStore
     capabilities: CapabilityCache
@@ -71,11 +75,23 @@ class Operator:
         await self.client.close()
 
     def health(self) -> dict[str, Any]:
+        """For the liveness probe: raises (fails it) when the informer has stopped or the API server has
+        refused podgrace's credentials for UNAUTHORIZED_LIMIT seconds."""
+        unauthorized = self.client.unauthorized_for()
+        if unauthorized >= UNAUTHORIZED_LIMIT:
+            raise RuntimeError(
+                f"the API server has refused podgrace's credentials (401) for {unauthorized:.0f} s"
+            )
         return self.informer.health()
 
+    def connection(self) -> kopf.ConnectionInfo:
+        """For Kopf's login handler: the credentials as they are now (a rotated token read again)."""
+        return self.credentials.connection()
 
-def build(options: Options, connection: kopf.ConnectionInfo, metrics: Metrics) -> Operator:
-    client = KubeClient(connection, connection_limit=max(10, options.workers * 2))
+
+def build(options: Options, connection: kopf.ConnectionInfo | Credentials, metrics: Metrics) -> Operator:
+    credentials = connection if isinstance(connection, Credentials) else Credentials(connection)
+    client = KubeClient(credentials, connection_limit=max(10, options.workers * 2))
     store = ProfileStore()
     index = ProfileIndex()
     record = SkipRecord()
@@ -91,5 +107,5 @@ def build(options: Options, connection: kopf.ConnectionInfo, metrics: Metrics) -
     flusher = StatusFlusher(reconciler, index, informer.listed.wait)
     profiles = ProfileEvents(store, index, record, flusher, reconciler, informer.listed.wait)
     return Operator(
-        connection, client, store, capabilities, queue, events, deployments, informer, flusher, profiles
+        credentials, client, store, capabilities, queue, events, deployments, informer, flusher, profiles
     )
