@@ -15,7 +15,7 @@ from podgrace.controller.deployment_events import DeploymentEvents
 from podgrace.controller.event_recorder import EventRecorder
 from podgrace.controller.informer import DeploymentInformer
 from podgrace.controller.kube_api import KubeClient
-from podgrace.controller.metrics import Metrics
+from podgrace.controller.metrics import DEPLOYMENT, Metrics
 from podgrace.controller.profile_events import ProfileEvents
 from podgrace.controller.profile_index import ProfileIndex
 from podgrace.controller.reconciler import Reconciler
@@ -103,6 +103,8 @@ def build(options: Options, connection: kopf.ConnectionInfo | Credentials, metri
         client, store, capabilities, events, metrics, gauges, record, concurrency=options.workers
     )
     deployments = DeploymentEvents(index, record, gauges, queue, reconciler)
+    reconciler.retry = queue.retry  # the fan-out's failures are retried by the queue, with its backoff
+    queue.on_retry = metrics.retries.labels(DEPLOYMENT).inc
     informer = DeploymentInformer(client, options.namespaces, deployments.on_event)
     flusher = StatusFlusher(reconciler, index, informer.listed.wait)
     profiles = ProfileEvents(store, index, record, flusher, reconciler, informer.listed.wait)
