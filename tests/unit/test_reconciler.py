@@ -503,8 +503,9 @@ async def test_only_a_new_profile_generation_or_a_deletion_unsettles_its_deploym
         assert reconciles() == 3
         await events.on_event("DELETED", body)
         assert p.reconciler.store.entry("nginx-php-fpm") is None
+        assert reconciles() == 4  # its users, told by the fan-out (UnknownProfile)
         await p.deliver("MODIFIED", api.get("web", "shop"))
-        assert reconciles() == 4
+        assert reconciles() == 5
 
 
 async def test_statuses_are_recounted_when_users_change_and_retried_when_the_write_fails() -> None:

@@ -133,3 +133,26 @@ async def test_a_failed_fan_out_reconcile_is_retried_by_the_queue() -> None:
         api.fail_next = [ApiError(503, "ServiceUnavailable", "busy")] * 3
         await events.on_event("MODIFIED", body)  # the fan-out's apply fails, and the first retries too
         await eventually(lambda: len(api.writes()) == 2)  # a later retry of the queue applies it
+
+
+# --- a deleted profile ------------------------------------------------------------------------------------
+
+
+async def test_a_deleted_profile_tells_its_deployments_and_the_metrics_show_it() -> None:
+    api = FakeApi()
+    async with pipeline(api) as p:
+        events = profile_events(p, StatusFlusher(p.reconciler, p.index, p.queue.wait_idle))
+        registry = p.reconciler.metrics.registry
+        for name in ("a", "b"):
+            await p.deliver("ADDED", api.create(deployment(name)))
+        managed = {"profile": "nginx-php-fpm"}
+        assert registry.get_sample_value("podgrace_managed_workloads", managed) == 2
+        writes = len(api.writes())
+        body = next(b for b in builtin_bodies() if b["metadata"]["name"] == "nginx-php-fpm")
+        await events.on_event("DELETED", body)
+        unknown = [e for e in api.events if e["reason"] == "UnknownProfile"]
+        assert sorted(e["involvedObject"]["name"] for e in unknown) == ["a", "b"]
+        assert registry.get_sample_value("podgrace_warnings_total", {"reason": "UnknownProfile"}) == 2
+        assert registry.get_sample_value("podgrace_managed_workloads", managed) is None  # series removed
+        assert len(api.writes()) == writes  # the settings stay as they were
+        assert "lifecycle" in api.get("web", "a")["spec"]["template"]["spec"]["containers"][0]
