@@ -1,5 +1,6 @@
 """Recovering from faults (issue 12), with a fake API: every failure is retried by the work queue with
-backoff, and persisting ones get one Warning."""
+backoff, persisting ones get one Warning, a deleted profile's Deployments are told, and the at-risk gauge
+follows what the Deployments are after an opt-out."""
 
 from __future__ import annotations
 
@@ -15,6 +16,11 @@ from podgrace.controller.kube_api import ApiError
 from podgrace.controller.rate_limit import ItemBackoff, RateLimiter
 from podgrace.controller.status_flusher import StatusFlusher
 from podgrace.controller.work_queue import RETRY, DeploymentQueue, Item
+from podgrace.core import profiles
+from podgrace.core.capabilities import Capabilities
+from podgrace.core.findings import RISKS
+from podgrace.core.planner import plan
+from podgrace.core.workload_parser import from_object
 
 
 async def eventually(condition: Any, seconds: float = 3.0) -> None:
@@ -156,3 +162,41 @@ async def test_a_deleted_profile_tells_its_deployments_and_the_metrics_show_it()
         assert registry.get_sample_value("podgrace_managed_workloads", managed) is None  # series removed
         assert len(api.writes()) == writes  # the settings stay as they were
         assert "lifecycle" in api.get("web", "a")["spec"]["template"]["spec"]["containers"][0]
+
+
+# --- the at-risk gauge ------------------------------------------------------------------------------------
+
+
+def audit_risks(api: FakeApi) -> dict[str, int]:
+    """What `podgrace audit` finds in the fake API's live Deployments, per risk."""
+    counts: dict[str, int] = {}
+    known = profiles.builtin()
+    for obj in api.deployments.values():
+        result = plan(from_object(obj, with_ownership=False), known, Capabilities(True, True))
+        for code in {f.code for f in (*result.errors, *result.findings_before) if f.code in RISKS}:
+            counts[code.value] = counts.get(code.value, 0) + 1
+    return counts
+
+
+def gauge_risks(p: Any) -> dict[str, int]:
+    registry = p.reconciler.metrics.registry
+    values = {code.value: registry.get_sample_value("podgrace_workloads_at_risk", {"finding": code.value})
+              for code in RISKS}  # fmt: skip
+    return {code: int(v) for code, v in values.items() if v}
+
+
+async def test_the_at_risk_gauge_equals_audit_right_after_an_opt_out() -> None:
+    api = FakeApi()
+    async with pipeline(api) as p:
+        await p.deliver("ADDED", api.create(deployment("kept")))
+        await p.deliver("ADDED", api.create(deployment("leaving")))
+        for name in ("kept", "leaving"):
+            await p.deliver("MODIFIED", api.get("web", name))  # the echoes of podgrace's applies
+        assert gauge_risks(p) == audit_risks(api) == {}
+        api.deployments[("web", "leaving")]["metadata"]["annotations"] = {}  # kubectl annotate ...-
+        await p.deliver("MODIFIED", api.get("web", "leaving"))
+        assert "Reverted" in reasons(api)
+        await p.deliver("MODIFIED", api.get("web", "leaving"))  # the echo of the revert
+        await asyncio.wait_for(p.queue.wait_idle(), 2)
+        assert audit_risks(api)  # without podgrace's settings the nginx and php-fpm pod is at risk again
+        assert gauge_risks(p) == audit_risks(api)

@@ -20,7 +20,7 @@ from podgrace.core.findings import Code
 
 log = logging.getLogger(__name__)
 
-SETTLED = frozenset({Result.APPLIED, Result.REVERTED, Result.UNCHANGED})
+SETTLED = frozenset({Result.APPLIED, Result.UNCHANGED})
 RESYNC = "RESYNC"  # the event type of the periodic resync's list: reconciled even when settled
 # Seconds of consecutive failures of a Deployment after which one Warning Event says so (an API server
 # restart, a few seconds of 503s, is retried quietly).
@@ -96,6 +96,8 @@ class DeploymentEvents:
             written = outcome.written
             self._record.settle(key, signature(written) if written is not None else item.signature, version)
         else:
+            # Not after a revert either: the echo of the revert is assessed for the at-risk gauge, as the
+            # Deployment now is (not as it was with podgrace's settings).
             self._record.unsettle(key)
         if outcome.result in RETRY_RESULTS:
             await self._failed(key, outcome, item.body)
