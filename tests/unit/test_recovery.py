@@ -200,3 +200,24 @@ async def test_the_at_risk_gauge_equals_audit_right_after_an_opt_out() -> None:
         await asyncio.wait_for(p.queue.wait_idle(), 2)
         assert audit_risks(api)  # without podgrace's settings the nginx and php-fpm pod is at risk again
         assert gauge_risks(p) == audit_risks(api)
+
+
+# --- the periodic resync ----------------------------------------------------------------------------------
+
+
+async def test_a_resync_reconciles_settled_deployments_again_without_writing() -> None:
+    api = FakeApi()
+    async with pipeline(api) as p:
+        registry = p.reconciler.metrics.registry
+
+        def reconciles() -> float | None:
+            labels = {"controller": "deployment", "result": "success"}
+            return registry.get_sample_value("podgrace_reconcile_total", labels)
+
+        await p.deliver("ADDED", api.create(deployment()))
+        await p.deliver("MODIFIED", api.get("web", "shop"))  # the echo: settled, not planned
+        assert reconciles() == 1
+        writes, events = len(api.writes()), len(api.events)
+        await p.deliver("RESYNC", api.get("web", "shop"))
+        assert reconciles() == 2  # planned again, although settled
+        assert (len(api.writes()), len(api.events)) == (writes, events)  # and nothing to write or say

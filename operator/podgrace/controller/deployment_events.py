@@ -11,6 +11,7 @@ from typing import Any
 
 from podgrace.controller.deployment_key import Key, key_of
 from podgrace.controller.event_recorder import WARNING
+from podgrace.controller.informer import RESYNC
 from podgrace.controller.profile_index import ProfileIndex, profile_annotation
 from podgrace.controller.reconciler import RETRY_RESULTS, ReconcileOutcome, Reconciler, Result
 from podgrace.controller.skip_record import SkipRecord
@@ -21,7 +22,6 @@ from podgrace.core.findings import Code
 log = logging.getLogger(__name__)
 
 SETTLED = frozenset({Result.APPLIED, Result.UNCHANGED})
-RESYNC = "RESYNC"  # the event type of the periodic resync's list: reconciled even when settled
 # Seconds of consecutive failures of a Deployment after which one Warning Event says so (an API server
 # restart, a few seconds of 503s, is retried quietly).
 PERSISTING_SECONDS = 15.0

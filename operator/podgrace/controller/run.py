@@ -35,7 +35,12 @@ def run(args: argparse.Namespace) -> int:
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     stop_signals = {"auto": None, "true": True, "false": False}[args.stop_signals]
     operator = build(
-        Options(namespaces=args.namespace, workers=args.workers, stop_signals=stop_signals),
+        Options(
+            namespaces=args.namespace,
+            workers=args.workers,
+            stop_signals=stop_signals,
+            resync_seconds=args.resync_seconds,
+        ),
         connection=login(),
         metrics=Metrics(),
     )

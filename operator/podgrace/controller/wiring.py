@@ -40,6 +40,7 @@ class Options:
     namespaces: list[str]
     workers: int
     stop_signals: bool | None  # None: detect
+    resync_seconds: float = 600.0  # 0: no periodic resync
 
 
 # Frozen, and holding no state of its own: Kopf hands each ShutdownProfile's handlers a shallow copy of
@@ -105,7 +106,9 @@ def build(options: Options, connection: kopf.ConnectionInfo | Credentials, metri
     deployments = DeploymentEvents(index, record, gauges, queue, reconciler)
     reconciler.retry = queue.retry  # the fan-out's failures are retried by the queue, with its backoff
     queue.on_retry = metrics.retries.labels(DEPLOYMENT).inc
-    informer = DeploymentInformer(client, options.namespaces, deployments.on_event)
+    informer = DeploymentInformer(
+        client, options.namespaces, deployments.on_event, resync_seconds=options.resync_seconds
+    )
     flusher = StatusFlusher(reconciler, index, informer.listed.wait)
     profiles = ProfileEvents(store, index, record, flusher, reconciler, informer.listed.wait)
     return Operator(
