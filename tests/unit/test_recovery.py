@@ -221,3 +221,12 @@ async def test_a_resync_reconciles_settled_deployments_again_without_writing() -
         await p.deliver("RESYNC", api.get("web", "shop"))
         assert reconciles() == 2  # planned again, although settled
         assert (len(api.writes()), len(api.events)) == (writes, events)  # and nothing to write or say
+
+
+def test_the_profile_index_keeps_no_value_too_long_to_be_a_profile_name() -> None:
+    from podgrace.controller.profile_index import profile_annotation
+
+    assert profile_annotation({"podgrace.dev/profile": " nginx "}) == "nginx"
+    assert profile_annotation({"podgrace.dev/profile": "a" * 253}) == "a" * 253
+    assert profile_annotation({"podgrace.dev/profile": "a" * 254}) is None
+    assert profile_annotation({"podgrace.dev/profile": "a" * 250_000}) is None
