@@ -94,3 +94,25 @@ def test_thousands_of_unknown_annotations_are_one_bounded_error_list() -> None:
     parsed = overrides.parse({ANN_PROFILE: "nginx", **{f"podgrace.dev/x{i}": "1" for i in range(3000)}})
     assert len(parsed.errors) == 6
     assert parsed.errors[-1] == "2995 more unknown podgrace annotations"
+
+
+class NoLists(FakeApi):
+    def __init__(self) -> None:
+        super().__init__()
+        self.creates = 0
+
+    async def create_event(self, namespace: str, event: dict[str, Any]) -> None:
+        self.creates += 1
+        await super().create_event(namespace, event)
+
+    async def list_events(self, namespace: str, field_selector: str) -> list[dict[str, Any]]:
+        raise AssertionError("listed the Deployment's Events")
+
+
+async def test_a_restarted_process_finds_a_posted_warning_in_one_request_without_listing() -> None:
+    api = NoLists()
+    for i in range(50):  # many Warnings on one Deployment (a user's edits)
+        await recorder(api).post(deployment(), WARNING, "InvalidAnnotation", f"bad value {i}")
+    assert len(api.events) == 50 and api.creates == 50
+    await recorder(api).post(deployment(), WARNING, "InvalidAnnotation", "bad value 7")  # a new process
+    assert len(api.events) == 50 and api.creates == 51  # one request, answered 409 AlreadyExists

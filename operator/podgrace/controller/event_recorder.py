@@ -1,13 +1,14 @@
 """Kubernetes Events on Deployments, posted once per distinct message.
 
 A resync or an operator restart must not repeat Warnings that are already there, so a Warning is
-posted only when neither this process nor the API server (an Event with the same object, reason and
-message) has it yet.
+posted only when neither this process nor the API server has it yet. The Warning's name says which it is:
+the Deployment's name and a 16-byte digest of (object uid, type, reason, message as stored: cut to
+MAX_MESSAGE characters). Posting it again is a 409 AlreadyExists from the API server, found in one request
+whatever the number of Events (a list of the object's Warnings to compare messages grew with every
+distinct message a user caused: O(n^2) over many edits).
 
-Memory is bounded whatever users write: the process remembers a 16-byte digest of each Event it posted
-(object uid, type, reason and the message as stored: cut to MAX_MESSAGE characters), at most SEEN_LIMIT of
-them, never the message itself; and the API server's copy is compared with the cut message too, so a long
-message is recognised after a restart as well.
+Memory is bounded whatever users write: the process remembers those digests, at most SEEN_LIMIT of them,
+never the message itself.
 """
 
 from __future__ import annotations
@@ -76,11 +77,11 @@ class EventRecorder:
             self._lane().put_nowait((namespace, self._event(obj, type_, reason, message), key))
             return
         try:
-            if type_ == WARNING and await self._exists(namespace, uid, reason, message):
-                self._remember(key)
-                return
-            await self._api.create_event(namespace, self._event(obj, type_, reason, message))
+            await self._api.create_event(namespace, self._event(obj, type_, reason, message, key))
         except ApiError as error:
+            if error.status == 409 and type_ == WARNING:
+                self._remember(key)  # posted before (by an earlier process): nothing new to say
+                return
             # Events are best effort: failing to post one must not fail the reconcile.
             log.warning(
                 "could not post %s event %s on %s/%s: %s",
@@ -143,22 +144,20 @@ class EventRecorder:
         while len(self._seen) > SEEN_LIMIT:
             self._seen.popitem(last=False)
 
-    async def _exists(self, namespace: str, uid: str, reason: str, message: str) -> bool:
-        if not uid:
-            return False
-        events = await self._api.list_events(namespace, f"involvedObject.uid={uid},reason={reason}")
-        return any(e.get("message") == message for e in events)
-
-    def _event(self, obj: Mapping[str, Any], type_: str, reason: str, message: str) -> dict[str, Any]:
+    def _event(
+        self, obj: Mapping[str, Any], type_: str, reason: str, message: str, key: Key | None = None
+    ) -> dict[str, Any]:
         metadata = obj.get("metadata") or {}
         now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        prefix = str(metadata.get("name", "podgrace"))[:200]
+        # A Warning is named by what it says (see the module's docstring); a Normal Event is named afresh.
+        name = (
+            {"name": f"{prefix}.{key.hex()}"} if type_ == WARNING and key else {"generateName": f"{prefix}."}
+        )
         return {
             "apiVersion": "v1",
             "kind": "Event",
-            "metadata": {
-                "generateName": f"{metadata.get('name', 'podgrace')}.",
-                "namespace": metadata.get("namespace"),
-            },
+            "metadata": {**name, "namespace": metadata.get("namespace")},
             "involvedObject": {
                 "apiVersion": obj.get("apiVersion"),
                 "kind": obj.get("kind"),
