@@ -98,7 +98,8 @@ class FaultProxy:
         self._thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
-        self._streams: set[asyncio.Transport] = set()  # of the open streaming responses
+        # The open streams: the client's connection and the API server's response of each.
+        self._streams: dict[asyncio.BaseTransport, aiohttp.ClientResponse] = {}
         self._ready = threading.Event()
         self._error: BaseException | None = None
 
@@ -152,8 +153,9 @@ class FaultProxy:
         assert loop is not None
 
         def cut() -> None:
-            for transport in list(self._streams):
-                transport.abort()
+            for transport, upstream in list(self._streams.items()):
+                transport.abort()  # type: ignore[attr-defined]
+                upstream.close()
 
         loop.call_soon_threadsafe(cut)
 
@@ -208,15 +210,16 @@ class FaultProxy:
         server_ssl.load_cert_chain(str(self._cert), str(self._key))
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=server_ssl)
         await site.start()
         self.port = self._runner.addresses[0][1]
 
     async def _shutdown(self) -> None:
-        for transport in list(self._streams):
-            transport.abort()
+        for transport, upstream in list(self._streams.items()):
+            transport.abort()  # type: ignore[attr-defined]
+            upstream.close()
         if self._runner is not None:
             await self._runner.cleanup()
         if self._session is not None:
@@ -295,15 +298,15 @@ class FaultProxy:
             response.enable_chunked_encoding()
             transport = request.transport
             assert transport is not None
-            self._streams.add(transport)  # type: ignore[arg-type]
+            self._streams[transport] = upstream
             self._record(request, upstream.status, False)
             try:
                 await response.prepare(request)
                 async for chunk in upstream.content.iter_any():
                     await response.write(chunk)
                 await response.write_eof()
-            except (ConnectionError, aiohttp.ClientError):
-                pass  # the client went away, or drop_streams() cut it
+            except (ConnectionError, aiohttp.ClientError, RuntimeError):
+                pass  # the client went away, or drop_streams() cut it (a closed response: RuntimeError)
             finally:
-                self._streams.discard(transport)  # type: ignore[arg-type]
+                self._streams.pop(transport, None)
             return response
