@@ -21,6 +21,7 @@ from tests.support.podgrace_env import (
     SERVICE_ACCOUNT,
     OperatorProcess,
     deployment,
+    ensure_chart,
     operator_running,
     running_operator,
     wait_until,
@@ -173,15 +174,17 @@ def test_a_probe_answered_503_is_retried_not_cached(cluster_stopsignals: Any, pr
 
 
 def test_memory_stays_flat_under_thousands_of_large_annotation_edits(cluster: Any) -> None:
-    """A namespace user edits podgrace annotations (and another large one) thousands of times, each edit a
-    new ~64 KB value that podgrace must refuse with a Warning: podgrace's RSS stays flat."""
+    """A namespace user edits a podgrace annotation a thousand times (after a hundred as a warm-up), each
+    edit a new ~64 KB value that podgrace must refuse with a new Warning: podgrace's RSS stays flat.
+    (The issue's arithmetic: 100 such edits of a 250 KB value cost 25 MB, and ~2,100 of them exceed the
+    chart's 512Mi limit.)"""
     ns = create_namespace(cluster, "faults-hostile")
     apply(cluster, deployment("target", ns, PROFILE))
     path = f"/apis/apps/v1/namespaces/{ns}/deployments/target"
 
     def edit(i: int) -> None:
         value = "x" * (64_000 + i)  # a new length each time: a new message, a new Warning
-        body = {"metadata": {"annotations": {"podgrace.dev/drain-seconds": value, "example.com/blob": value}}}
+        body = {"metadata": {"annotations": {"podgrace.dev/drain-seconds": value}}}
         status, answer = cluster.request(
             "PATCH", path, json.dumps(body).encode(), content_type="application/merge-patch+json", timeout=60
         )
@@ -189,19 +192,20 @@ def test_memory_stays_flat_under_thousands_of_large_annotation_edits(cluster: An
 
     with running_operator(cluster, "--namespace", ns) as op, ThreadPoolExecutor(4) as pool:
         wait_until("target injected", lambda: lifecycle(cluster, "target", ns))
-        list(pool.map(edit, range(300)))  # warm-up: buffers, caches and the allocator's arenas
+        list(pool.map(edit, range(100)))  # warm-up: buffers, caches and the allocator's arenas
         wait_idle(op)
         before = op.rss_bytes()
         warned_before = op.metric("podgrace_warnings_total", reason="InvalidAnnotation")
-        list(pool.map(edit, range(300, 2300)))
+        list(pool.map(edit, range(100, 1100)))
         wait_idle(op)
         after = op.rss_bytes()
         warned = op.metric("podgrace_warnings_total", reason="InvalidAnnotation") - warned_before
         mib = f"{before / 2**20:.1f} -> {after / 2**20:.1f} MiB"
-        print(f"\n[e2e] RSS {mib} after 2,000 edits, {warned:.0f} Warnings")
-        assert warned >= 100  # the edits did reach podgrace, and most were distinct Warnings
-        # Keeping each refused value (as the Warning de-duplication did) grew it by ~64 KB per Warning.
-        assert after - before < 24 * 2**20, (before, after, warned)
+        print(f"\n[e2e] RSS {mib} after 1,000 edits, {warned:.0f} Warnings")
+        # Keeping each refused value (as the Warning de-duplication did) grew it by ~64 KB per Warning:
+        # 500 or more Warnings would have been 32 MB or more.
+        assert warned >= 500  # the edits did reach podgrace, and (nearly) each was a new Warning
+        assert after - before < 16 * 2**20, (before, after, warned)
         assert lifecycle(cluster, "target", ns) is not None  # an invalid edit leaves the settings alone
         assert op.alive()
 
@@ -222,6 +226,7 @@ def bound_token(cluster: Any, secret: str) -> str:
 
 def test_a_rotated_token_is_picked_up_and_a_revoked_one_fails_liveness(cluster: Any) -> None:
     ns = create_namespace(cluster, "faults-token")
+    ensure_chart(cluster)  # the ServiceAccount the tokens are minted for
     with FaultProxy.for_cluster(cluster) as proxy:
         op = OperatorProcess(cluster, "--namespace", ns, server=proxy.url, token_file=True)
         op.write_token(bound_token(cluster, "e2e-token-1"))
@@ -283,3 +288,124 @@ def revoked(cluster: Any, secret: str) -> bool:
 
 
 _tokens: dict[str, str] = {}
+
+
+# --- API server faults: retries with backoff, resync ---------------------------------------------------
+
+
+def test_503s_on_one_deployments_patches_are_retried_with_backoff_until_it_is_reconciled(
+    cluster: Any,
+) -> None:
+    """The issue's measurement: 503s on one Deployment's PATCHes for 20 s. Before, 9 attempts in 7.6 s,
+    then none; still unreconciled 60 s after the faults stopped."""
+    ns = create_namespace(cluster, "faults-503")
+    with FaultProxy.for_cluster(cluster) as proxy:
+        # Only the real applies of "victim" (not the stop-signal probe's dry run, not other Deployments).
+        rule = proxy.add(
+            Rule(
+                method="PATCH",
+                path=f"/namespaces/{ns}/deployments/victim$",
+                query=r"^(?!.*dryRun)",
+                status=503,
+            )
+        )
+        with running_operator(cluster, "--namespace", ns, server=proxy.url) as op:
+            apply(cluster, deployment("bystander", ns, PROFILE))
+            apply(cluster, deployment("victim", ns, PROFILE))
+            wait_until("bystander injected", lambda: lifecycle(cluster, "bystander", ns), timeout=60)
+            wait_until("victim's first 503", lambda: rule.hits >= 1, timeout=60)
+            time.sleep(20)
+            proxy.remove(rule)
+            hits = rule.hits
+            stopped = time.time()
+            wait_until(
+                "victim injected after the faults", lambda: lifecycle(cluster, "victim", ns), timeout=120
+            )
+            print(
+                f"\n[e2e] 503 answered {hits} applies in 20 s; reconciled {time.time() - stopped:.1f} s later"
+            )
+            # Backoff, not a tight loop and not giving up: ~12 doublings from 5 ms fill 20 s.
+            assert 3 <= hits <= 40, hits
+            assert op.metric("podgrace_workqueue_retries_total", name="deployment") >= hits
+            assert op.metric("podgrace_reconcile_total", controller="deployment", result="error") >= hits
+            assert len(warnings(cluster, "victim", ns, "ApplyFailed")) <= 1
+            assert "victim" in op.log_path.read_text() and "503" in op.log_path.read_text()
+            assert cluster.count_writes(user=OPERATOR_USER, resource="deployments", namespace=ns) == 2
+
+
+def test_a_periodic_resync_reconciles_everything_again_with_zero_writes(cluster: Any) -> None:
+    ns = create_namespace(cluster, "faults-resync")
+    with running_operator(cluster, "--namespace", ns, "--resync-seconds", "3") as op:
+        for name in ("one", "two", "three"):
+            apply(cluster, deployment(name, ns, PROFILE))
+        for name in ("one", "two", "three"):
+            wait_until(f"{name} injected", lambda n=name: lifecycle(cluster, n, ns), timeout=60)
+        wait_idle(op)
+        t0 = time.time()
+        before = op.metric("podgrace_reconcile_total", controller="deployment")
+        wait_until(
+            "two resyncs",
+            lambda: op.metric("podgrace_reconcile_total", controller="deployment") >= before + 6,
+            timeout=60,
+        )
+        assert cluster.count_writes(user=OPERATOR_USER, since=t0) == 0  # no apply, no Event, no status
+
+
+# --- the at-risk gauge equals `podgrace audit` ------------------------------------------------------------
+
+
+def test_the_at_risk_gauge_equals_audit_of_the_live_objects(cluster: Any, tmp_path: Any) -> None:
+    import subprocess
+    import sys
+
+    ns = create_namespace(cluster, "faults-audit")
+    strict = {
+        "apiVersion": "podgrace.dev/v1alpha1",
+        "kind": "ShutdownProfile",
+        "metadata": {"name": "aaa-e2e-strict"},  # first by name: must not decide how others are assessed
+        "spec": {
+            "containers": [
+                {"name": "n", "match": {"images": ["*nginx*"]}, "role": "nginx", "preStopSleepSeconds": 60}
+            ]
+        },
+    }
+    apply(cluster, strict)
+    nginx_ok = [
+        {
+            "name": "nginx",
+            "image": "nginx:1.27",
+            "lifecycle": {
+                "preStop": {"exec": {"command": ["/bin/sh", "-c", "sleep 5; kill -QUIT 1; sleep 30"]}}
+            },
+        }
+    ]
+    try:
+        with running_operator(cluster, "--namespace", ns) as op:
+            apply(cluster, deployment("managed", ns, PROFILE))
+            apply(cluster, deployment("leaving", ns, PROFILE))
+            apply(cluster, deployment("bare", ns, {}, [{"name": "nginx", "image": "nginx:1.27"}]))
+            apply(cluster, deployment("careful", ns, {}, nginx_ok, terminationGracePeriodSeconds=60))
+            for name in ("managed", "leaving"):
+                wait_until(f"{name} injected", lambda n=name: lifecycle(cluster, n, ns), timeout=60)
+            cluster.kubectl("annotate", "deployment", "leaving", "-n", ns, "podgrace.dev/profile-")
+            wait_until("leaving reverted", lambda: not lifecycle(cluster, "leaving", ns), timeout=60)
+            wait_idle(op)
+            live = tmp_path / "live.yaml"
+            live.write_text(cluster.kubectl("get", "deployments", "-n", ns, "-o", "yaml").stdout)
+            audit = subprocess.run(
+                [sys.executable, "-m", "podgrace.cli.main", "audit", "-f", str(live), "-o", "json",
+                 "--server-version", "1.36"],
+                capture_output=True, text=True, check=False,
+            )  # fmt: skip
+            assert audit.returncode in (0, 1), audit.stderr
+            expected: dict[str, int] = {}
+            for workload in json.loads(audit.stdout)["workloads"]:
+                for code in {f["code"] for f in workload["findings"]}:
+                    expected[code] = expected.get(code, 0) + 1
+            risks = ("NoPreStop", "SleepTooShort", "SignalHookReturnsEarly", "FastStopSignal",
+                     "GracePeriodTooShort", "PhpFpmStopsBeforeDrain")  # fmt: skip
+            gauge = {c: int(op.metric("podgrace_workloads_at_risk", finding=c)) for c in risks}
+            assert {c: n for c, n in gauge.items() if n} == {c: n for c, n in expected.items() if c in risks}
+            assert gauge["NoPreStop"] == 2  # bare, and leaving right after its opt-out
+    finally:
+        cluster.kubectl("delete", "shutdownprofile", "aaa-e2e-strict", check=False)
