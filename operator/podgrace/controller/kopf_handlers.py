@@ -51,7 +51,9 @@ async def cleanup(memo: Operator, **_: Any) -> None:
     await memo.stop()
 
 
-@kopf.on.probe(id="deployments")
+# PERMANENT: a failed probe fails /healthz at once (Kopf's default retries the handler after 60 s, and the
+# endpoint hangs meanwhile).
+@kopf.on.probe(id="deployments", errors=kopf.ErrorsMode.PERMANENT)
 async def deployments_probe(memo: Operator, **_: Any) -> dict[str, Any]:
     # A podgrace with nothing to do sends no request for long: ask once, so that revoked credentials are
     # noticed (and fail the probe) also while idle.
