@@ -58,6 +58,13 @@ def warnings(cluster: Any, name: str, namespace: str, reason: str | None = None)
     return [e for e in items if reason is None or e["reason"] == reason]
 
 
+def applied_event(cluster: Any, name: str, namespace: str) -> bool:
+    items = cluster.kubectl_json(
+        "get", "events", "-n", namespace, "--field-selector", f"involvedObject.name={name},reason=Applied"
+    )["items"]
+    return bool(items)
+
+
 def wait_idle(op: OperatorProcess, quiet_seconds: float = 3.0, timeout: float = 300.0) -> None:
     """Until podgrace's reconcile count has not moved for `quiet_seconds`."""
     deadline = time.monotonic() + timeout
@@ -341,7 +348,8 @@ def test_a_periodic_resync_reconciles_everything_again_with_zero_writes(cluster:
             apply(cluster, deployment(name, ns, PROFILE))
         for name in ("one", "two", "three"):
             wait_until(f"{name} injected", lambda n=name: lifecycle(cluster, n, ns), timeout=60)
-        wait_idle(op)
+            wait_until(f"{name}'s Applied Event", lambda n=name: applied_event(cluster, n, ns), timeout=60)
+        # (Not wait_idle: with a resync every 3 s, podgrace is never quiet for long.)
         t0 = time.time()
         before = op.metric("podgrace_reconcile_total", controller="deployment")
         wait_until(
