@@ -138,6 +138,7 @@ def test_operator_deployment_defaults(default_docs: list[dict[str, Any]]) -> Non
         "--liveness-port=8080",
         "--metrics-port=9090",
         "--workers=20",
+        "--resync-seconds=600",
     ]
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports == {"healthz": 8080, "metrics": 9090}
@@ -166,6 +167,7 @@ def test_operator_options_reach_the_pod(all_on_docs: list[dict[str, Any]]) -> No
     assert container["args"][-len(extra) :] == extra  # appended last, so they win over the chart's flags
     assert "--verbose" in container["args"][: -len(extra)]  # operator.verbose
     assert "--workers=10" in container["args"]
+    assert "--resync-seconds=120" in container["args"]
     for env in values["extraEnv"]:
         assert env in container["env"]
     _assert_restricted(pod, "operator (all-on)")

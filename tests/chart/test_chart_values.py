@@ -49,6 +49,7 @@ BAD_VALUES: dict[str, tuple[str, str]] = {
     "tag in the repository": ("image:\n  repository: ghcr.io/podgrace/podgrace:1.0\n", "/image/repository"),
     "digest": ("image:\n  digest: latest\n", "/image/digest"),
     "workers": ("operator:\n  workers: 0\n", "/operator/workers"),
+    "negative resync": ("operator:\n  resyncSeconds: -1\n", "/operator/resyncSeconds"),
     "metrics port": ("operator:\n  metricsPort: 70000\n", "/operator/metricsPort"),
     "namespace name": ("watchNamespaces: [Shop_1]\n", "/watchNamespaces/0"),
     "duplicate namespaces": ("watchNamespaces: [shop, shop]\n", "/watchNamespaces"),

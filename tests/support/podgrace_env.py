@@ -3,7 +3,9 @@ ServiceAccount credentials (so the chart's RBAC is exactly what is tested), and 
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -11,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -51,24 +54,73 @@ def install_chart(cluster: Any, *extra: str) -> None:
 
 
 class OperatorProcess:
-    """`podgrace run` against a LocalCluster, authenticated as the chart's ServiceAccount."""
+    """`podgrace run` against a LocalCluster, authenticated as the chart's ServiceAccount.
 
-    def __init__(self, cluster: Any, *args: str) -> None:
+    `server`: another URL for the API server (a FaultProxy's). `token_file`: the kubeconfig names a
+    `tokenFile` (as a pod's projected ServiceAccount token) instead of holding the token, so that a test
+    can rotate it under the running process (`write_token`)."""
+
+    def __init__(self, cluster: Any, *args: str, server: str | None = None, token_file: bool = False) -> None:
         self.cluster = cluster
         self.args = list(args)
+        self.server = server
         self.workdir = Path(tempfile.mkdtemp(prefix="podgrace-operator-"))
         self.log_path = self.workdir / "operator.log"
+        self.token_path = self.workdir / "token" if token_file else None
         self.metrics_port = free_port()
         self.liveness_port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
     def kubeconfig(self) -> Path:
-        token = self.cluster.create_token(SERVICE_ACCOUNT, NAMESPACE, duration="2h")
-        path: Path = self.cluster.write_kubeconfig(
-            self.workdir / "kubeconfig", token=token, user=SERVICE_ACCOUNT
-        )
+        path = self.workdir / "kubeconfig"
+        if self.token_path is not None and self.token_path.exists():
+            user: dict[str, str] = {"tokenFile": str(self.token_path)}
+        else:
+            token = self.cluster.create_token(SERVICE_ACCOUNT, NAMESPACE, duration="2h")
+            if self.token_path is not None:
+                self.write_token(token)
+                user = {"tokenFile": str(self.token_path)}
+            else:
+                user = {"token": token}
+        ca = base64.b64encode((Path(self.cluster.pki) / "ca.crt").read_bytes()).decode()
+        cluster = {"server": self.server or self.cluster.server, "certificate-authority-data": ca}
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "e2e", "cluster": cluster}],
+            "users": [{"name": SERVICE_ACCOUNT, "user": user}],
+            "contexts": [{"name": "e2e", "context": {"cluster": "e2e", "user": SERVICE_ACCOUNT}}],
+            "current-context": "e2e",
+        }
+        path.write_text(json.dumps(config, indent=2) + "\n")
+        path.chmod(0o600)
         return path
+
+    def write_token(self, token: str) -> None:
+        """Replace the token file at once (a rename, as the kubelet swaps a projected volume's files)."""
+        assert self.token_path is not None, "started without token_file=True"
+        fresh = self.token_path.with_suffix(".new")
+        fresh.write_text(token + "\n")
+        fresh.replace(self.token_path)
+
+    def healthz(self) -> int:
+        """The liveness endpoint's HTTP status (0: no answer)."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.liveness_port}/healthz", timeout=5) as r:
+                return int(r.status)
+        except urllib.error.HTTPError as error:
+            return int(error.code)
+        except OSError:
+            return 0
+
+    def rss_bytes(self) -> int:
+        """The operator process's resident set size (VmRSS in /proc/<pid>/status)."""
+        assert self.proc is not None
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        raise AssertionError("no VmRSS")
 
     def start(self) -> OperatorProcess:
         env = dict(os.environ, KUBECONFIG=str(self.kubeconfig()), PYTHONUNBUFFERED="1")
@@ -166,11 +218,23 @@ def deployment(
 
 
 @contextlib.contextmanager
-def running_operator(cluster: Any, *args: str) -> Iterator[OperatorProcess]:
+def running_operator(cluster: Any, *args: str, **options: Any) -> Iterator[OperatorProcess]:
     """The chart installed (once per cluster) and podgrace running against it for the duration."""
+    with operator_running(
+        cluster, OperatorProcess(cluster, *(args or ("--all-namespaces",)), **options)
+    ) as op:
+        yield op
+
+
+def ensure_chart(cluster: Any) -> None:
     if cluster.helm("status", RELEASE, "--namespace", NAMESPACE, check=False).returncode != 0:
         install_chart(cluster)
-    op = OperatorProcess(cluster, *(args or ("--all-namespaces",)))
+
+
+@contextlib.contextmanager
+def operator_running(cluster: Any, op: OperatorProcess) -> Iterator[OperatorProcess]:
+    """`op` started (the chart installed first, once per cluster) and stopped again afterwards."""
+    ensure_chart(cluster)
     op.start()
     try:
         yield op

@@ -161,6 +161,9 @@ class FakeApi:
         self.statuses[name] = copy.deepcopy(status)
 
     async def create_event(self, namespace: str, event: dict[str, Any]) -> None:
+        name = event["metadata"].get("name")
+        if name and any(e["metadata"].get("name") == name for e in self.events):
+            raise ApiError(409, "AlreadyExists", f'events "{name}" already exists')
         self.events.append(copy.deepcopy(event))
 
     async def list_events(self, namespace: str, field_selector: str) -> list[dict[str, Any]]:

@@ -282,3 +282,35 @@ def test_hook_longer_than_the_grace_period(
     manifest = deployment([c("nginx", "nginx:1.27", sleep(60, "SIGQUIT"))], grace=40)
     result = planner.plan(workload_parser.from_object(manifest, with_ownership=False), builtin_profiles, CAPS)
     assert {(f.code, f.container) for f in result.findings_before} == {(GRACE, None)}
+
+
+def test_a_custom_profile_does_not_decide_how_deployments_that_do_not_name_it_are_assessed(
+    builtin_profiles: dict[str, ShutdownProfile], workload: Any, container: Any
+) -> None:
+    # A team's profile, first by name, expecting far longer waits for its own nginx Deployments.
+    strict = ShutdownProfile.model_validate(
+        {
+            "apiVersion": "podgrace.dev/v1alpha1",
+            "kind": "ShutdownProfile",
+            "metadata": {"name": "a-team-strict"},
+            "spec": {
+                "containers": [
+                    {
+                        "name": "n",
+                        "match": {"images": ["*nginx*"]},
+                        "role": "nginx",
+                        "preStopSleepSeconds": 60,
+                    },
+                ]
+            },
+        }
+    )
+    fine = workload(
+        container("nginx", "nginx:1.27", pre_stop={"sleep": {"seconds": 5}}, stop_signal="SIGQUIT"), grace=60
+    )
+    with_custom = {**builtin_profiles, strict.name: strict}
+    expected = planner.detect_expectations(fine, builtin_profiles)
+    assert planner.detect_expectations(fine, with_custom) == expected
+    result = planner.plan(fine, with_custom, CAPS)
+    assert result.outcome is Outcome.NOT_OPTED_IN
+    assert [f.code for f in result.findings_before if f.is_risk] == []

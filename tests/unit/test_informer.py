@@ -225,3 +225,46 @@ async def test_a_watch_refused_with_http_410_relists() -> None:
     assert [c["resourceVersion"] for c in source.watch_calls] == ["5", "30"]
     assert len(source.list_calls) == 2
     assert seen == [("ADDED", "web", "Deployment")] * 2  # listed twice, nothing vanished
+
+
+async def test_a_periodic_resync_lists_everything_again_as_resync_events() -> None:
+    lists = 0
+    watches: list[str] = []
+
+    class Source:
+        async def list_page(self, path: str, params: Mapping[str, str]) -> dict[str, Any]:
+            nonlocal lists
+            lists += 1
+            return page([dep("shop", "web", str(lists))], str(lists))
+
+        async def watch(self, path: str, params: Mapping[str, str]) -> AsyncIterator[dict[str, Any]]:
+            watches.append(params["timeoutSeconds"])
+            await asyncio.sleep(float(params["timeoutSeconds"]) / 10)  # the API server ends it (faster here)
+            return
+            yield {}
+
+    seen: list[str] = []
+
+    async def on_event(kind: str, obj: Mapping[str, Any]) -> None:
+        seen.append(kind)
+
+    informer = DeploymentInformer(Source(), [], on_event, resync_seconds=0.25)
+    task = asyncio.create_task(informer.run())
+    try:
+        for _ in range(300):
+            if seen.count("RESYNC") >= 2:
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert seen[:3] == ["ADDED", "RESYNC", "RESYNC"]
+    assert set(watches) == {"1"}  # each watch ends by the next resync (at least 1 s: the API's unit)
+
+
+async def test_no_resync_by_default() -> None:
+    source = ScriptedSource([[page([dep("shop", "web", "1")], "1")]], [[]])
+    seen, _ = await run_until(source, lambda seen, s: len(s.watch_calls) >= 2)
+    assert [kind for kind, _, _ in seen] == ["ADDED"]
+    assert source.watch_calls[-1]["timeoutSeconds"] == "600"

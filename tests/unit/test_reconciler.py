@@ -98,6 +98,8 @@ async def pipeline(api: FakeApi, *, workers: int = 2) -> AsyncIterator[Pipeline]
     reconciler = make(api, index=index)
     queue = DeploymentQueue(workers)
     deployments = DeploymentEvents(index, reconciler.record, reconciler.gauges, queue, reconciler)
+    reconciler.retry = queue.retry  # as controller.wiring
+    queue.on_retry = reconciler.metrics.retries.labels("deployment").inc
     queue.start(deployments.handle)
     try:
         yield Pipeline(reconciler, index, queue, deployments)
@@ -280,17 +282,29 @@ async def test_profile_status_written_only_when_it_changes() -> None:
     assert api.statuses == {}
 
 
-async def test_transient_errors_are_retried() -> None:
+async def test_transient_errors_are_retried_by_the_queue_with_backoff_and_without_an_event() -> None:
     api = FakeApi()
-    reconciler = make(api, version=(1, 29))
-    api.fail_next = [ApiError(503, "ServiceUnavailable", "apiserver restarting")]
-    assert (await reconciler.reconcile_deployment(api.create(deployment()))).result is Result.APPLIED
+    async with pipeline(api) as p:
+        api.version = (1, 29)  # no stop-signal probe
+        api.fail_next = [ApiError(503, "ServiceUnavailable", "apiserver restarting")] * 3
+        await p.deliver("ADDED", api.create(deployment()))
+        for _ in range(100):  # 5, 10, 20 ms of backoff, then the fourth attempt applies
+            if api.writes():
+                break
+            await asyncio.sleep(0.01)
+        assert len(api.writes()) == 1
+        registry = p.reconciler.metrics.registry
+        errors = {"controller": "deployment", "result": "error"}
+        assert registry.get_sample_value("podgrace_reconcile_total", errors) == 3
+        assert registry.get_sample_value("podgrace_workqueue_retries_total", {"name": "deployment"}) == 3
+        await asyncio.wait_for(p.queue.wait_idle(), 2)
+        assert "ApplyFailed" not in reasons(api)  # a passing 503 is no news
+        assert p.queue.failures(("web", "shop")) == 0  # the success reset the backoff
 
 
 async def test_conflict_is_deferred_not_forced() -> None:
     api = FakeApi()
     reconciler = make(api, version=(1, 29))
-    reconciler.requeue_delay = 60
     api.fail_next = [ApiError(409, "Conflict", "owned by argocd")]
     outcome = await reconciler.reconcile_deployment(api.create(deployment()))
     assert outcome.result is Result.REQUEUE
@@ -396,20 +410,15 @@ def test_counters_start_at_zero_for_every_reason_and_kind() -> None:
 
 async def test_conflict_is_requeued_and_planned_again() -> None:
     api = FakeApi()
-    reconciler = make(api, version=(1, 29))
-    reconciler.requeue_delay = 0.05
-    api.fail_next = [ApiError(409, "Conflict", "owned by argocd")]
-    outcome = await reconciler.reconcile_deployment(api.create(deployment()))
-    assert outcome.result is Result.REQUEUE
-    registry = reconciler.metrics.registry
-    assert (
-        registry.get_sample_value(
-            "podgrace_reconcile_total", {"controller": "deployment", "result": "requeue"}
-        )
-        == 1
-    )
-    await asyncio.sleep(0.3)
-    assert len(api.writes()) == 1  # the requeued reconcile applied on a fresh read
+    async with pipeline(api) as p:
+        api.version = (1, 29)
+        api.fail_next = [ApiError(409, "Conflict", "owned by argocd")]
+        await p.deliver("ADDED", api.create(deployment()))
+        registry = p.reconciler.metrics.registry
+        labels = {"controller": "deployment", "result": "requeue"}
+        assert registry.get_sample_value("podgrace_reconcile_total", labels) == 1
+        await asyncio.sleep(0.3)
+        assert len(api.writes()) == 1  # the requeued reconcile applied on a fresh read
 
 
 async def test_the_echo_of_podgraces_own_write_is_not_reconciled_even_if_it_arrives_during_the_write() -> (
@@ -494,8 +503,9 @@ async def test_only_a_new_profile_generation_or_a_deletion_unsettles_its_deploym
         assert reconciles() == 3
         await events.on_event("DELETED", body)
         assert p.reconciler.store.entry("nginx-php-fpm") is None
+        assert reconciles() == 4  # its users, told by the fan-out (UnknownProfile)
         await p.deliver("MODIFIED", api.get("web", "shop"))
-        assert reconciles() == 4
+        assert reconciles() == 5
 
 
 async def test_statuses_are_recounted_when_users_change_and_retried_when_the_write_fails() -> None:
@@ -517,3 +527,24 @@ async def test_statuses_are_recounted_when_users_change_and_retried_when_the_wri
         await p.deliver("DELETED", api.get("web", "a"))
         await flusher.flush()
         assert api.statuses["nginx-php-fpm"]["workloads"] == 1
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        ApiError(422, "Invalid", 'Deployment.apps "shop" is invalid: spec.template: Forbidden'),
+        ApiError(503, "ServiceUnavailable", "the server is currently unable to handle the request"),
+        ApiError(409, "Conflict", 'conflict with "argocd-controller": .spec.template.spec.containers'),
+    ],
+    ids=lambda e: str(e.status),
+)
+async def test_every_failed_apply_is_logged_with_its_object_and_cause(
+    error: ApiError, caplog: pytest.LogCaptureFixture
+) -> None:
+    api = FakeApi()
+    reconciler = make(api, version=(1, 29))
+    api.fail_next = [error] * 3
+    outcome = await reconciler.reconcile_deployment(api.create(deployment()))
+    assert outcome.result in (Result.FAILED, Result.REQUEUE)
+    logged = [r for r in caplog.records if r.levelname in ("WARNING", "ERROR")]
+    assert any("web/shop" in r.getMessage() and error.message in r.getMessage() for r in logged), caplog.text

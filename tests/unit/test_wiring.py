@@ -52,14 +52,25 @@ def operator_for(test_server: TestServer) -> Operator:
 async def test_the_handlers_start_and_stop_the_operator_through_a_copy_of_the_memo(server: Any) -> None:
     operator = operator_for(server)
     memo = copy.copy(operator)  # Kopf hands each handler a shallow copy of the memo
-    assert kopf_handlers.login(memo=memo) is operator.connection
+    assert kopf_handlers.login(memo=memo) == operator.credentials.info
     await kopf_handlers.startup(settings=kopf.OperatorSettings(), memo=memo)
     try:
         await asyncio.wait_for(operator.informer.listed.wait(), 5)
-        assert kopf_handlers.deployments_probe(memo=memo) == {"listed": True, "failing": []}
+        assert await kopf_handlers.deployments_probe(memo=memo) == {"listed": True, "failing": []}
         assert operator.store.names() == ["nginx"]
         assert await operator.capabilities.server_version() == (1, 35)
     finally:
         await kopf_handlers.cleanup(memo=memo)
     with pytest.raises(RuntimeError, match="informer has stopped"):
         operator.health()
+
+
+async def test_liveness_fails_once_the_credentials_have_been_refused_for_long(server: Any) -> None:
+    operator = operator_for(server)
+    assert operator.health() == {"listed": False, "failing": []}
+    operator.client.unauthorized_since = operator.client._clock() - 31  # every answer a 401 for 31 s
+    with pytest.raises(RuntimeError, match="refused podgrace's credentials"):
+        operator.health()
+    operator.client.unauthorized_since = operator.client._clock() - 5  # a moment: not yet
+    assert operator.health() == {"listed": False, "failing": []}
+    await operator.client.close()

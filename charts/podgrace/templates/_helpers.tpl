@@ -91,6 +91,7 @@ app.kubernetes.io/part-of: podgrace
 - --liveness-port={{ .Values.operator.livenessPort }}
 - --metrics-port={{ .Values.operator.metricsPort }}
 - --workers={{ .Values.operator.workers }}
+- --resync-seconds={{ .Values.operator.resyncSeconds }}
 {{- if .Values.operator.verbose }}
 - --verbose
 {{- end }}

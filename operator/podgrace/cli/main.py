@@ -112,6 +112,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--workers", type=int, default=20, help="concurrent reconciles (default 20)")
     run.add_argument(
+        "--resync-seconds",
+        type=_resync,
+        default=600,
+        help="list and reconcile every Deployment again this often; no write when nothing changed; "
+        "0: never (default 600)",
+    )
+    run.add_argument(
         "--stop-signals",
         choices=["auto", "true", "false"],
         default="auto",
@@ -119,6 +126,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--verbose", action="store_true")
     return parser
+
+
+def _resync(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 <= value <= 86400:
+        raise argparse.ArgumentTypeError(f"{value:g} is out of range 0..86400")
+    return value
 
 
 def _port(text: str) -> int:

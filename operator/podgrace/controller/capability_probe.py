@@ -3,6 +3,12 @@
 `lifecycle.stopSignal` is dropped silently by an API server whose ContainerStopSignals gate is off, so
 the only honest test is to send it: a server-side dry-run apply on a Deployment podgrace is reconciling
 (a verb it already has; nothing is persisted) and a look at whether the field came back.
+
+Only a definitive answer is cached: the dry run succeeded, and the field was kept or dropped. Any failure
+(a 404 or 409 on that Deployment, a 5xx or 429, a timeout, a lost connection, an admission webhook or
+policy denying the request) says nothing about the API server's features: the reconcile that needed the
+answer fails (and is retried), and the next one probes again, at most once per `retry_delays` step, so
+that thousands of waiting Deployments do not each send a probe into an outage.
 """
 
 from __future__ import annotations
@@ -12,21 +18,40 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+import aiohttp
+
 from podgrace.controller.kube_api import Api, ApiError
 from podgrace.core.capabilities import NATIVE_SLEEP_SINCE, STOP_SIGNAL_SINCE, Capabilities
 
 log = logging.getLogger(__name__)
+# Seconds before the next probe after the n-th consecutive failed one (then the last, until one answers).
+PROBE_RETRY_DELAYS = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 60.0)
+
+
+class ProbeFailed(Exception):
+    """What the API server supports is not known yet: the probe failed (the cause is the message)."""
 
 
 class CapabilityCache:
-    """The API server's version and capabilities, each asked for once and then known."""
+    """The API server's version and capabilities, each asked for once and then known (a failed probe is
+    not an answer: it is asked again later)."""
 
-    def __init__(self, api: Api, *, stop_signal_override: bool | None = None) -> None:
+    def __init__(
+        self,
+        api: Api,
+        *,
+        stop_signal_override: bool | None = None,
+        retry_delays: tuple[float, ...] = PROBE_RETRY_DELAYS,
+    ) -> None:
         self._api = api
         self._override = stop_signal_override
         self._lock = asyncio.Lock()
         self._version: tuple[int, int] | None = None
         self._known: Capabilities | None = None
+        self._retry_delays = retry_delays
+        self._failures = 0
+        self._next_probe = 0.0  # loop time before which a failed probe is not repeated
+        self._last_failure = ""
 
     async def server_version(self) -> tuple[int, int]:
         if self._version is None:
@@ -45,10 +70,38 @@ class CapabilityCache:
                 elif version < STOP_SIGNAL_SINCE:
                     stop_signal = False
                 else:
-                    stop_signal = await self._probe_stop_signal(deployment)
+                    stop_signal = await self._probe_or_raise(deployment)
                 self._known = Capabilities(native_sleep=native_sleep, stop_signal=stop_signal)
                 log.info("API server %s.%s: %s", *version, self._known.describe())
             return self._known
+
+    async def _probe_or_raise(self, deployment: Mapping[str, Any]) -> bool:
+        now = asyncio.get_running_loop().time()
+        if now < self._next_probe:
+            raise ProbeFailed(
+                f"lifecycle.stopSignal support is not known yet: {self._last_failure}; "
+                f"probing again in {self._next_probe - now:.0f} s"
+            )
+        metadata = deployment.get("metadata") or {}
+        where = f"{metadata.get('namespace')}/{metadata.get('name')}"
+        try:
+            answer = await self._probe_stop_signal(deployment)
+        except (ApiError, aiohttp.ClientError, TimeoutError, KeyError, IndexError, TypeError) as error:
+            delay = self._retry_delays[min(self._failures, len(self._retry_delays) - 1)]
+            self._failures += 1
+            self._next_probe = now + delay
+            cause = _describe(error)
+            self._last_failure = f"the dry-run probe on Deployment {where} failed ({cause})"
+            log.warning(
+                "lifecycle.stopSignal probe on Deployment %s failed (%s): not cached, probing again on a "
+                "reconcile after %.0f s",
+                where,
+                cause,
+                delay,
+            )
+            raise ProbeFailed(f"lifecycle.stopSignal support not known yet: {self._last_failure}") from error
+        self._failures = 0
+        return answer
 
     async def _probe_stop_signal(self, deployment: Mapping[str, Any]) -> bool:
         metadata = deployment["metadata"]
@@ -66,17 +119,21 @@ class CapabilityCache:
                 }
             },
         }
-        try:
-            result = await self._api.apply_deployment(
-                metadata["namespace"], metadata["name"], probe, force=True, dry_run=True
-            )
-        except ApiError as error:
-            if error.status >= 500 or error.status == 429:
-                raise  # transient: decide on a later reconcile, do not cache a guess
-            # Rejected (e.g. a Windows pod): the safe answer is the fallback hook.
-            log.warning("stopSignal probe on %s/%s failed, using the preStop fallback: %s",
-                        metadata["namespace"], metadata["name"], error)  # fmt: skip
-            return False
+        result = await self._api.apply_deployment(
+            metadata["namespace"], metadata["name"], probe, force=True, dry_run=True
+        )
         containers = result.get("spec", {}).get("template", {}).get("spec", {}).get("containers", [])
         kept = any((c.get("lifecycle") or {}).get("stopSignal") == "SIGTERM" for c in containers)
         return kept
+
+
+def _describe(error: BaseException) -> str:
+    if isinstance(error, ApiError):
+        text = str(error)
+    elif isinstance(error, TimeoutError):
+        text = "timed out"
+    elif isinstance(error, aiohttp.ClientError):
+        text = f"{type(error).__name__}: {error}"
+    else:
+        text = f"the Deployment has no container to probe with ({type(error).__name__}: {error})"
+    return text if len(text) <= 500 else text[:500] + "..."

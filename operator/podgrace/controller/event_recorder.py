@@ -1,8 +1,14 @@
 """Kubernetes Events on Deployments, posted once per distinct message.
 
 A resync or an operator restart must not repeat Warnings that are already there, so a Warning is
-posted only when neither this process nor the API server (an Event with the same object, reason and
-message) has it yet.
+posted only when neither this process nor the API server has it yet. The Warning's name says which it is:
+the Deployment's name and a 16-byte digest of (object uid, type, reason, message as stored: cut to
+MAX_MESSAGE characters). Posting it again is a 409 AlreadyExists from the API server, found in one request
+whatever the number of Events (a list of the object's Warnings to compare messages grew with every
+distinct message a user caused: O(n^2) over many edits).
+
+Memory is bounded whatever users write: the process remembers those digests, at most SEEN_LIMIT of them,
+never the message itself.
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import hashlib
 import logging
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
@@ -23,11 +30,13 @@ from podgrace.core.constants import FIELD_MANAGER
 log = logging.getLogger(__name__)
 NORMAL = "Normal"
 WARNING = "Warning"
-_SEEN_LIMIT = 50_000
+SEEN_LIMIT = 50_000  # digests remembered (~100 bytes each with the dict's entry: ~5 MB at most)
+MAX_MESSAGE = 1024  # characters of a message posted (the rest is cut)
+Key = bytes
 # The longest a background Normal Event waits for the reconcilers to be idle before it is posted anyway.
 IDLE_WAIT_LIMIT = 10.0
 # Normal Events waiting for a background poster: (namespace, Event, the key it is remembered under).
-PendingEvents = asyncio.Queue[tuple[str, dict[str, Any], tuple[str, str, str, str]]]
+PendingEvents = asyncio.Queue[tuple[str, dict[str, Any], Key]]
 
 
 class EventRecorder:
@@ -43,7 +52,7 @@ class EventRecorder:
         self._api = api
         self._metrics = metrics
         self._instance = instance
-        self._seen: OrderedDict[tuple[str, str, str, str], None] = OrderedDict()
+        self._seen: OrderedDict[Key, None] = OrderedDict()
         # Normal Events (Applied, Reverted) can go out after the reconcile, from `background` tasks: a
         # Deployment's settings are written first, the informational Event follows (its timestamp is the
         # reconcile's). 0: every Event is posted before post() returns. `idle` (the work queue's) holds
@@ -58,7 +67,8 @@ class EventRecorder:
         metadata = obj.get("metadata") or {}
         uid = str(metadata.get("uid") or "")
         namespace = str(metadata.get("namespace") or "default")
-        key = (uid, type_, reason, message)
+        message = cut(message)
+        key = digest(uid, type_, reason, message)
         if key in self._seen:
             self._seen.move_to_end(key)
             return
@@ -67,11 +77,11 @@ class EventRecorder:
             self._lane().put_nowait((namespace, self._event(obj, type_, reason, message), key))
             return
         try:
-            if type_ == WARNING and await self._exists(namespace, uid, reason, message):
-                self._remember(key)
-                return
-            await self._api.create_event(namespace, self._event(obj, type_, reason, message))
+            await self._api.create_event(namespace, self._event(obj, type_, reason, message, key))
         except ApiError as error:
+            if error.status == 409 and type_ == WARNING:
+                self._remember(key)  # posted before (by an earlier process): nothing new to say
+                return
             # Events are best effort: failing to post one must not fail the reconcile.
             log.warning(
                 "could not post %s event %s on %s/%s: %s",
@@ -86,6 +96,9 @@ class EventRecorder:
         self._metrics.writes.labels("event").inc()
         if type_ == WARNING:
             self._metrics.warnings.labels(reason).inc()
+            # Once per distinct Warning, as the Event: what users caused (bad input) shows in the log too.
+            log.info("Warning %s on %s %s/%s: %s", reason, obj.get("kind"), namespace, metadata.get("name"),
+                     message)  # fmt: skip
 
     def _lane(self) -> PendingEvents:
         if self._pending is None:
@@ -126,27 +139,25 @@ class EventRecorder:
         await cancel_and_wait(self._posters)
         self._posters = []
 
-    def _remember(self, key: tuple[str, str, str, str]) -> None:
+    def _remember(self, key: Key) -> None:
         self._seen[key] = None
-        while len(self._seen) > _SEEN_LIMIT:
+        while len(self._seen) > SEEN_LIMIT:
             self._seen.popitem(last=False)
 
-    async def _exists(self, namespace: str, uid: str, reason: str, message: str) -> bool:
-        if not uid:
-            return False
-        events = await self._api.list_events(namespace, f"involvedObject.uid={uid},reason={reason}")
-        return any(e.get("message") == message for e in events)
-
-    def _event(self, obj: Mapping[str, Any], type_: str, reason: str, message: str) -> dict[str, Any]:
+    def _event(
+        self, obj: Mapping[str, Any], type_: str, reason: str, message: str, key: Key | None = None
+    ) -> dict[str, Any]:
         metadata = obj.get("metadata") or {}
         now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        prefix = str(metadata.get("name", "podgrace"))[:200]
+        # A Warning is named by what it says (see the module's docstring); a Normal Event is named afresh.
+        name = (
+            {"name": f"{prefix}.{key.hex()}"} if type_ == WARNING and key else {"generateName": f"{prefix}."}
+        )
         return {
             "apiVersion": "v1",
             "kind": "Event",
-            "metadata": {
-                "generateName": f"{metadata.get('name', 'podgrace')}.",
-                "namespace": metadata.get("namespace"),
-            },
+            "metadata": {**name, "namespace": metadata.get("namespace")},
             "involvedObject": {
                 "apiVersion": obj.get("apiVersion"),
                 "kind": obj.get("kind"),
@@ -157,7 +168,7 @@ class EventRecorder:
             },
             "type": type_,
             "reason": reason,
-            "message": message[:1024],
+            "message": cut(message),
             "source": {"component": FIELD_MANAGER},
             "reportingComponent": FIELD_MANAGER,
             "reportingInstance": self._instance,
@@ -165,3 +176,13 @@ class EventRecorder:
             "lastTimestamp": now,
             "count": 1,
         }
+
+
+def cut(message: str) -> str:
+    """The message as it is posted and stored: at most MAX_MESSAGE characters."""
+    return message if len(message) <= MAX_MESSAGE else message[: MAX_MESSAGE - 3] + "..."
+
+
+def digest(uid: str, type_: str, reason: str, message: str) -> Key:
+    text = "\0".join((uid, type_, reason, message)).encode(errors="replace")
+    return hashlib.blake2b(text, digest_size=16).digest()

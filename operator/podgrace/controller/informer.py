@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol
 
@@ -28,6 +29,7 @@ log = logging.getLogger(__name__)
 OnEvent = Callable[[str, Mapping[str, Any]], Awaitable[None]]
 
 LISTED = "ADDED"  # the event type a listed Deployment is delivered with
+RESYNC = "RESYNC"  # ... and with, when the list is a periodic resync (reconciled even if nothing changed)
 RETRY_DELAYS = (1.0, 2.0, 5.0, 10.0, 30.0)  # seconds before the n-th consecutive retry (then the last)
 
 
@@ -59,6 +61,7 @@ class DeploymentInformer:
         page: int = 500,
         watch_seconds: int = 600,
         retry_delays: Sequence[float] = RETRY_DELAYS,
+        resync_seconds: float = 0.0,
     ) -> None:
         self._source = source
         self._paths = scope_paths(namespaces)
@@ -66,6 +69,10 @@ class DeploymentInformer:
         self._page = page
         self._watch_seconds = watch_seconds
         self._retry_delays = retry_delays
+        # Every resync_seconds (0: never) the watch is ended and every Deployment listed again and
+        # delivered as RESYNC: reconciled whatever podgrace thinks it settled on (no write if nothing
+        # changed), so that nothing stays wrong because an event was missed or a failure was given up on.
+        self._resync_seconds = resync_seconds
         self._unlisted = set(self._paths)
         # Set once every scope's first list has been delivered: from then on podgrace knows every
         # Deployment, so a profile's user count and fan-out are complete.
@@ -96,14 +103,26 @@ class DeploymentInformer:
         known: dict[Key, str] = {}  # every Deployment in scope -> its uid
         version: str | None = None
         failures = 0
+        loop = asyncio.get_running_loop()
+        next_resync: float | None = None  # loop time of the next resync (None: none planned)
         while True:
             try:
                 if version is None:
-                    version = await self._list(path, known)
+                    resync = next_resync is not None and loop.time() >= next_resync
+                    if resync:
+                        log.info("resync: listing every Deployment of %s again", path)
+                    version = await self._list(path, known, RESYNC if resync else LISTED)
                     self._mark_listed(path)
+                    if self._resync_seconds > 0 and (resync or next_resync is None):
+                        next_resync = loop.time() + self._resync_seconds
                 self.failing.discard(path)
-                version = await self._watch(path, version, known)
+                seconds = self._watch_seconds
+                if next_resync is not None:
+                    seconds = max(1, min(seconds, math.ceil(next_resync - loop.time())))
+                version = await self._watch(path, version, known, seconds)
                 failures = 0
+                if next_resync is not None and loop.time() >= next_resync:
+                    version = None  # the resync's list
             except asyncio.CancelledError:
                 raise
             except Gone:
@@ -125,7 +144,7 @@ class DeploymentInformer:
         if not self._unlisted:
             self.listed.set()
 
-    async def _list(self, path: str, known: dict[Key, str]) -> str:
+    async def _list(self, path: str, known: dict[Key, str], event_type: str = LISTED) -> str:
         params = {"limit": str(self._page)}
         seen: set[Key] = set()
         while True:
@@ -137,7 +156,7 @@ class DeploymentInformer:
                 key = self._remember(item, known)
                 if key is not None:
                     seen.add(key)
-                    await self._deliver(LISTED, item)
+                    await self._deliver(event_type, item)
             metadata = result.get("metadata") or {}
             token = metadata.get("continue")
             if not token:
@@ -147,12 +166,12 @@ class DeploymentInformer:
             await self._deliver("DELETED", _stub(key, known.pop(key)))
         return str(metadata.get("resourceVersion") or "")
 
-    async def _watch(self, path: str, version: str, known: dict[Key, str]) -> str:
+    async def _watch(self, path: str, version: str, known: dict[Key, str], seconds: int | None = None) -> str:
         params = {
             "watch": "true",
             "resourceVersion": version,
             "allowWatchBookmarks": "true",
-            "timeoutSeconds": str(self._watch_seconds),
+            "timeoutSeconds": str(seconds or self._watch_seconds),
         }
         async for event in self._source.watch(path, params):
             kind, obj = event.get("type"), event.get("object") or {}

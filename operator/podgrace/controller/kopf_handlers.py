@@ -51,14 +51,20 @@ async def cleanup(memo: Operator, **_: Any) -> None:
     await memo.stop()
 
 
-@kopf.on.probe(id="deployments")
-def deployments_probe(memo: Operator, **_: Any) -> dict[str, Any]:
+# PERMANENT: a failed probe fails /healthz at once (Kopf's default retries the handler after 60 s, and the
+# endpoint hangs meanwhile).
+@kopf.on.probe(id="deployments", errors=kopf.ErrorsMode.PERMANENT)
+async def deployments_probe(memo: Operator, **_: Any) -> dict[str, Any]:
+    # A podgrace with nothing to do sends no request for long: ask once, so that revoked credentials are
+    # noticed (and fail the probe) also while idle.
+    await memo.client.check_credentials()
     return memo.health()
 
 
 @kopf.on.login()
 def login(memo: Operator, **_: Any) -> kopf.ConnectionInfo:
-    return memo.connection
+    # Kopf calls it at start and again after a 401 on its own requests: read the token file again.
+    return memo.connection()
 
 
 @kopf.on.event(GROUP, VERSION, PROFILE_PLURAL)

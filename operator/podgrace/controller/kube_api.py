@@ -6,15 +6,20 @@ so podgrace has one way to authenticate and no second Kubernetes client library.
 
 from __future__ import annotations
 
+import logging
+import time
 import urllib.parse
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, Protocol
 
 import aiohttp
 import kopf
 import orjson
 
+from podgrace.controller.credentials import Credentials
 from podgrace.core.constants import FIELD_MANAGER, GROUP, PROFILE_PLURAL, VERSION
+
+log = logging.getLogger(__name__)
 
 APPLY = "application/apply-patch+yaml"
 MERGE = "application/merge-patch+json"
@@ -53,10 +58,25 @@ class Api(Protocol):
 
 
 class KubeClient:
-    def __init__(self, info: kopf.ConnectionInfo, *, connection_limit: int = 50) -> None:
+    def __init__(
+        self,
+        info: kopf.ConnectionInfo | Credentials,
+        *,
+        connection_limit: int = 50,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        # The bearer token is sent per request, from the credentials: a rotated token file is picked up.
+        self.credentials = info if isinstance(info, Credentials) else Credentials(info)
+        info = self.credentials.info
         self._server = info.server.rstrip("/")
-        self._headers = {"Accept": "application/json", **info.as_http_headers()}
+        self._headers = {"Accept": "application/json"}
         self._ssl = info.as_ssl_context() if self._server.startswith("https") else False
+        self._clock = clock
+        # Since when every response has been a 401 (even after reading the token again); None: the last
+        # response was not a 401. The liveness probe fails when this lasts (credentials that no longer
+        # work do not come back by themselves; a restart reads them afresh).
+        self.unauthorized_since: float | None = None
+        self.last_response_at: float | None = None
         self._limit = connection_limit
         self._session: aiohttp.ClientSession | None = None
         # Watches hold their connection for minutes, one per watched namespace: they get their own pool,
@@ -103,8 +123,12 @@ class KubeClient:
         # orjson: every apply sends and receives a Deployment, and the standard library's codec was a
         # tenth of the operator's CPU in a cold start over 5,000 of them.
         data = orjson.dumps(body) if body is not None else None
-        async with self._client().request(method, url, data=data, headers=headers) as response:
-            raw = await response.read()
+        for attempt in (1, 2):
+            headers.update(self.credentials.headers())
+            async with self._client().request(method, url, data=data, headers=headers) as response:
+                raw = await response.read()
+            if self._authenticated(response.status, method, path, retry=attempt == 1):
+                break
         try:
             payload = orjson.loads(raw) if raw else {}
         except orjson.JSONDecodeError:
@@ -114,6 +138,47 @@ class KubeClient:
         if not isinstance(payload, dict):
             raise ApiError(response.status, "BadResponse", f"not a JSON object: {raw[:200]!r}")
         return payload
+
+    def _authenticated(self, status: int, method: str, path: str, *, retry: bool) -> bool:
+        """Track 401s. False: a 401 after which the token file had a new token, so try again with it."""
+        self.last_response_at = self._clock()
+        if status != 401:
+            if self.unauthorized_since is not None:
+                log.info("the API server accepts podgrace's credentials again")
+            self.unauthorized_since = None
+            return True
+        if retry and self.credentials.reread():
+            return False
+        if self.unauthorized_since is None:
+            self.unauthorized_since = self._clock()
+            source = self.credentials.token_file or "the kubeconfig"
+            log.error(
+                "the API server rejected podgrace's credentials (401 Unauthorized) for %s %s; the token "
+                "from %s did not change when read again",
+                method,
+                path,
+                source,
+            )
+        return True
+
+    def unauthorized_for(self) -> float:
+        """Seconds every response has been a 401 (0: the last one was not)."""
+        since = self.unauthorized_since
+        return 0.0 if since is None else self._clock() - since
+
+    async def check_credentials(self, idle_seconds: float = 30.0) -> None:
+        """When no response came for `idle_seconds`: one cheap authenticated request (GET /version), so
+        that credentials revoked while podgrace was idle are noticed. Only its 401 counts."""
+        last = self.last_response_at
+        if last is not None and self._clock() - last < idle_seconds:
+            return
+        try:
+            await self._request("GET", "/version")
+        except ApiError as error:
+            if error.status != 401:
+                log.debug("credentials check: %s", error)
+        except (aiohttp.ClientError, TimeoutError) as error:
+            log.debug("credentials check: no answer: %s", error)
 
     async def get_deployment(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
@@ -196,7 +261,13 @@ class KubeClient:
         # No total timeout: a watch lasts as long as the server keeps it (timeoutSeconds); a stream silent
         # for longer than that plus a margin is dead.
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=seconds + 60)
-        async with self._watch_client().get(url, timeout=timeout) as response:
+        session = self._watch_client()
+        response = await session.get(url, timeout=timeout, headers=self.credentials.headers())
+        if not self._authenticated(response.status, "WATCH", path, retry=True):
+            response.release()
+            response = await session.get(url, timeout=timeout, headers=self.credentials.headers())
+            self._authenticated(response.status, "WATCH", path, retry=False)
+        async with response:
             if response.status >= 400:
                 raise _error(response.status, await response.read())
             pending = bytearray()

@@ -78,6 +78,13 @@ class Metrics:
         self.warnings = PromCounter(
             "podgrace_warnings_total", "Warning Events posted, by reason.", ["reason"], registry=r
         )
+        self.retries = PromCounter(
+            "podgrace_workqueue_retries_total",
+            "Reconciles tried again after a failure, with backoff.",
+            ["name"],
+            registry=r,
+        )
+        self.retries.labels(DEPLOYMENT)
         self.build_info = Gauge(
             "podgrace_build_info", "podgrace's version.", ["version", "python_version"], registry=r
         )

@@ -38,7 +38,9 @@ class ProfileEvents:
             self._record.profiles_changed()
         if event_type == "DELETED":
             self._flusher.forget(name)
-            self._reconciler.forget_profile(name)
+            await self._listed()
+            # Its Deployments are told (UnknownProfile), keep what they have, and stop counting as managed.
+            await self._reconciler.profile_deleted(name, self._index.users_of(name))
             return
         self._flusher.track(body)
         await self._listed()  # its status counts, and its fan-out reaches, every Deployment naming it

@@ -14,10 +14,15 @@ from typing import Any
 from podgrace.controller.deployment_key import Key
 from podgrace.core import overrides
 
+# A ShutdownProfile's name is at most 253 characters (a DNS subdomain): a longer value names none, and is
+# not kept (the index holds one value per Deployment, whatever size users write; the reconcile reports it).
+MAX_PROFILE_NAME = 253
+
 
 def profile_annotation(annotations: Mapping[str, Any] | None) -> str | None:
-    """The profile a Deployment names (stripped; empty is none)."""
-    return overrides.profile_name(annotations or {}) or None
+    """The profile a Deployment names (stripped; empty, or too long to be a name, is none)."""
+    name = overrides.profile_name(annotations or {})
+    return name if name and len(name) <= MAX_PROFILE_NAME else None
 
 
 class ProfileIndex:

@@ -9,14 +9,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
 import aiohttp
 
-from podgrace.controller.capability_probe import CapabilityCache
+from podgrace.controller.capability_probe import CapabilityCache, ProbeFailed
 from podgrace.controller.deployment_key import Key
 from podgrace.controller.event_recorder import NORMAL, WARNING, EventRecorder
 from podgrace.controller.field_memory import FieldMemory
@@ -39,7 +39,6 @@ from podgrace.core.workload_parser import ManifestError, from_object
 log = logging.getLogger(__name__)
 
 TRANSIENT_RETRIES = 3
-REQUEUE_DELAY = 5.0  # seconds before a conflicted apply is planned again on a fresh read
 
 
 class Result(StrEnum):
@@ -56,6 +55,11 @@ class ReconcileOutcome:
     result: Result
     plan: Plan | None = None
     written: Mapping[str, Any] | None = None  # what podgrace's apply returned (APPLIED, REVERTED)
+    cause: str | None = None  # why it FAILED or is to be retried (REQUEUE)
+    body: Mapping[str, Any] | None = None  # the Deployment reconciled (for an Event about it)
+
+
+RETRY_RESULTS = frozenset({Result.FAILED, Result.REQUEUE})  # the work queue retries these with backoff
 
 
 class Reconciler:
@@ -82,10 +86,10 @@ class Reconciler:
         self._fanout = asyncio.Semaphore(fanout_concurrency)
         # At most this many Deployment reconciles at once (None: no limit); Kopf's workers are unlimited.
         self._slots = asyncio.Semaphore(concurrency) if concurrency else None
-        self._requeued: set[Key] = set()
         self.memory = FieldMemory()  # take once, never fight
-        self._background: set[asyncio.Task[None]] = set()
-        self.requeue_delay = REQUEUE_DELAY
+        # Where a Deployment whose reconcile failed outside the work queue (a profile's fan-out) goes to be
+        # retried with backoff: the work queue's `retry`, set by the wiring.
+        self.retry: Callable[[Key], None] | None = None
 
     # --- Deployments -------------------------------------------------------------------------------
 
@@ -103,11 +107,29 @@ class Reconciler:
             result = outcome.result
             return outcome
         finally:
-            self.metrics.reconcile_time.labels(DEPLOYMENT).observe(time.monotonic() - started)
-            label = {Result.FAILED: "error", Result.REQUEUE: "requeue"}.get(result, "success")
-            self.metrics.reconcile_total.labels(DEPLOYMENT, label).inc()
-            if result is Result.FAILED:
-                self.metrics.reconcile_errors.labels(DEPLOYMENT).inc()
+            self._count(result, time.monotonic() - started)
+
+    def _count(self, result: Result, seconds: float) -> None:
+        self.metrics.reconcile_time.labels(DEPLOYMENT).observe(seconds)
+        label = {Result.FAILED: "error", Result.REQUEUE: "requeue"}.get(result, "success")
+        self.metrics.reconcile_total.labels(DEPLOYMENT, label).inc()
+        if result is Result.FAILED:
+            self.metrics.reconcile_errors.labels(DEPLOYMENT).inc()
+
+    async def reconcile_fresh(self, key: Key) -> ReconcileOutcome | None:
+        """Read the Deployment afresh and reconcile it (None: it is gone). A failed read is a failed
+        reconcile (counted, logged, with its cause)."""
+        started = time.monotonic()
+        try:
+            body = await self.api.get_deployment(*key)
+        except (ApiError, aiohttp.ClientError, TimeoutError) as error:
+            cause = describe(error)
+            log.warning("reading Deployment %s/%s failed: %s", *key, cause)
+            self._count(Result.FAILED, time.monotonic() - started)
+            return ReconcileOutcome(Result.FAILED, cause=cause)
+        if body is None:
+            return None
+        return await self.reconcile_deployment(body)
 
     async def _reconcile_deployment(self, body: Mapping[str, Any]) -> ReconcileOutcome:
         metadata = body.get("metadata") or {}
@@ -118,7 +140,7 @@ class Reconciler:
             workload = from_object(body, with_ownership=True)
         except ManifestError as error:
             log.error("cannot read Deployment %s/%s: %s", namespace, name, error)
-            return ReconcileOutcome(Result.FAILED)
+            return ReconcileOutcome(Result.FAILED, cause=str(error), body=body)
         profile_name = workload.overrides.profile
         invalid_profile = self.store.error(profile_name) if profile_name else None
         if invalid_profile is not None:
@@ -126,7 +148,11 @@ class Reconciler:
             await self.events.post(body, WARNING, Code.INVALID_PROFILE.value, message)
             self.gauges.observe(key, None, ())
             return ReconcileOutcome(Result.INVALID)
-        capabilities = await self._with_retries(lambda: self.capabilities.get(body))
+        try:
+            capabilities = await self.capabilities.get(body)
+        except ProbeFailed as error:
+            log.warning("Deployment %s/%s not reconciled: %s", namespace, name, error)
+            return ReconcileOutcome(Result.FAILED, cause=str(error), body=body)
         profiles = self.store.valid()
         uid = str(metadata.get("uid") or "")
         inputs = _inputs(metadata, profiles, profile_name)
@@ -155,29 +181,33 @@ class Reconciler:
             # of theirs): an Update under the manager's name, which takes the field back without conflict
             for manager, patch in replaced_hooks.restore_patches(body):
                 try:
-                    await self._with_retries(
-                        lambda: self.api.patch_deployment_as(namespace, name, patch, manager)  # noqa: B023
-                    )
+                    await self.api.patch_deployment_as(namespace, name, patch, manager)
                     self.metrics.writes.labels("revert").inc()
                 except ApiError as error:
                     log.warning("cannot restore a replaced hook of %s/%s: %s", namespace, name, error)
+        # No retries in place: a failed apply fails this reconcile (counted, logged with its cause), and
+        # the work queue tries again with backoff, on a fresh read.
         try:
-            written = await self._with_retries(
-                lambda: self.api.apply_deployment(namespace, name, desired, force=result.force)
-            )
+            written = await self.api.apply_deployment(namespace, name, desired, force=result.force)
+        except (aiohttp.ClientError, TimeoutError) as error:
+            cause = describe(error)
+            log.warning("apply to Deployment %s/%s failed, will retry: %s", namespace, name, cause)
+            return ReconcileOutcome(Result.FAILED, result, cause=cause, body=body)
         except ApiError as apply_error:
+            cause = describe(apply_error)
             if apply_error.status == 404:
                 return ReconcileOutcome(Result.UNCHANGED, result)  # deleted meanwhile
             if apply_error.status == 409:
                 # A field podgrace wants changed owner after this event was sent: plan again on a fresh
-                # read a little later (never force a field another manager holds).
-                log.info("apply to %s/%s conflicted, requeued: %s", namespace, name, apply_error)
-                self._requeue(namespace, name)
-                return ReconcileOutcome(Result.REQUEUE, result)
-            await self.events.post(
-                body, WARNING, Code.APPLY_FAILED.value, f"podgrace's apply was rejected: {apply_error}"
-            )
-            return ReconcileOutcome(Result.FAILED, result)
+                # read, after a backoff (never force a field another manager holds).
+                log.warning("apply to Deployment %s/%s conflicted, will retry: %s", namespace, name, cause)
+                return ReconcileOutcome(Result.REQUEUE, result, cause=cause, body=body)
+            log.warning("apply to Deployment %s/%s failed, will retry: %s", namespace, name, cause)
+            if not is_transient(apply_error):
+                # Rejected (invalid, denied by admission): the user can act on it, so say it at once.
+                message = f"podgrace's apply was rejected: {cause}"
+                await self.events.post(body, WARNING, Code.APPLY_FAILED.value, message)
+            return ReconcileOutcome(Result.FAILED, result, cause=cause, body=body)
         self.metrics.writes.labels("revert" if reverting else "apply").inc()
         if result.outcome is not Outcome.MANAGED:
             self.memory.forget(key)  # opted out: a new opt-in starts afresh
@@ -264,25 +294,19 @@ class Reconciler:
             await self._with_retries(lambda: self.api.patch_profile_status(name, status))
             self.metrics.writes.labels("status").inc()
 
-    def _requeue(self, namespace: str, name: str) -> None:
-        if (namespace, name) in self._requeued:
-            return
-        self._requeued.add((namespace, name))
-
-        async def later() -> None:
-            await asyncio.sleep(self.requeue_delay)
-            self._requeued.discard((namespace, name))
-            await self._refresh(namespace, name)
-
-        task = asyncio.create_task(later())
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
     async def _refresh(self, namespace: str, name: str) -> None:
+        """A profile's fan-out to one of its Deployments; a failure goes to the work queue's retries."""
         async with self._fanout:
-            body = await self._with_retries(lambda: self.api.get_deployment(namespace, name))
-            if body is not None:
-                await self.reconcile_deployment(body)
+            outcome = await self.reconcile_fresh((namespace, name))
+        if outcome is not None and outcome.result in RETRY_RESULTS and self.retry is not None:
+            self.retry((namespace, name))
+
+    async def profile_deleted(self, name: str, users: Iterable[Key]) -> None:
+        """A deleted ShutdownProfile: its Deployments are reconciled again (each gets an UnknownProfile
+        Warning, keeps the settings it has, and is no longer counted as managed), then its series go."""
+        self.store.remove(name)
+        await asyncio.gather(*(self._refresh(namespace, dep) for namespace, dep in sorted(set(users))))
+        self.metrics.forget_profile(name)
 
     def forget_profile(self, name: str) -> None:
         self.store.remove(name)
@@ -299,6 +323,19 @@ def _written_fields(desired: Mapping[str, Any]) -> dict[str, Any]:
     """The contested fields a podgrace apply body sets (absent ones are not podgrace's)."""
     values = contested_values(desired)
     return {k: v for k, v in values.items() if v is not None}
+
+
+def is_transient(error: ApiError) -> bool:
+    """5xx and 429: the API server's own trouble, which passes (retried quietly until it persists)."""
+    return error.status >= 500 or error.status == 429
+
+
+def describe(error: BaseException) -> str:
+    """An error as a log line or message: its text (API errors: status, reason, message), bounded."""
+    text = str(error) if isinstance(error, ApiError) else f"{type(error).__name__}: {error}".rstrip(": ")
+    if isinstance(error, TimeoutError) and not str(error):
+        text = "timed out"
+    return text if len(text) <= 500 else text[:500] + "..."
 
 
 def summary(result: Plan) -> str:

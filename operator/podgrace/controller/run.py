@@ -10,22 +10,19 @@ import kopf
 from prometheus_client import start_http_server
 
 from podgrace.controller import gctune
+from podgrace.controller.credentials import Credentials
+from podgrace.controller.credentials import login as read_credentials
 from podgrace.controller.metrics import Metrics
 from podgrace.controller.wiring import Options, build
 
 log = logging.getLogger(__name__)
 
 
-def login() -> kopf.ConnectionInfo:
-    """In a pod, the ServiceAccount's token; outside, the kubeconfig through the official `kubernetes`
-    client (KUBECONFIG, the current context, exec credential plugins such as EKS's, GKE's and AKS's), whose
-    resulting server, CA, token or client certificate Kopf and podgrace's own client then use."""
-    settings = kopf.OperatorSettings()
-    info = kopf.login_with_service_account(settings=settings)
-    if info is not None:
-        return info
+def login() -> Credentials:
+    """The ServiceAccount's token in a pod, else the kubeconfig (controller/credentials.py); a failure is
+    one line, not a traceback."""
     try:
-        info = kopf.login_via_client(logger=log, settings=settings)
+        credentials = read_credentials()
     except kopf.LoginError as error:
         raise SystemExit(f"podgrace run: no credentials: {error}") from None
     except Exception as error:  # an exec plugin that fails, a malformed kubeconfig
@@ -33,9 +30,9 @@ def login() -> kopf.ConnectionInfo:
             f"podgrace run: cannot log in through the kubeconfig: {type(error).__name__}: "
             f"{' '.join(str(error).split())}"
         ) from None
-    if info is None:
+    if credentials is None:
         raise SystemExit("podgrace run: no credentials: neither a service account nor a kubeconfig was found")
-    return info
+    return credentials
 
 
 def run(args: argparse.Namespace) -> int:
@@ -50,7 +47,12 @@ def run(args: argparse.Namespace) -> int:
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     stop_signals = {"auto": None, "true": True, "false": False}[args.stop_signals]
     operator = build(
-        Options(namespaces=args.namespace, workers=args.workers, stop_signals=stop_signals),
+        Options(
+            namespaces=args.namespace,
+            workers=args.workers,
+            stop_signals=stop_signals,
+            resync_seconds=args.resync_seconds,
+        ),
         connection=login(),
         metrics=Metrics(),
     )

@@ -10,11 +10,12 @@ from typing import Any
 import kopf
 
 from podgrace.controller.capability_probe import CapabilityCache
+from podgrace.controller.credentials import Credentials
 from podgrace.controller.deployment_events import DeploymentEvents
 from podgrace.controller.event_recorder import EventRecorder
 from podgrace.controller.informer import DeploymentInformer
 from podgrace.controller.kube_api import KubeClient
-from podgrace.controller.metrics import Metrics
+from podgrace.controller.metrics import DEPLOYMENT, Metrics
 from podgrace.controller.profile_events import ProfileEvents
 from podgrace.controller.profile_index import ProfileIndex
 from podgrace.controller.reconciler import Reconciler
@@ -29,6 +30,9 @@ log = logging.getLogger(__name__)
 # Tasks posting the Normal Events (Applied, Reverted) after the writes: few, so that during a sync over
 # thousands of Deployments the API server spends itself on the settings first.
 EVENT_POSTERS = 2
+# The liveness probe fails once every API response has been a 401 for this long (the token read again in
+# between): credentials that stopped working do not come back by themselves, a restart reads them afresh.
+UNAUTHORIZED_LIMIT = 30.0
 
 
 @dataclass(frozen=True)
@@ -36,13 +40,14 @@ class Options:
     namespaces: list[str]
     workers: int
     stop_signals: bool | None  # None: detect
+    resync_seconds: float = 600.0  # 0: no periodic resync
 
 
 # Frozen, and holding no state of its own: Kopf hands each ShutdownProfile's handlers a shallow copy of
 # the memo, which then refers to the same objects.
 @dataclass(frozen=True)
 class Operator:
-    connection: kopf.ConnectionInfo
+    credentials: Credentials
     client: KubeClient
     store: ProfileStore
     capabilities: CapabilityCache
@@ -71,11 +76,23 @@ class Operator:
         await self.client.close()
 
     def health(self) -> dict[str, Any]:
+        """For the liveness probe: raises (fails it) when the informer has stopped or the API server has
+        refused podgrace's credentials for UNAUTHORIZED_LIMIT seconds."""
+        unauthorized = self.client.unauthorized_for()
+        if unauthorized >= UNAUTHORIZED_LIMIT:
+            raise RuntimeError(
+                f"the API server has refused podgrace's credentials (401) for {unauthorized:.0f} s"
+            )
         return self.informer.health()
 
+    def connection(self) -> kopf.ConnectionInfo:
+        """For Kopf's login handler: the credentials as they are now (a rotated token read again)."""
+        return self.credentials.connection()
 
-def build(options: Options, connection: kopf.ConnectionInfo, metrics: Metrics) -> Operator:
-    client = KubeClient(connection, connection_limit=max(10, options.workers * 2))
+
+def build(options: Options, connection: kopf.ConnectionInfo | Credentials, metrics: Metrics) -> Operator:
+    credentials = connection if isinstance(connection, Credentials) else Credentials(connection)
+    client = KubeClient(credentials, connection_limit=max(10, options.workers * 2))
     store = ProfileStore()
     index = ProfileIndex()
     record = SkipRecord()
@@ -87,9 +104,13 @@ def build(options: Options, connection: kopf.ConnectionInfo, metrics: Metrics) -
         client, store, capabilities, events, metrics, gauges, record, concurrency=options.workers
     )
     deployments = DeploymentEvents(index, record, gauges, queue, reconciler)
-    informer = DeploymentInformer(client, options.namespaces, deployments.on_event)
+    reconciler.retry = queue.retry  # the fan-out's failures are retried by the queue, with its backoff
+    queue.on_retry = metrics.retries.labels(DEPLOYMENT).inc
+    informer = DeploymentInformer(
+        client, options.namespaces, deployments.on_event, resync_seconds=options.resync_seconds
+    )
     flusher = StatusFlusher(reconciler, index, informer.listed.wait)
     profiles = ProfileEvents(store, index, record, flusher, reconciler, informer.listed.wait)
     return Operator(
-        connection, client, store, capabilities, queue, events, deployments, informer, flusher, profiles
+        credentials, client, store, capabilities, queue, events, deployments, informer, flusher, profiles
     )

@@ -1,5 +1,6 @@
 """The Deployment work queue: the newest event of each Deployment, waiting for a reconcile slot, kept as
-a slim body with the signature of what a reconcile of it depends on."""
+a slim body with the signature of what a reconcile of it depends on; and the retries of failed
+reconciles, after client-go's rate limits (rate_limit.py)."""
 
 from __future__ import annotations
 
@@ -13,11 +14,14 @@ from typing import Any
 import orjson
 
 from podgrace.controller.deployment_key import Key
+from podgrace.controller.rate_limit import RateLimiter
 from podgrace.controller.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[[Key, "Item"], Awaitable[None]]
+# The handler's answer: False asks for a retry after the rate limiter's delay; True or None: done.
+Handler = Callable[[Key, "Item"], Awaitable[bool | None]]
+RETRY = "RETRY"  # the event type of a retry: the Deployment is read afresh
 
 
 @dataclass(frozen=True)
@@ -96,17 +100,26 @@ class DeploymentQueue:
     holds one slim body per Deployment waiting for a reconcile slot, not a whole object and a stack of
     frames. Events of a Deployment that arrive while it waits are coalesced: only the newest is reconciled.
     A Deployment is never handled by two tasks at once, so its events keep their order.
+
+    A reconcile that fails (the handler answers False, or raises) is tried again after the rate limiter's
+    delay (per Deployment: 5 ms doubling to 1000 s; overall: 10 per second, bursts of 100) as a RETRY item
+    (the handler reads the Deployment afresh), unless a newer event came first. A success resets the
+    Deployment's backoff. Retries waiting for their time do not count as work for `wait_idle`.
     """
 
-    def __init__(self, workers: int) -> None:
+    def __init__(self, workers: int, limiter: RateLimiter | None = None) -> None:
         self._workers = max(1, workers)
+        self._limiter = limiter or RateLimiter()
         self._latest: dict[Key, Item] = {}
         self._ready: asyncio.Queue[Key] = asyncio.Queue()
         self._queued: set[Key] = set()
         self._active: set[Key] = set()
+        self._waiting: dict[Key, asyncio.TimerHandle] = {}  # retries waiting for their time
         self._tasks: list[asyncio.Task[None]] = []
         self._idle = asyncio.Event()  # nothing queued, nothing being reconciled
         self._idle.set()
+        self.retries = 0  # retries scheduled, in total (for the metrics)
+        self.on_retry: Callable[[], None] | None = None
 
     async def wait_idle(self) -> None:
         await self._idle.wait()
@@ -118,11 +131,41 @@ class DeploymentQueue:
         ]
 
     async def stop(self) -> None:
+        for timer in self._waiting.values():
+            timer.cancel()
+        self._waiting.clear()
         await cancel_and_wait(self._tasks)
         self._tasks = []
 
     def put(self, key: Key, item: Item) -> None:
         self._latest[key] = item
+        self._enqueue(key)
+
+    def failures(self, key: Key) -> int:
+        """Consecutive failed reconciles of `key` (0 after a success)."""
+        return self._limiter.failures(key)
+
+    def forget(self, key: Key) -> None:
+        """`key` needs no retry any more (reconciled, or deleted): its backoff starts afresh."""
+        self._limiter.forget(key)
+        timer = self._waiting.pop(key, None)
+        if timer is not None:
+            timer.cancel()
+
+    def retry(self, key: Key) -> None:
+        """Reconcile `key` again after the rate limiter's delay (at most one retry waits per key)."""
+        if key in self._waiting:
+            return
+        delay = self._limiter.when(key)
+        self.retries += 1
+        if self.on_retry is not None:
+            self.on_retry()
+        self._waiting[key] = asyncio.get_running_loop().call_later(delay, self._retry_now, key)
+
+    def _retry_now(self, key: Key) -> None:
+        self._waiting.pop(key, None)
+        if key not in self._latest:  # a newer event is waiting already: it is reconciled instead
+            self._latest[key] = Item(RETRY, {})
         self._enqueue(key)
 
     def _enqueue(self, key: Key) -> None:
@@ -141,14 +184,25 @@ class DeploymentQueue:
                 continue
             self._active.add(key)
             try:
-                await handle(key, item)
-            except Exception:  # logged; the Deployment's next event retries
-                log.exception("reconciling Deployment %s/%s failed", *key)
+                done = await handle(key, item)
+            except Exception as error:  # logged with its cause; tried again after the backoff
+                log.warning(
+                    "reconciling Deployment %s/%s failed, retrying with backoff: %s: %s",
+                    *key,
+                    type(error).__name__,
+                    error,
+                    exc_info=log.isEnabledFor(logging.DEBUG),
+                )
+                done = False
             finally:
                 self._active.discard(key)
-                if key in self._latest:
-                    self._enqueue(key)
-                self._mark_idle()
+            if done is False:
+                self.retry(key)
+            else:
+                self.forget(key)
+            if key in self._latest:
+                self._enqueue(key)
+            self._mark_idle()
 
     def _mark_idle(self) -> None:
         if not self._queued and not self._active:

@@ -32,6 +32,14 @@ KNOWN_ANNOTATIONS = frozenset(
     }
 )
 
+# The longest podgrace annotation value podgrace reads (a longer one is an InvalidAnnotation error and is
+# not parsed), and the most of a value an error message quotes: what a user writes into an annotation
+# never ends up, whole, in podgrace's memory or its Events.
+MAX_ANNOTATION_VALUE = 1024
+MAX_QUOTED_VALUE = 64
+# The most unknown `podgrace.dev/...` annotations one error names (the rest are counted).
+MAX_NAMED_UNKNOWN = 5
+
 # Bounds shared with the CRD schema (crds/) so annotations and profiles agree.
 MAX_SLEEP_SECONDS = 3600
 MAX_DRAIN_SECONDS = 3600

@@ -17,8 +17,11 @@ from podgrace.core.constants import (
     ANN_PROFILE,
     ANNOTATION_PREFIX,
     KNOWN_ANNOTATIONS,
+    MAX_ANNOTATION_VALUE,
     MAX_DRAIN_SECONDS,
     MAX_GRACE_SECONDS,
+    MAX_NAMED_UNKNOWN,
+    MAX_QUOTED_VALUE,
     MAX_SLEEP_SECONDS,
 )
 from podgrace.core.models import ExistingPreStop, Mode, Overrides
@@ -34,11 +37,28 @@ def profile_name(annotations: Mapping[str, object]) -> str | None:
 
 
 def parse(annotations: Mapping[str, str]) -> Overrides:
-    """Parse podgrace's annotations. Errors are collected, not raised: the caller reports them all."""
+    """Parse podgrace's annotations. Errors are collected, not raised: the caller reports them all.
+
+    A value longer than MAX_ANNOTATION_VALUE is an error and is not read further; errors quote at most
+    MAX_QUOTED_VALUE characters of a value."""
     errors: list[str] = []
+    too_long = sorted(
+        k
+        for k, v in annotations.items()
+        if k in KNOWN_ANNOTATIONS and isinstance(v, str) and len(v) > MAX_ANNOTATION_VALUE
+    )
     profile = profile_name(annotations)
-    if profile is not None and not _DNS_SUBDOMAIN.match(profile):
-        errors.append(f"{ANN_PROFILE}: {profile!r} is not a valid ShutdownProfile name")
+    if too_long:
+        errors.extend(
+            f"{k}: the value is {len(annotations[k])} characters long, more than {MAX_ANNOTATION_VALUE}"
+            for k in too_long
+        )
+        annotations = {k: v for k, v in annotations.items() if k not in too_long}
+    if profile is not None and ANN_PROFILE in too_long:
+        # Still opted in (an invalid opt-in leaves the Deployment as it is; it is not an opt-out).
+        profile = profile[:MAX_QUOTED_VALUE]
+    elif profile is not None and not _DNS_SUBDOMAIN.match(profile):
+        errors.append(f"{ANN_PROFILE}: {quote(profile)} is not a valid ShutdownProfile name")
     mode = _choice(annotations, ANN_MODE, Mode, errors) or Mode.ENFORCE
     existing = _choice(annotations, ANN_EXISTING_PRESTOP, ExistingPreStop, errors)
     containers = None
@@ -49,10 +69,14 @@ def parse(annotations: Mapping[str, str]) -> Overrides:
         if not names:
             errors.append(f"{ANN_CONTAINERS}: expected a comma-separated list of container names")
         elif bad:
-            errors.append(f"{ANN_CONTAINERS}: {', '.join(repr(b) for b in bad)} not valid container names")
+            named = ", ".join(quote(b) for b in bad[:MAX_NAMED_UNKNOWN])
+            more = f" and {len(bad) - MAX_NAMED_UNKNOWN} more" if len(bad) > MAX_NAMED_UNKNOWN else ""
+            errors.append(f"{ANN_CONTAINERS}: {named}{more} not valid container names")
         containers = frozenset(names)
     unknown = sorted(k for k in annotations if k.startswith(ANNOTATION_PREFIX) and k not in KNOWN_ANNOTATIONS)
-    errors.extend(f"{k}: unknown podgrace annotation" for k in unknown)
+    errors.extend(f"{k}: unknown podgrace annotation" for k in unknown[:MAX_NAMED_UNKNOWN])
+    if len(unknown) > MAX_NAMED_UNKNOWN:
+        errors.append(f"{len(unknown) - MAX_NAMED_UNKNOWN} more unknown podgrace annotations")
     return Overrides(
         profile=profile,
         mode=mode,
@@ -75,7 +99,7 @@ def _choice(annotations: Mapping[str, str], key: str, choices: type[E], errors: 
     try:
         return choices(raw.strip())
     except ValueError:
-        errors.append(f"{key}: {raw!r} is not one of {', '.join(c.value for c in choices)}")
+        errors.append(f"{key}: {quote(raw)} is not one of {', '.join(c.value for c in choices)}")
         return None
 
 
@@ -85,10 +109,18 @@ def _seconds(annotations: Mapping[str, str], key: str, low: int, high: int, erro
         return None
     text = raw.strip()
     if not re.fullmatch(r"[0-9]+", text):
-        errors.append(f"{key}: {raw!r} is not a whole number of seconds")
+        errors.append(f"{key}: {quote(raw)} is not a whole number of seconds")
         return None
     value = int(text)
     if not low <= value <= high:
-        errors.append(f"{key}: {value} is out of range {low}..{high}")
+        shown = str(value) if len(text) <= MAX_QUOTED_VALUE else quote(text)
+        errors.append(f"{key}: {shown} is out of range {low}..{high}")
         return None
     return value
+
+
+def quote(value: str) -> str:
+    """A value for an error message: repr'd, and at most MAX_QUOTED_VALUE characters of it."""
+    if len(value) <= MAX_QUOTED_VALUE:
+        return repr(value)
+    return f"{value[:MAX_QUOTED_VALUE]!r}... ({len(value)} characters)"

@@ -30,6 +30,7 @@ from podgrace.core.models import (
     Workload,
     pre_stop_field,
 )
+from podgrace.core.profiles import builtin_names
 from podgrace.core.signals import Role, Signal
 from podgrace.core.timing import (
     Expectation,
@@ -570,12 +571,15 @@ def _pick(override: int | None, default: int) -> int:
 def detect_expectations(
     workload: Workload, profiles: Mapping[str, ShutdownProfile]
 ) -> tuple[Expectation, ...]:
-    """Expectations for a workload that has not opted in: the first profile, in name order, that matches a
-    container of a known web role (nginx, php-fpm, Apache) and the most of them. Generic containers are not
-    assessed: from a manifest alone they cannot be told apart from workers and sidecars."""
+    """Expectations for a workload that has not opted in: the first built-in profile, in name order, that
+    matches a container of a known web role (nginx, php-fpm, Apache) and the most of them. Generic
+    containers are not assessed: from a manifest alone they cannot be told apart from workers and sidecars.
+
+    Only the built-in profiles (as given: the cluster's copies, which the chart may have tuned) decide: a
+    custom profile is for the Deployments that name it, and must not change how all others are judged."""
     best: tuple[Expectation, ...] = ()
     no_overrides = Overrides()
-    for name in sorted(profiles):
+    for name in sorted(n for n in profiles if n in builtin_names()):
         found = tuple(
             e
             for e in profile_expectations(workload, profiles[name].spec, no_overrides)

@@ -64,3 +64,9 @@ def builtin() -> dict[str, ShutdownProfile]:
 @functools.cache
 def _builtin() -> dict[str, ShutdownProfile]:  # profiles are frozen models: parsed once per process
     return from_documents(yaml.safe_load_all(builtin_text()))
+
+
+@functools.cache
+def builtin_names() -> frozenset[str]:
+    """The names of the built-in profiles (the chart installs them under these names)."""
+    return frozenset(builtin())
