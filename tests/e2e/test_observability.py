@@ -339,8 +339,10 @@ def run_scenario(obs: Observed) -> None:
     kubectl_apply(cluster, workload("rejected", NS_SHOP, {}, nginx(), labels={REJECT_LABEL: "true"}))
 
     def policy_active() -> bool:
+        # A change of a field podgrace owns: the chart's own admission policy allows it, only this one denies.
         probe = cluster.kubectl(
-            "annotate", "deployment", "rejected", "-n", NS_SHOP, "obs/probe=1", "--overwrite",
+            "patch", "deployment", "rejected", "-n", NS_SHOP, "--type=merge",
+            "-p", '{"spec":{"template":{"spec":{"terminationGracePeriodSeconds":31}}}}',
             "--dry-run=server", f"--as={OPERATOR_USER}", check=False,
         )  # fmt: skip
         return probe.returncode != 0 and POLICY in probe.stderr
