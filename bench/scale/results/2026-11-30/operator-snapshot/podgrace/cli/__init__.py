@@ -1,1 +1,0 @@
-"""The `podgrace` command line: `run` (the controller), `render` and `audit` (the pure core, offline)."""
