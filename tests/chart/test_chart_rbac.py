@@ -17,7 +17,7 @@ ALLOWED: dict[tuple[str, str], frozenset[str]] = {
     ("apps", "deployments"): frozenset({"get", "list", "watch", "patch"}),
     ("podgrace.dev", "shutdownprofiles"): frozenset({"get", "list", "watch"}),
     ("podgrace.dev", "shutdownprofiles/status"): frozenset({"get", "patch"}),
-    ("", "events"): frozenset({"create", "list"}),
+    ("", "events"): frozenset({"create", "get"}),
 }
 CLUSTER_SCOPED = {("podgrace.dev", "shutdownprofiles"), ("podgrace.dev", "shutdownprofiles/status")}
 NAMESPACED = set(ALLOWED) - CLUSTER_SCOPED

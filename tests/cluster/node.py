@@ -729,7 +729,9 @@ class RealNode:
         if not self._hierarchies:
             raise NodeError("no cgroup hierarchy is mounted")
         parent = node_cgroup_parent(self._hierarchies).rstrip("/")
-        self.cgroup_root = f"{parent}/{self.name}"
+        # The process id in the name: two test sessions in one cgroup (each with a node named after its
+        # cluster) never share a cgroupRoot.
+        self.cgroup_root = f"{parent}/{self.name}-{os.getpid()}"
         for h in self._hierarchies:
             _make_cgroup(h, self.cgroup_root, self._created_cgroups)
 

@@ -76,6 +76,7 @@ class FakeApi:
     def __init__(self) -> None:
         self.deployments: dict[tuple[str, str], dict[str, Any]] = {}
         self.events: list[dict[str, Any]] = []
+        self.event_reads = 0
         self.statuses: dict[str, dict[str, Any]] = {}
         self.applies: list[tuple[str, str, dict[str, Any], bool, bool]] = []
         self.keep_stop_signal = True  # False models an API server without ContainerStopSignals
@@ -166,14 +167,10 @@ class FakeApi:
             raise ApiError(409, "AlreadyExists", f'events "{name}" already exists')
         self.events.append(copy.deepcopy(event))
 
-    async def list_events(self, namespace: str, field_selector: str) -> list[dict[str, Any]]:
-        wanted = dict(part.split("=", 1) for part in field_selector.split(","))
-        return [
-            e
-            for e in self.events
-            if e["involvedObject"]["uid"] == wanted.get("involvedObject.uid")
-            and e["reason"] == wanted.get("reason")
-        ]
+    async def get_event(self, namespace: str, name: str) -> dict[str, Any] | None:
+        self.event_reads += 1
+        found = [e for e in self.events if e["metadata"].get("name") == name]
+        return copy.deepcopy(found[0]) if found else None
 
     def writes(self) -> list[tuple[str, str, dict[str, Any], bool, bool]]:
         return [a for a in self.applies if not a[4]]

@@ -108,7 +108,7 @@ app.kubernetes.io/part-of: podgrace
   verbs: ["get", "list", "watch", "patch"]
 - apiGroups: [""]
   resources: ["events"]
-  verbs: ["create", "list"]
+  verbs: ["create", "get"]
 {{- end -}}
 
 {{- define "podgrace.rules.profiles" -}}

@@ -3,9 +3,11 @@
 A resync or an operator restart must not repeat Warnings that are already there, so a Warning is
 posted only when neither this process nor the API server has it yet. The Warning's name says which it is:
 the Deployment's name and a 16-byte digest of (object uid, type, reason, message as stored: cut to
-MAX_MESSAGE characters). Posting it again is a 409 AlreadyExists from the API server, found in one request
+MAX_MESSAGE characters). A Warning this process has not posted is first read by that name: one GET,
 whatever the number of Events (a list of the object's Warnings to compare messages grew with every
-distinct message a user caused: O(n^2) over many edits).
+distinct message a user caused: O(n^2) over many edits), and no write request at all when it is there
+(a restart over unchanged objects makes zero writes, failed ones included). A create that still meets
+409 AlreadyExists (another replica posted it meanwhile) is the same answer.
 
 Memory is bounded whatever users write: the process remembers those digests, at most SEEN_LIMIT of them,
 never the message itself.
@@ -76,8 +78,12 @@ class EventRecorder:
             self._remember(key)  # forgotten again if the post fails
             self._lane().put_nowait((namespace, self._event(obj, type_, reason, message), key))
             return
+        event = self._event(obj, type_, reason, message, key)
         try:
-            await self._api.create_event(namespace, self._event(obj, type_, reason, message, key))
+            if type_ == WARNING and await self._api.get_event(namespace, event["metadata"]["name"]):
+                self._remember(key)  # posted before (by an earlier process): nothing new to say
+                return
+            await self._api.create_event(namespace, event)
         except ApiError as error:
             if error.status == 409 and type_ == WARNING:
                 self._remember(key)  # posted before (by an earlier process): nothing new to say

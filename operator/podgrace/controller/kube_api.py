@@ -52,7 +52,7 @@ class Api(Protocol):
 
     async def create_event(self, namespace: str, event: dict[str, Any]) -> None: ...
 
-    async def list_events(self, namespace: str, field_selector: str) -> list[dict[str, Any]]: ...
+    async def get_event(self, namespace: str, name: str) -> dict[str, Any] | None: ...
 
     async def server_version(self) -> tuple[int, int]: ...
 
@@ -181,8 +181,15 @@ class KubeClient:
             log.debug("credentials check: no answer: %s", error)
 
     async def get_deployment(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return await self._get_or_none(f"/apis/apps/v1/namespaces/{namespace}/deployments/{name}")
+
+    async def get_event(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return await self._get_or_none(f"/api/v1/namespaces/{namespace}/events/{name}")
+
+    async def _get_or_none(self, path: str) -> dict[str, Any] | None:
+        """The object at `path`, or None when the API server has none (404)."""
         try:
-            return await self._request("GET", f"/apis/apps/v1/namespaces/{namespace}/deployments/{name}")
+            return await self._request("GET", path)
         except ApiError as error:
             if error.status == 404:
                 return None
@@ -281,12 +288,6 @@ class KubeClient:
                         yield orjson.loads(line)
                 del pending[:start]
 
-    async def list_events(self, namespace: str, field_selector: str) -> list[dict[str, Any]]:
-        result = await self._request(
-            "GET", f"/api/v1/namespaces/{namespace}/events", params={"fieldSelector": field_selector}
-        )
-        items: list[dict[str, Any]] = result.get("items") or []
-        return items
 
 
 def _error(status: int, raw: bytes) -> ApiError:
