@@ -97,7 +97,7 @@ async def pipeline(api: FakeApi, *, workers: int = 2) -> AsyncIterator[Pipeline]
     index = ProfileIndex()
     reconciler = make(api, index=index)
     queue = DeploymentQueue(workers)
-    deployments = DeploymentEvents(index, reconciler.record, reconciler.gauges, queue, reconciler)
+    deployments = DeploymentEvents(reconciler, index, queue)
     reconciler.retry = queue.retry  # as controller.wiring
     queue.on_retry = reconciler.metrics.retries.labels("deployment").inc
     queue.start(deployments.handle)
@@ -472,8 +472,7 @@ def profile_events(p: Pipeline, flusher: StatusFlusher) -> ProfileEvents:
     async def listed() -> None:
         pass
 
-    r = p.reconciler
-    return ProfileEvents(r.store, p.index, r.record, flusher, r, listed)
+    return ProfileEvents(p.reconciler, p.index, flusher, listed)
 
 
 async def test_only_a_new_profile_generation_or_a_deletion_unsettles_its_deployments() -> None:

@@ -94,9 +94,7 @@ async def test_a_persisting_failure_gets_one_warning_and_a_passing_one_none() ->
     clock = Clock()
     async with pipeline(api) as p:
         api.version = (1, 29)
-        p.deployments = DeploymentEvents(
-            p.index, p.reconciler.record, p.reconciler.gauges, p.queue, p.reconciler, clock=clock
-        )
+        p.deployments = DeploymentEvents(p.reconciler, p.index, p.queue, clock=clock)
         await p.queue.stop()
         p.queue.start(p.deployments.handle)
         outage = ApiError(503, "ServiceUnavailable", "etcd leader changed")

@@ -14,9 +14,7 @@ from podgrace.controller.event_recorder import WARNING
 from podgrace.controller.informer import RESYNC
 from podgrace.controller.profile_index import ProfileIndex, profile_annotation
 from podgrace.controller.reconciler import RETRY_RESULTS, ReconcileOutcome, Reconciler, Result
-from podgrace.controller.skip_record import SkipRecord
 from podgrace.controller.work_queue import RETRY, DeploymentQueue, Item, signature, slim
-from podgrace.controller.workload_gauges import WorkloadGauges
 from podgrace.core.findings import Code
 
 log = logging.getLogger(__name__)
@@ -39,20 +37,19 @@ class _Failing:
 class DeploymentEvents:
     def __init__(
         self,
-        index: ProfileIndex,
-        record: SkipRecord,
-        gauges: WorkloadGauges,
-        queue: DeploymentQueue,
         reconciler: Reconciler,
+        index: ProfileIndex,
+        queue: DeploymentQueue,
         *,
         clock: Callable[[], float] = time.monotonic,
         persisting_seconds: float = PERSISTING_SECONDS,
     ) -> None:
-        self._index = index
-        self._record = record
-        self._gauges = gauges
-        self._queue = queue
         self._reconciler = reconciler
+        self._index = index
+        self._queue = queue
+        # The reconciler's own: what is skipped here is what it settled, and one gauge set counts both.
+        self._record = reconciler.record
+        self._gauges = reconciler.gauges
         self._clock = clock
         self._persisting = persisting_seconds
         self._failing: dict[Key, _Failing] = {}

@@ -181,7 +181,7 @@ class KubeClient:
             log.debug("credentials check: no answer: %s", error)
 
     async def get_deployment(self, namespace: str, name: str) -> dict[str, Any] | None:
-        return await self._get_or_none(f"/apis/apps/v1/namespaces/{namespace}/deployments/{name}")
+        return await self._get_or_none(_deployment_path(namespace, name))
 
     async def get_event(self, namespace: str, name: str) -> dict[str, Any] | None:
         return await self._get_or_none(f"/api/v1/namespaces/{namespace}/events/{name}")
@@ -201,50 +201,43 @@ class KubeClient:
         """Server-side apply under podgrace's field manager. A dry run returns the whole object (the
         capability probe reads its spec); a real apply returns only the object's metadata, which is all the
         reconciler reads (the API server then neither encodes nor sends the spec and status)."""
-        params = {"fieldManager": FIELD_MANAGER}
-        if force:
-            params["force"] = "true"
+        flags = {"force": "true"} if force else {}
         if dry_run:
-            params["dryRun"] = "All"
-        return await self._request(
-            "PATCH",
-            f"/apis/apps/v1/namespaces/{namespace}/deployments/{name}",
-            params=params,
-            body=body,
-            content_type=APPLY,
-            accept=None if dry_run else PARTIAL_METADATA,
-        )
+            flags["dryRun"] = "All"
+        accept = None if dry_run else PARTIAL_METADATA
+        path = _deployment_path(namespace, name)
+        return await self._write("PATCH", path, body, APPLY, accept=accept, **flags)
 
     async def patch_deployment_as(
         self, namespace: str, name: str, patch: dict[str, Any], field_manager: str
     ) -> None:
         """A strategic merge patch (an Update operation) under another field manager's name: gives a hook
         podgrace replaced back to the manager that wrote it (the opt-out's restore)."""
-        await self._request(
-            "PATCH",
-            f"/apis/apps/v1/namespaces/{namespace}/deployments/{name}",
-            params={"fieldManager": field_manager},
-            body=patch,
-            content_type=STRATEGIC,
-            accept=PARTIAL_METADATA,
-        )
+        path = _deployment_path(namespace, name)
+        await self._write("PATCH", path, patch, STRATEGIC, manager=field_manager, accept=PARTIAL_METADATA)
 
     async def patch_profile_status(self, name: str, status: dict[str, Any]) -> None:
-        await self._request(
-            "PATCH",
-            f"/apis/{GROUP}/{VERSION}/{PROFILE_PLURAL}/{name}/status",
-            params={"fieldManager": FIELD_MANAGER},
-            body={"status": status},
-            content_type=MERGE,
-        )
+        path = f"/apis/{GROUP}/{VERSION}/{PROFILE_PLURAL}/{name}/status"
+        await self._write("PATCH", path, {"status": status}, MERGE)
 
     async def create_event(self, namespace: str, event: dict[str, Any]) -> None:
-        await self._request(
-            "POST",
-            f"/api/v1/namespaces/{namespace}/events",
-            params={"fieldManager": FIELD_MANAGER},
-            body=event,
-            content_type="application/json",
+        await self._write("POST", f"/api/v1/namespaces/{namespace}/events", event, "application/json")
+
+    async def _write(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any],
+        content_type: str,
+        *,
+        manager: str = FIELD_MANAGER,
+        accept: str | None = None,
+        **flags: str,
+    ) -> dict[str, Any]:
+        """Every write names its field manager: managedFields then say who wrote what."""
+        params = {"fieldManager": manager, **flags}
+        return await self._request(
+            method, path, params=params, body=body, content_type=content_type, accept=accept
         )
 
     async def server_version(self) -> tuple[int, int]:
@@ -288,6 +281,9 @@ class KubeClient:
                         yield orjson.loads(line)
                 del pending[:start]
 
+
+def _deployment_path(namespace: str, name: str) -> str:
+    return f"/apis/apps/v1/namespaces/{namespace}/deployments/{name}"
 
 
 def _error(status: int, raw: bytes) -> ApiError:

@@ -34,59 +34,48 @@ class Metrics:
         from prometheus_client import REGISTRY
 
         self.registry = registry if registry is not None else REGISTRY
-        r = self.registry
-        self.reconcile_total = PromCounter(
-            "podgrace_reconcile_total", "Reconciliations by controller and result.", ["controller", "result"],
-            registry=r,
-        )  # fmt: skip
-        self.reconcile_errors = PromCounter(
-            "podgrace_reconcile_errors_total",
-            "Reconciliations that ended in an error.",
-            ["controller"],
-            registry=r,
+        self.reconcile_total = self._counter(
+            "podgrace_reconcile_total", "Reconciliations by controller and result.", "controller", "result"
+        )
+        self.reconcile_errors = self._counter(
+            "podgrace_reconcile_errors_total", "Reconciliations that ended in an error.", "controller"
         )
         self.reconcile_time = Histogram(
-            "podgrace_reconcile_time_seconds", "Time per reconciliation.", ["controller"],
-            buckets=RECONCILE_BUCKETS, registry=r,
-        )  # fmt: skip
-        self.reclaimed = PromCounter(
+            "podgrace_reconcile_time_seconds",
+            "Time per reconciliation.",
+            ["controller"],
+            buckets=RECONCILE_BUCKETS,
+            registry=self.registry,
+        )
+        self.reclaimed = self._counter(
             "podgrace_field_reclaimed_total",
             "Fields an owner took back after podgrace had taken them (podgrace backed off), by field "
             "(terminationGracePeriodSeconds or preStop).",
-            ["field"],
-            registry=r,
+            "field",
         )
-        self.writes = PromCounter(
-            "podgrace_writes_total", "API write requests podgrace made, by kind.", ["kind"], registry=r
+        self.writes = self._counter(
+            "podgrace_writes_total", "API write requests podgrace made, by kind.", "kind"
         )
-        self.managed = Gauge(
-            "podgrace_managed_workloads",
-            "Deployments opted in to each ShutdownProfile.",
-            ["profile"],
-            registry=r,
+        self.managed = self._gauge(
+            "podgrace_managed_workloads", "Deployments opted in to each ShutdownProfile.", "profile"
         )
-        self.at_risk = Gauge(
-            "podgrace_workloads_at_risk", "Deployments that may drop requests, by finding.", ["finding"],
-            registry=r,
-        )  # fmt: skip
-        self.profile_ready = Gauge(
-            "podgrace_profile_ready",
-            "1 when the ShutdownProfile is valid and Ready.",
-            ["profile"],
-            registry=r,
+        self.at_risk = self._gauge(
+            "podgrace_workloads_at_risk", "Deployments that may drop requests, by finding.", "finding"
         )
-        self.warnings = PromCounter(
-            "podgrace_warnings_total", "Warning Events posted, by reason.", ["reason"], registry=r
+        self.profile_ready = self._gauge(
+            "podgrace_profile_ready", "1 when the ShutdownProfile is valid and Ready.", "profile"
         )
-        self.retries = PromCounter(
+        self.warnings = self._counter(
+            "podgrace_warnings_total", "Warning Events posted, by reason.", "reason"
+        )
+        self.retries = self._counter(
             "podgrace_workqueue_retries_total",
             "Reconciles tried again after a failure, with backoff.",
-            ["name"],
-            registry=r,
+            "name",
         )
         self.retries.labels(DEPLOYMENT)
-        self.build_info = Gauge(
-            "podgrace_build_info", "podgrace's version.", ["version", "python_version"], registry=r
+        self.build_info = self._gauge(
+            "podgrace_build_info", "podgrace's version.", "version", "python_version"
         )
         self.build_info.labels(__version__, platform.python_version()).set(1)
         for controller in (DEPLOYMENT, PROFILE):
@@ -100,6 +89,14 @@ class Metrics:
             self.warnings.labels(code.value)
         for kind in WRITE_KINDS:
             self.writes.labels(kind)
+
+    # A metric of this registry, from its name, help text and label names.
+
+    def _counter(self, name: str, documentation: str, *labels: str) -> PromCounter:
+        return PromCounter(name, documentation, labels, registry=self.registry)
+
+    def _gauge(self, name: str, documentation: str, *labels: str) -> Gauge:
+        return Gauge(name, documentation, labels, registry=self.registry)
 
     def forget_profile(self, name: str) -> None:
         """A deleted ShutdownProfile's series go away rather than report a profile that is not there."""

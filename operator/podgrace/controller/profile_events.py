@@ -7,27 +7,24 @@ from typing import Any
 
 from podgrace.controller.profile_index import ProfileIndex
 from podgrace.controller.reconciler import Reconciler
-from podgrace.controller.skip_record import SkipRecord
 from podgrace.controller.status_flusher import StatusFlusher
-from podgrace.core.profile_store import ProfileStore
 
 
 class ProfileEvents:
     def __init__(
         self,
-        store: ProfileStore,
-        index: ProfileIndex,
-        record: SkipRecord,
-        flusher: StatusFlusher,
         reconciler: Reconciler,
+        index: ProfileIndex,
+        flusher: StatusFlusher,
         listed: Callable[[], Awaitable[Any]],
     ) -> None:
-        self._store = store
-        self._index = index
-        self._record = record
-        self._flusher = flusher
         self._reconciler = reconciler
+        self._index = index
+        self._flusher = flusher
         self._listed = listed  # until every Deployment is known
+        # The reconciler's own: the profiles it plans with, the record of what it settled on.
+        self._store = reconciler.store
+        self._record = reconciler.record
 
     async def on_event(self, event_type: str, body: Mapping[str, Any]) -> None:
         name = str(body["metadata"]["name"])

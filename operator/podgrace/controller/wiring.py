@@ -103,14 +103,14 @@ def build(options: Options, connection: kopf.ConnectionInfo | Credentials, metri
     reconciler = Reconciler(
         client, store, capabilities, events, metrics, gauges, record, concurrency=options.workers
     )
-    deployments = DeploymentEvents(index, record, gauges, queue, reconciler)
+    deployments = DeploymentEvents(reconciler, index, queue)
     reconciler.retry = queue.retry  # the fan-out's failures are retried by the queue, with its backoff
     queue.on_retry = metrics.retries.labels(DEPLOYMENT).inc
     informer = DeploymentInformer(
         client, options.namespaces, deployments.on_event, resync_seconds=options.resync_seconds
     )
     flusher = StatusFlusher(reconciler, index, informer.listed.wait)
-    profiles = ProfileEvents(store, index, record, flusher, reconciler, informer.listed.wait)
+    profiles = ProfileEvents(reconciler, index, flusher, informer.listed.wait)
     return Operator(
         credentials, client, store, capabilities, queue, events, deployments, informer, flusher, profiles
     )
