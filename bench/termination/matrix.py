@@ -118,46 +118,26 @@ def full_rows() -> list[Row]:
         if profile in ("php-fpm", "nginx-php-fpm"):
             for cell in ("base", "over-drain"):
                 rows.append(Row(profile, manifest, CELLS[cell], pct=PCT_SET))
+    # The remedies of the article (manifests/article/), in their original form only.
     rows += [
-        Row(
-            "article",
-            "article/nginx-s-quit.yaml",
-            CELLS["base"],
-            modes=("original",),
-            note="preStop `nginx -s quit` only",
-        ),
-        Row(
-            "article",
-            "article/sleep-both.yaml",
-            CELLS["base"],
-            modes=("original",),
-            expect_original="zero",
-            note="preStop sleep 5 on both + SIGQUIT",
-        ),
-        Row(
-            "article",
-            "article/sleep-both.yaml",
-            CELLS["4s-requests"],
-            modes=("original",),
-            note="preStop sleep 5 on both + SIGQUIT",
-        ),
-        Row(
-            "article",
-            "article/signal-and-wait.yaml",
-            CELLS["base"],
-            modes=("original",),
-            expect_original="zero",
-            note="exec hook: sleep, kill -QUIT 1, wait",
-        ),
-        Row(
-            "article",
-            "article/hook-overruns-grace.yaml",
-            CELLS["over-drain"],
-            modes=("original",),
-            note="exec sleep 10 > grace 5: stop at 5 s, SIGKILL at 7 s",
-        ),
+        _article("nginx-s-quit", "base", "preStop `nginx -s quit` only"),
+        _article("sleep-both", "base", "preStop sleep 5 on both + SIGQUIT", expect_original="zero"),
+        _article("sleep-both", "4s-requests", "preStop sleep 5 on both + SIGQUIT"),
+        _article("signal-and-wait", "base", "exec hook: sleep, kill -QUIT 1, wait", expect_original="zero"),
+        _article("hook-overruns-grace", "over-drain", "exec sleep 10 > grace 5: stop at 5 s, SIGKILL at 7 s"),
     ]
     return rows
+
+
+def _article(name: str, cell: str, note: str, expect_original: str = "fail") -> Row:
+    return Row(
+        "article",
+        f"article/{name}.yaml",
+        CELLS[cell],
+        modes=("original",),
+        expect_original=expect_original,
+        note=note,
+    )
 
 
 # ------------------------------------------------------------------------------------------------ run
