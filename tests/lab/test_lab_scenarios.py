@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
-from bench.termination import scenario
-from bench.termination.kubelet import LabError
+from bench.termination import scenario, servers
+from bench.termination.kubelet import LabError, start_container, start_sandbox, wait_port
 from bench.termination.plan import plan_from_text
-from bench.termination.procs import REGISTRY
+from bench.termination.procs import REGISTRY, ns_pid
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -22,7 +24,9 @@ pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(os.geteuid() != 0, reason="namespaces need root"),
     pytest.mark.skipif(
-        not all(shutil.which(b) or Path(f"/usr/sbin/{b}").exists() for b in ("nginx", "haproxy", "unshare")),
+        not all(
+            shutil.which(b) or Path(f"/usr/sbin/{b}").exists() for b in ("nginx", "haproxy", "unshare", "gcc")
+        ),
         reason="run bench/termination/install.sh",
     ),
 ]
@@ -85,3 +89,38 @@ def test_cleanup_after_a_failure_half_way(monkeypatch: pytest.MonkeyPatch) -> No
     with pytest.raises(LabError, match="injected"):
         scenario.run_scenario(text, params, label="t")
     _assert_clean(text, params)
+
+
+def test_shared_pid_pod_pause_is_pid1_ignores_quit_and_ends_the_pod_on_term(tmp_path: Path) -> None:
+    """The lab's model of shareProcessNamespace: true, checked from inside a container."""
+    text = (MANIFESTS / "nginx-php-fpm-shared-pid.yaml").read_text()
+    plan = plan_from_text(text)
+    params = scenario.Params(rate=5)
+    try:
+        sandbox = start_sandbox("pod0", servers.build_pause(tmp_path))
+        specs = scenario.build_pod_specs(plan, 0, tmp_path, params)
+        pairs = zip(specs, plan.containers, strict=True)
+        nginx, php = (start_container(spec, c, tmp_path, sandbox) for spec, c in pairs)
+        for c in (nginx, php):
+            wait_port(c.spec.port, 20, c.spec.name, lambda c=c: not c.exited.is_set())
+
+        def inside(script: str) -> list[str]:  # a shell in the nginx container, as an exec hook runs
+            argv = ["nsenter", "--target", str(nginx.pid1), "--pid", "--mount", "--", "/bin/sh", "-c", script]
+            return subprocess.run(argv, capture_output=True, text=True, timeout=10, check=True).stdout.split()
+
+        nginx_pid, php_pid = ns_pid(nginx.pid1)[-1], ns_pid(php.pid1)[-1]
+        assert inside("read -r c </proc/1/comm; echo $c") == ["pause"]
+        # both masters beside pause in one namespace, their parent outside it (PPID 0), as under runc
+        ppids = f"cut -d' ' -f4 /proc/{nginx_pid}/stat /proc/{php_pid}/stat"
+        assert inside(f"cat /proc/{php_pid}/comm; {ppids}") == ["php-fpm8.2", "0", "0"]
+        inside("kill -QUIT 1; kill -WINCH 1")  # no handler in pause: PID 1 of the namespace ignores them
+        time.sleep(0.5)
+        assert not nginx.exited.is_set() and not php.exited.is_set()
+        os.kill(sandbox, 0)  # pause still there
+        inside("kill -TERM 1 || true")  # pause exits; the kernel ends every container of the pod
+        assert nginx.exited.wait(5) and php.exited.wait(5)
+        assert not os.path.exists(f"/proc/{sandbox}/ns") or ns_pid(sandbox) == []
+    finally:
+        REGISTRY.kill_all()
+    assert REGISTRY.alive() == []
+    assert scenario.wait_ports_free(scenario.all_ports(plan, params), 5) == []
