@@ -1,6 +1,8 @@
-"""CI's short form of the termination lab: one original/podgrace pair per built-in profile (podgrace in both
-capability modes), with real nginx, php-fpm, Apache and HAProxy. Fails if podgrace's output drops a request
-or if an original drops none (then the lab would prove nothing). About 2 minutes."""
+"""CI's short form of the termination lab: one original/podgrace pair per built-in profile and pod shape
+(nginx under tini; nginx + php-fpm beside pause in a shared PID namespace, and that pod with hooks that signal
+PID 1), podgrace in both capability modes, with real nginx, php-fpm, Apache and HAProxy. Fails if podgrace's
+output drops a request, if an original drops none (then the lab would prove nothing), or if a shared-PID
+server is stopped by another signal than expected. About 4 minutes."""
 
 from __future__ import annotations
 
