@@ -15,7 +15,7 @@ import json
 import sys
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +116,10 @@ def short_rows() -> list[Row]:
 def full_rows() -> list[Row]:
     rows: list[Row] = []
     rows.extend(shape_rows())
+    # requests still in flight when nginx gets its QUIT: the fallback hook must find nginx's workers beside
+    # pause and wait for them
+    shared = next(r for r in shape_rows() if r.profile == "nginx-php-fpm-shared-pid")
+    rows.append(replace(shared, cell=CELLS["long-requests"]))
     for profile, manifest in PROFILES.items():
         for cell in ("base", "long-requests", "slow-endpoints", "over-drain"):
             rows.append(Row(profile, manifest, CELLS[cell]))
