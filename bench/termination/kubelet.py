@@ -27,6 +27,7 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -101,7 +102,7 @@ def _pid_ns(pid: int) -> str:
     return ""
 
 
-def _main_process(proc: subprocess.Popen[bytes], what: str, started: Any, log: Path) -> int:
+def _main_process(proc: subprocess.Popen[bytes], what: str, started: Callable[[int], bool], log: Path) -> int:
     """The host PID of the child that unshare/nsenter forked into the namespace, once it is there."""
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
