@@ -6,6 +6,8 @@ pod, as in the article) on 14999.
 
 Every container runs as PID 1 of its own PID + mount namespace:
     unshare --pid --fork --mount-proc --kill-child -- /bin/sh -c '<mount tmpfs /run, bind configs>; exec "$@"'
+except in a pod with shareProcessNamespace: true, whose containers join the PID namespace of the pod's pause
+process (sandbox_argv, join_argv) with a mount namespace (and /proc) of their own.
 The config is bind-mounted over the server's standard path (/etc/nginx/nginx.conf, ...), /run is a private
 tmpfs, so hooks such as `nginx -s quit` find the config and pid file exactly as in a container image.
 """
@@ -13,6 +15,7 @@ tmpfs, so hooks such as `nginx -s quit` find the config and pid file exactly as 
 from __future__ import annotations
 
 import shlex
+import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,23 +59,43 @@ class ContainerSpec:
     env: dict[str, str] = field(default_factory=dict)
     log: Path | None = None
 
-    def unshare_argv(self) -> list[str]:
-        steps = ["set -e", "mount -t tmpfs -o mode=0755 tmpfs /run", "mkdir -p /run/apache2 /run/lock"]
+    def _setup(self, mount_proc: bool) -> list[str]:
+        """`sh -c` script and its arguments: the container's mounts, then exec of the server."""
+        steps = ["set -e"]
+        if mount_proc:  # a container of a shared PID namespace sees that namespace's processes
+            steps.append("mount -t proc proc /proc")
+        steps += ["mount -t tmpfs -o mode=0755 tmpfs /run", "mkdir -p /run/apache2 /run/lock"]
         steps += [f"mount --bind {shlex.quote(src)} {shlex.quote(dst)}" for src, dst in self.binds]
         steps.append('exec "$@"')
-        return [
-            "unshare",
-            "--pid",
-            "--fork",
-            "--mount-proc",
-            "--kill-child",
-            "--",
-            "/bin/sh",
-            "-c",
-            "; ".join(steps),
-            f"{self.pod}-{self.name}",
-            *self.argv,
-        ]
+        return ["/bin/sh", "-c", "; ".join(steps), f"{self.pod}-{self.name}", *self.argv]
+
+    def unshare_argv(self) -> list[str]:
+        """The container in its own PID namespace: the server (or its init) is PID 1."""
+        return ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child", "--", *self._setup(False)]
+
+    def join_argv(self, sandbox_pid: int) -> list[str]:
+        """The container in the PID namespace of the pod's pause process (host PID `sandbox_pid`), with its
+        own mount namespace, as a runtime starts it for shareProcessNamespace: true. nsenter forks the
+        server into that namespace and waits for it, so the server's parent is outside the namespace
+        (its PPID reads 0 there, as under runc) and the nsenter process lives exactly as long as it."""
+        join = ["nsenter", "--target", str(sandbox_pid), "--pid", "--"]
+        return [*join, "unshare", "--mount", "--", *self._setup(True)]
+
+
+def sandbox_argv(pause_binary: Path) -> list[str]:
+    """The pod's sandbox for shareProcessNamespace: true: pause as PID 1 of a new PID namespace. When it
+    exits, the kernel kills every process of that namespace, every container of the pod."""
+    return ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child", "--", str(pause_binary)]
+
+
+def build_pause(workdir: Path) -> Path:
+    """Compile the lab's pause stand-in (app/pause.c) into the scenario's directory."""
+    out = workdir / "pause"
+    subprocess.run(
+        ["gcc", "-O2", "-Wall", "-Werror", "-o", str(out), str(APP_DIR / "pause.c")],
+        check=True, capture_output=True, timeout=120,
+    )  # fmt: skip
+    return out
 
 
 # ------------------------------------------------------------------------------------------------ nginx
