@@ -101,32 +101,32 @@ def test_no_exec_hook_in_shellless_containers(cluster: Any, operator: OperatorPr
 def test_a_users_exec_hook_in_a_shellless_container_is_left_and_said_broken(
     cluster: Any, operator: OperatorProcess
 ) -> None:
-    """existingPreStop: replace cannot put podgrace's native sleep where the user's exec hook is (one
-    handler type per hook) nor an exec hook of its own: the user's hook stays the user's, with a Warning."""
+    """existingPreStop: replace takes a hook written by an Update (`kubectl create`) in a container with a
+    shell, replacing it with podgrace's exec form; in a shell-less one podgrace can neither put its native
+    sleep there (a forced apply would leave two handler types) nor an exec hook of its own: the user's hook
+    stays the user's, with a Warning saying it fails."""
     script = "sleep 5; kill -QUIT 1; while kill -0 1; do sleep 1; done"
     hook = {"exec": {"command": ["/bin/sh", "-c", script]}}
     t0 = time.time()
-    apply(
-        cluster,
-        deployment(
-            "edge",
-            NS,
-            {"podgrace.dev/profile": "nginx", "podgrace.dev/existing-prestop": "replace"},
-            [{"name": "nginx", "image": CHAINGUARD_NGINX, "lifecycle": {"preStop": hook}}],
-        ),
-        manager="gitops",
+    manifest = deployment(
+        "edge",
+        NS,
+        {"podgrace.dev/profile": "nginx", "podgrace.dev/existing-prestop": "replace"},
+        [{"name": "nginx", "image": CHAINGUARD_NGINX, "lifecycle": {"preStop": hook}}],
     )
+    cluster.kubectl("create", "--field-manager=ci-script", "-f", "-", input=json.dumps(manifest))
     kept = wait_until("a UserHookKept Warning", lambda: events(cluster, "edge", "UserHookKept"), timeout=60)
     assert "it fails at once" in kept[0]["message"]
+    wait_until("podgrace's Applied Event", lambda: applied(cluster, "edge"), timeout=60)
     obj = get(cluster, "edge")
     assert containers(obj)["nginx"]["lifecycle"]["preStop"] == hook
-    # the hook is still owned by its manager alone, and podgrace wrote its grace period only
+    # the hook is still owned by its manager alone; podgrace took the defaulted grace period only
     owners = {
         m["manager"]
         for m in obj["metadata"]["managedFields"]
         if "f:preStop" in json.dumps(m.get("fieldsV1", {}))
     }
-    assert owners == {"gitops"}
+    assert owners == {"ci-script"}
     assert [(w.verb, w.name) for w in deployment_writes(cluster, t0)] == [("patch", "edge")]
     assert obj["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 40
 

@@ -391,3 +391,29 @@ def test_audit_flags_an_exec_hook_in_a_shellless_image(run_cli: Any, yaml_file: 
     [entry] = json.loads(result.out)["workloads"]
     codes = {f["code"] for f in entry["findings"]}
     assert "ExecHookWithoutShell" in codes
+
+
+@pytest.mark.parametrize("caps", ["1.29", "1.34"])
+def test_render_removes_podgraces_own_exec_hook_from_a_shellless_container(
+    run_cli: Any, yaml_file: Any, deployment: Any, caps: str
+) -> None:
+    """A manifest rendered before the image became shell-less carries podgrace's exec sleep: render now
+    writes the native sleep, or (before 1.30, no native sleep) removes it, as the operator's apply would;
+    the user's own hook in another container stays."""
+    users = {"exec": {"command": ["/bin/sh", "-c", "sleep 3"]}}
+    pod = deployment(
+        [
+            {"name": "app", "image": CHAINGUARD["web"], "lifecycle": {"preStop": exec_sleep(5)}},
+            {"name": "sidecar", "image": "busybox", "lifecycle": {"preStop": users}},
+        ],
+        profile="web",
+        annotations={"podgrace.dev/containers": "app"},
+    )
+    args = ["--server-version", caps]
+    result = run_cli("render", "-f", yaml_file(pod), *args)
+    assert result.code == 0
+    app, sidecar = yaml.safe_load(result.out)["spec"]["template"]["spec"]["containers"]
+    assert app.get("lifecycle") == ({"preStop": native(5)} if caps == "1.34" else None)
+    assert sidecar["lifecycle"] == {"preStop": users}
+    again = run_cli("render", "-f", yaml_file(text=result.out), *args)
+    assert again.out == result.out  # idempotent
