@@ -180,3 +180,49 @@ def test_a_plan_notice_is_one_normal_event(cluster: Any, operator: OperatorProce
         for name in ("shop", "edge")
     } == before
     assert list(cluster.write_events(user=OPERATOR_USER, since=t0, resource="events")) == []
+
+
+@pytest.fixture(scope="module")
+def operator_stopsignals(cluster_stopsignals: Any) -> Iterator[OperatorProcess]:
+    cluster_stopsignals.kubectl("create", "namespace", NS)
+    with running_operator(cluster_stopsignals) as op:
+        yield op
+
+
+def test_with_stop_signals_a_shellless_pod_is_graceful_and_an_owners_signal_is_said(
+    cluster_stopsignals: Any, operator_stopsignals: OperatorProcess
+) -> None:
+    """ContainerStopSignals on: the native forms do everything, no Warning for nginx. php-fpm's owner set
+    lifecycle.stopSignal SIGTERM by server-side apply: podgrace keeps it (UserStopSignalKept) and, with no
+    shell for its fallback hook, says php-fpm gets SIGTERM (NoShellForFallback)."""
+    cluster = cluster_stopsignals
+    php = {
+        "name": "php-fpm",
+        "image": "cgr.dev/chainguard/php:latest-fpm",
+        "lifecycle": {"stopSignal": "SIGTERM"},
+    }
+    manifest = deployment(
+        "shop",
+        NS,
+        {"podgrace.dev/profile": "nginx-php-fpm"},
+        [{"name": "nginx", "image": CHAINGUARD_NGINX}, php],
+        os={"name": "linux"},
+    )
+    t0 = time.time()
+    apply(cluster, manifest, manager="gitops")
+    wait_until("podgrace's Applied Event", lambda: applied(cluster, "shop"), timeout=60)
+    spec = get(cluster, "shop")["spec"]["template"]["spec"]
+    lifecycles = {c["name"]: c["lifecycle"] for c in spec["containers"]}
+    assert lifecycles == {
+        "nginx": {"preStop": {"sleep": {"seconds": 5}}, "stopSignal": "SIGQUIT"},
+        "php-fpm": {"preStop": {"sleep": {"seconds": 35}}, "stopSignal": "SIGTERM"},
+    }
+    assert spec["os"] == {"name": "linux"} and spec["terminationGracePeriodSeconds"] == 70
+    assert [(w.verb, w.name) for w in deployment_writes(cluster, t0)] == [("patch", "shop")]
+    [lost] = wait_until("a NoShellForFallback Warning", lambda: events(cluster, "shop", "NoShellForFallback"))
+    assert lost["message"] == (
+        "container php-fpm: php-fpm gets SIGTERM (a fast shutdown), not its graceful SIGQUIT: its "
+        "lifecycle.stopSignal SIGTERM is set by its owner, and podgrace's fallback hook that sends SIGQUIT "
+        "needs a shell (its image 'cgr.dev/chainguard/php:latest-fpm' is a Chainguard image, without a shell)"
+    )
+    assert [e["involvedObject"]["name"] for e in events(cluster, "shop", "UserStopSignalKept")] == ["shop"]
