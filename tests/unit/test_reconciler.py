@@ -547,3 +547,37 @@ async def test_every_failed_apply_is_logged_with_its_object_and_cause(
     assert outcome.result in (Result.FAILED, Result.REQUEUE)
     logged = [r for r in caplog.records if r.levelname in ("WARNING", "ERROR")]
     assert any("web/shop" in r.getMessage() and error.message in r.getMessage() for r in logged), caplog.text
+
+
+@pytest.mark.parametrize("background", [0, 2])
+async def test_a_plan_notice_is_one_normal_event_over_resyncs_and_restarts(background: int) -> None:
+    """SoleRuleApplied: a Deployment naming the one-rule `apache` profile for an image no rule knows. The
+    notice is a Normal Event posted once: not again on a resync, nor by a restarted process (found by name
+    with one read), also when the recorder's other Normal Events go through the background lane."""
+    api = FakeApi()
+    live = api.create(deployment(
+        annotations={"podgrace.dev/profile": "apache"}, containers=[{"name": "app", "image": "acme/shop:1.4"}]
+    ))  # fmt: skip
+    first = make(api)
+    first.events = EventRecorder(api, first.metrics, background=background)
+    assert (await first.reconcile_deployment(live)).result is Result.APPLIED
+    assert (await first.reconcile_deployment(api.get("web", "shop"))).result is Result.UNCHANGED  # resync
+    await first.events.close()
+    assert sorted(reasons(api)) == ["Applied", "SoleRuleApplied"]
+    [notice] = [e for e in api.events if e["reason"] == "SoleRuleApplied"]
+    assert notice["type"] == "Normal"
+    assert notice["message"].startswith("container app: image 'acme/shop:1.4' matches no rule")
+    writes = len(api.writes())
+    restarted = make(api)
+    assert (await restarted.reconcile_deployment(api.get("web", "shop"))).result is Result.UNCHANGED
+    assert sorted(reasons(api)) == ["Applied", "SoleRuleApplied"]
+    assert len(api.writes()) == writes
+
+
+async def test_a_notice_is_posted_in_audit_mode_too() -> None:
+    api = FakeApi()
+    annotations = {"podgrace.dev/profile": "apache", "podgrace.dev/mode": "audit"}
+    live = api.create(deployment(annotations=annotations, containers=[{"name": "app", "image": "acme/shop"}]))
+    assert (await make(api).reconcile_deployment(live)).result is Result.UNCHANGED
+    assert reasons(api) == ["SoleRuleApplied"]
+    assert api.writes() == []

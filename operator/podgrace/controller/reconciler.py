@@ -27,7 +27,7 @@ from podgrace.controller.workload_gauges import WorkloadGauges
 from podgrace.core import replaced_hooks
 from podgrace.core.apply_body import apply_body
 from podgrace.core.constants import ANN_REPLACED_PRESTOP
-from podgrace.core.findings import Code, Finding
+from podgrace.core.findings import Code
 from podgrace.core.hook_intent import SignalAndWait
 from podgrace.core.managed_fields import apply_is_noop
 from podgrace.core.models import GRACE_FIELD, Workload
@@ -173,7 +173,7 @@ class Reconciler:
         live_bookkeeping = ((metadata.get("annotations") or {}).get(ANN_REPLACED_PRESTOP)
                             if replaced_hooks.owned_annotation(body) else None)  # fmt: skip
         if apply_is_noop(body, desired) and live_bookkeeping == bookkeeping:
-            await self._report_decisions(body, result.decisions)
+            await self._report(body, result)
             return ReconcileOutcome(Result.UNCHANGED, result)
         reverting = "spec" not in desired
         if reverting:
@@ -220,7 +220,7 @@ class Reconciler:
             await self.events.post(body, NORMAL, "Reverted", "podgrace removed the settings it had injected")
         else:
             await self.events.post(body, NORMAL, "Applied", summary(result))
-        await self._report_decisions(body, result.decisions)
+        await self._report(body, result)
         return ReconcileOutcome(Result.REVERTED if reverting else Result.APPLIED, result, written)
 
     def _with_reclaimed(
@@ -243,10 +243,14 @@ class Reconciler:
         update = {"ownership": ownership.model_copy(update={"reclaimed": tuple(reclaimed)})}
         return workload.model_copy(update=update)
 
-    async def _report_decisions(self, body: Mapping[str, Any], decisions: Iterable[Finding]) -> None:
-        for decision in decisions:
-            where = f"container {decision.container}: " if decision.container else ""
-            await self.events.post(body, WARNING, decision.code.value, where + decision.message)
+    async def _report(self, body: Mapping[str, Any], result: Plan) -> None:
+        """The plan's notices (Normal) and decisions (Warning), each posted once, also over restarts: a
+        notice is said on every reconcile, not only beside a write, so it survives a failed post and is
+        there in audit mode; the recorder finds it by name on the API server after a restart."""
+        for type_, findings in ((NORMAL, result.notices), (WARNING, result.decisions)):
+            for finding in findings:
+                where = f"container {finding.container}: " if finding.container else ""
+                await self.events.post(body, type_, finding.code.value, where + finding.message, once=True)
 
     async def _with_retries(self, call: Any) -> Any:
         """Retry transient failures (API server restarting, throttling) a few times with backoff."""

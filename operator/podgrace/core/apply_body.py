@@ -52,6 +52,8 @@ def merge_into_manifest(manifest: dict[str, Any], result: Plan) -> dict[str, Any
     """The manifest with podgrace's fields set, for `podgrace render` (no field managers offline)."""
     merged = copy.deepcopy(manifest)
     pod_spec_patch = pod_spec_fields(result)
+    if result.outcome is Outcome.MANAGED:
+        _drop_own_hooks(merged, {s.name for s in result.containers if s.pre_stop is None})
     if not pod_spec_patch:
         return merged
     pod_spec = merged.setdefault("spec", {}).setdefault("template", {}).setdefault("spec", {})
@@ -64,3 +66,23 @@ def merge_into_manifest(manifest: dict[str, Any], result: Plan) -> dict[str, Any
         if patch is not None:
             container["lifecycle"] = {**(container.get("lifecycle") or {}), **patch["lifecycle"]}
     return merged
+
+
+def _drop_own_hooks(manifest: dict[str, Any], names: set[str]) -> None:
+    """Remove podgrace's own exec hooks (by their marker) where the plan has no hook for the container:
+    what the operator's apply does by not listing a field it owns (e.g. an exec hook in a container
+    without a shell, on a cluster without the native sleep). Users' hooks carry no marker and stay."""
+    template = (manifest.get("spec") or {}).get("template") or {}
+    for container in (template.get("spec") or {}).get("containers") or []:
+        if not isinstance(container, dict) or container.get("name") not in names:
+            continue
+        lifecycle = container.get("lifecycle")
+        if not isinstance(lifecycle, dict):
+            continue
+        pre_stop = lifecycle.get("preStop")
+        exec_ = pre_stop.get("exec") if isinstance(pre_stop, dict) else None
+        command = exec_.get("command") if isinstance(exec_, dict) else None
+        if isinstance(command, list) and hook_intent.carries_marker([str(c) for c in command]):
+            del lifecycle["preStop"]
+            if not lifecycle:
+                del container["lifecycle"]

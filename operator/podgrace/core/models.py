@@ -321,6 +321,9 @@ class Overrides:
     termination_grace_period_seconds: int | None = None
     containers: frozenset[str] | None = None
     existing_pre_stop: ExistingPreStop | None = None
+    # podgrace.dev/no-shell: True (every container), False (none: built-in image knowledge is overridden),
+    # the names of the containers without /bin/sh, or None (the built-in image knowledge decides)
+    no_shell: bool | frozenset[str] | None = None
     errors: tuple[str, ...] = ()
 
 
