@@ -1,0 +1,202 @@
+"""StatefulSets and DaemonSets on the real control plane: the same opt-in, restart and opt-out as
+Deployments, by the operator running with the chart's RBAC.
+
+Write counts come from the API server's audit log. The settings are compared with `podgrace render` of
+the same object; the revert with the whole spec as it was before the opt-in. The tests share one operator
+process and run in file order.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from tests.support.podgrace_env import (
+    OPERATOR_USER,
+    OperatorProcess,
+    deployment,
+    running_operator,
+    wait_until,
+)
+
+APP_NS = "kinds-e2e"
+ROOT = Path(__file__).resolve().parents[2]
+PROFILE = {"podgrace.dev/profile": "nginx-php-fpm"}
+KINDS = {"StatefulSet": "statefulsets", "DaemonSet": "daemonsets"}
+
+
+@pytest.fixture(scope="module")
+def operator(cluster: Any) -> Iterator[OperatorProcess]:
+    cluster.kubectl("create", "namespace", APP_NS)
+    with running_operator(cluster) as op:
+        yield op
+
+
+def workload(kind: str, name: str, annotations: dict[str, str] | None = None) -> dict[str, Any]:
+    """A `kind` with the e2e Deployment's pod template (nginx + php-fpm) and the kind's own spec."""
+    obj = deployment(name, APP_NS, annotations)
+    obj["kind"] = kind
+    spec = obj["spec"]
+    if kind == "DaemonSet":
+        del spec["replicas"]
+    else:
+        spec["serviceName"] = name
+        spec["updateStrategy"] = {"type": "OnDelete"}  # new settings reach pods only when recreated
+    return obj
+
+
+def name_of(kind: str) -> str:
+    return f"web-{kind.lower()}"
+
+
+def get(cluster: Any, kind: str, name: str) -> dict[str, Any]:
+    obj: dict[str, Any] = cluster.kubectl_json(
+        "get", kind.lower(), name, "-n", APP_NS, "--show-managed-fields"
+    )
+    return obj
+
+
+def injected(cluster: Any, kind: str, name: str) -> dict[str, Any] | None:
+    obj = get(cluster, kind, name)
+    lifecycle = obj["spec"]["template"]["spec"]["containers"][0].get("lifecycle") or {}
+    return obj if "preStop" in lifecycle else None
+
+
+def podgrace_writes(cluster: Any, since: float, resource: str | None = None) -> list[Any]:
+    return list(cluster.write_events(user=OPERATOR_USER, since=since, resource=resource))
+
+
+def workload_writes(cluster: Any, since: float) -> list[tuple[str, str, str]]:
+    """podgrace's writes to workloads of any kind (not its Events or profile statuses)."""
+    return [
+        (w.verb, w.resource, w.name)
+        for w in podgrace_writes(cluster, since)
+        if w.resource in ("deployments", *KINDS.values())
+    ]
+
+
+def profile_users(cluster: Any, profile: str) -> int:
+    """The workloads of every kind in the cluster that name `profile`."""
+    items = cluster.kubectl_json("get", "deployments,statefulsets,daemonsets", "-A")["items"]
+    named = [(o["metadata"].get("annotations") or {}).get("podgrace.dev/profile") for o in items]
+    return named.count(profile)
+
+
+def reasons_on(cluster: Any, kind: str, name: str) -> list[str]:
+    selector = f"involvedObject.kind={kind},involvedObject.name={name}"
+    items = cluster.kubectl_json("get", "events", "-n", APP_NS, "--field-selector", selector)["items"]
+    return [e["reason"] for e in items]
+
+
+def rendered(cluster: Any, obj: dict[str, Any]) -> dict[str, Any]:
+    """`podgrace render` of `obj` for this API server (ContainerStopSignals off, as the e2e cluster)."""
+    version = cluster.kubectl_json("version")["serverVersion"]
+    minor = "".join(ch for ch in version["minor"] if ch.isdigit())
+    result = subprocess.run(
+        [sys.executable, "-m", "podgrace.cli.main", "render", "-f", "-",
+         "--server-version", f"{version['major']}.{minor}", "--feature-gates", "ContainerStopSignals=false"],
+        input=json.dumps(obj), capture_output=True, text=True, timeout=60, check=True,
+        env={**os.environ, "PYTHONPATH": f"{ROOT / 'operator'}:{ROOT}"},
+    )  # fmt: skip
+    out: dict[str, Any] = yaml.safe_load(result.stdout)
+    return out
+
+
+def podgrace_fields(pod: dict[str, Any]) -> dict[str, Any]:
+    """What podgrace sets in a pod spec (the API server adds defaults elsewhere)."""
+    return {
+        "terminationGracePeriodSeconds": pod.get("terminationGracePeriodSeconds"),
+        "os": pod.get("os"),
+        "lifecycle": {c["name"]: c.get("lifecycle") for c in pod["containers"]},
+    }
+
+
+# 1 -----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_opt_in_writes_once_what_render_writes_with_events_and_metrics_of_its_kind(
+    cluster: Any, operator: OperatorProcess, kind: str
+) -> None:
+    name = name_of(kind)
+    manifest = workload(kind, name)
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(manifest))
+    time.sleep(2)  # the not-opted-in object is seen (and left alone) first
+    t0 = time.time()
+    cluster.kubectl("annotate", kind.lower(), name, "-n", APP_NS, "podgrace.dev/profile=nginx-php-fpm")
+    live = wait_until(f"{kind} injected", lambda: injected(cluster, kind, name), timeout=60)
+    time.sleep(3)  # the echo of the write, the controller-manager's status updates: no more writes
+    assert workload_writes(cluster, t0) == [("patch", KINDS[kind], name)]
+    expected = rendered(cluster, {**manifest, "metadata": {**manifest["metadata"], "annotations": PROFILE}})
+    assert expected["kind"] == kind
+    assert podgrace_fields(live["spec"]["template"]["spec"]) == podgrace_fields(
+        expected["spec"]["template"]["spec"]
+    )
+    assert podgrace_fields(live["spec"]["template"]["spec"])["terminationGracePeriodSeconds"] == 70
+    wait_until(f"Applied Event on the {kind}", lambda: "Applied" in reasons_on(cluster, kind, name))
+    # The profile's WORKLOADS count includes it (every kind counts).
+    wait_until(
+        "nginx-php-fpm's status to count every workload naming it",
+        lambda: (cluster.kubectl_json("get", "shutdownprofile", "nginx-php-fpm").get("status") or {}).get(
+            "workloads"
+        )
+        == profile_users(cluster, "nginx-php-fpm"),
+    )
+    label = kind.lower()
+    assert operator.metric("podgrace_managed_workloads", profile="nginx-php-fpm", kind=label) == 1
+    assert operator.metric("podgrace_reconcile_total", controller=label, result="success") >= 1
+    assert operator.metric("podgrace_reconcile_total", controller=label, result="error") == 0
+
+
+# 2 -----------------------------------------------------------------------------------------------------
+
+
+def test_restart_makes_zero_writes(cluster: Any, operator: OperatorProcess) -> None:
+    counts = {
+        kind: len(cluster.kubectl_json("get", plural, "-A")["items"]) for kind, plural in KINDS.items()
+    }
+    t0 = time.time()
+    operator.restart()
+    for kind, count in counts.items():
+        wait_until(
+            f"podgrace to reconcile every {kind}",
+            lambda k=kind, c=count: operator.metric("podgrace_reconcile_total", controller=k.lower()) >= c,
+            timeout=60,
+        )
+    time.sleep(3)
+    assert podgrace_writes(cluster, t0) == []
+    for kind in KINDS:
+        managed = operator.metric("podgrace_managed_workloads", profile="nginx-php-fpm", kind=kind.lower())
+        assert managed == 1
+
+
+# 3 -----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_opt_out_reverts_the_whole_spec_exactly(cluster: Any, operator: OperatorProcess, kind: str) -> None:
+    name = f"revert-{kind.lower()}"
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(workload(kind, name)))
+    before = copy.deepcopy(get(cluster, kind, name)["spec"])  # with the API server's defaults
+    cluster.kubectl("annotate", kind.lower(), name, "-n", APP_NS, "podgrace.dev/profile=nginx-php-fpm")
+    wait_until(f"{kind} injected", lambda: injected(cluster, kind, name), timeout=60)
+    t0 = time.time()
+    cluster.kubectl("annotate", kind.lower(), name, "-n", APP_NS, "podgrace.dev/profile-")
+    wait_until(f"{kind} reverted", lambda: not injected(cluster, kind, name), timeout=60)
+    time.sleep(3)
+    after = get(cluster, kind, name)
+    assert after["spec"] == before
+    assert not [m for m in after["metadata"]["managedFields"] if m["manager"] == "podgrace"]
+    assert workload_writes(cluster, t0) == [("patch", KINDS[kind], name)]
+    wait_until(f"Reverted Event on the {kind}", lambda: "Reverted" in reasons_on(cluster, kind, name))
+    managed = operator.metric("podgrace_managed_workloads", profile="nginx-php-fpm", kind=kind.lower())
+    assert managed == 1  # only the opt-in of test 1 is left
