@@ -13,7 +13,15 @@ from test_reconciler import builtin_bodies, deployment, make, pipeline, pod_spec
 
 from podgrace.controller.reconciler import Result
 from podgrace.controller.status_flusher import StatusFlusher
-from podgrace.controller.workload_key import Key
+from podgrace.controller.workload_key import (
+    DAEMONSET,
+    STATEFULSET,
+    Key,
+    collection_path,
+    key_of,
+    kind_named,
+    object_path,
+)
 from podgrace.core import capabilities, profiles, workload_parser
 from podgrace.core.apply_body import merge_into_manifest
 from podgrace.core.planner import plan
@@ -128,3 +136,28 @@ async def test_deleting_one_kind_forgets_only_that_workload(kind: str) -> None:
         registry = p.reconciler.metrics.registry
         assert registry.get_sample_value("podgrace_managed_workloads", managed(kind.lower())) == 0
         assert registry.get_sample_value("podgrace_managed_workloads", managed("deployment")) == 1
+
+
+@pytest.mark.parametrize(
+    ("body", "key", "path"),
+    [
+        ({"kind": "Deployment", "metadata": {"namespace": "a", "name": "b"}}, Key("Deployment", "a", "b"),
+         "/apis/apps/v1/namespaces/a/deployments/b"),
+        ({"kind": "StatefulSet", "metadata": {"namespace": "a", "name": "b"}}, Key("StatefulSet", "a", "b"),
+         "/apis/apps/v1/namespaces/a/statefulsets/b"),
+        ({"kind": "DaemonSet", "metadata": {"namespace": "a", "name": "b"}}, Key("DaemonSet", "a", "b"),
+         "/apis/apps/v1/namespaces/a/daemonsets/b"),
+    ],
+)  # fmt: skip
+def test_a_key_names_the_kind_and_its_resource(body: dict[str, Any], key: Key, path: str) -> None:
+    assert key_of(body) == key
+    assert object_path(key) == path
+    assert str(key) == f"{key.kind} a/b"  # what the logs say
+    assert kind_named(key.kind).label == key.kind.lower()  # the bounded metric label
+
+
+def test_a_kind_podgrace_does_not_reconcile_has_no_resource() -> None:
+    with pytest.raises(KeyError):
+        kind_named("CronJob")
+    assert collection_path(STATEFULSET) == "/apis/apps/v1/statefulsets"
+    assert collection_path(DAEMONSET, "shop") == "/apis/apps/v1/namespaces/shop/daemonsets"

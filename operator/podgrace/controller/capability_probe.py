@@ -1,9 +1,9 @@
 """Detecting what the API server supports, for real, once per operator process.
 
 `lifecycle.stopSignal` is dropped silently by an API server whose ContainerStopSignals gate is off, so
-the only honest test is to send it: a server-side dry-run apply on a workload podgrace is reconciling
-(a Deployment, StatefulSet or DaemonSet)
-(a verb it already has; nothing is persisted) and a look at whether the field came back.
+the only honest test is to send it: a server-side dry-run apply on a workload (Deployment, StatefulSet or
+DaemonSet) podgrace is reconciling (a verb it already has; nothing is persisted) and a look at whether the
+field came back.
 
 Only a definitive answer is cached: the dry run succeeded, and the field was kept or dropped. Any failure
 (a 404 or 409 on that workload, a 5xx or 429, a timeout, a lost connection, an admission webhook or
