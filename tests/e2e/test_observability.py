@@ -502,7 +502,7 @@ def reconcile_results(result: Result) -> None:
     got = {(r["metric"].get("controller"), r["metric"].get("result")): float(r["value"][1]) for r in result}
     for controller in ("deployment", "shutdownprofile"):
         assert (controller, "success") in got and got.get((controller, "error"), 0) > 0, got
-    assert got.get(("statefulset", "success"), 0) > 0, got  # the StatefulSet "edge"
+    assert ("statefulset", "success") in got, got  # the StatefulSet "edge" (a rate: maybe 0 by now)
 
 
 def managed_by_profile_and_kind(result: Result) -> None:

@@ -24,6 +24,7 @@ from tests.support.podgrace_env import (
     OPERATOR_USER,
     OperatorProcess,
     deployment,
+    nginx_profile,
     running_operator,
     wait_until,
 )
@@ -200,3 +201,102 @@ def test_opt_out_reverts_the_whole_spec_exactly(cluster: Any, operator: Operator
     wait_until(f"Reverted Event on the {kind}", lambda: "Reverted" in reasons_on(cluster, kind, name))
     managed = operator.metric("podgrace_managed_workloads", profile="nginx-php-fpm", kind=kind.lower())
     assert managed == 1  # only the opt-in of test 1 is left
+
+
+# 4 -----------------------------------------------------------------------------------------------------
+
+
+def server_side_apply(cluster: Any, obj: dict[str, Any], manager: str) -> None:
+    """A GitOps tool's apply (Argo CD, Flux): server-side, forced; raises on an error."""
+    cluster.kubectl(
+        "apply", "--server-side", "--force-conflicts", f"--field-manager={manager}", "-f", "-",
+        input=json.dumps(obj),
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_a_gitops_reapply_does_not_fight_podgrace(cluster: Any, operator: OperatorProcess, kind: str) -> None:
+    name = f"gitops-{kind.lower()}"
+    manifest = workload(kind, name, PROFILE)
+    server_side_apply(cluster, manifest, "argocd-controller")
+    wait_until(f"{kind} injected", lambda: injected(cluster, kind, name), timeout=60)
+    time.sleep(2)
+    generation = get(cluster, kind, name)["metadata"]["generation"]
+    t0 = time.time()
+    for _ in range(3):
+        server_side_apply(cluster, manifest, "argocd-controller")
+        time.sleep(1)
+    time.sleep(3)
+    after = get(cluster, kind, name)
+    assert injected(cluster, kind, name)
+    assert after["metadata"]["generation"] == generation  # no rollout from either side
+    assert workload_writes(cluster, t0) == []
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_an_owner_forcing_its_grace_period_back_wins_and_podgrace_backs_off(
+    cluster: Any, operator: OperatorProcess, kind: str
+) -> None:
+    name = f"forced-{kind.lower()}"
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(workload(kind, name, PROFILE)))
+    live = wait_until(f"{kind} injected", lambda: injected(cluster, kind, name), timeout=60)
+    assert live["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 70
+    # The owner's manifest, now with its own grace period, re-applied by a GitOps tool with force (the
+    # first such apply also takes over kubectl's client-side-applied fields, as kubectl migrates them).
+    owner = workload(kind, name, PROFILE)
+    owner["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] = 45
+    t0 = time.time()
+    server_side_apply(cluster, owner, "flux")  # takes the field from podgrace by force
+    # Posted by the reconcile that saw the take, after its write (if any).
+    wait_until(
+        f"OwnerReclaimed Warning on the {kind}", lambda: "OwnerReclaimed" in reasons_on(cluster, kind, name)
+    )
+    time.sleep(3)
+    first = workload_writes(cluster, t0)
+    assert len(first) <= 1  # at most once: its hooks fitted into the owner's 45 s
+    t1 = time.time()
+    for _ in range(3):  # the owner keeps re-asserting: podgrace does not answer
+        server_side_apply(cluster, owner, "flux")
+        time.sleep(1)
+    time.sleep(3)
+    assert workload_writes(cluster, t1) == []
+    spec = get(cluster, kind, name)["spec"]["template"]["spec"]
+    assert spec["terminationGracePeriodSeconds"] == 45
+    for container in spec["containers"]:
+        assert "preStop" in (container.get("lifecycle") or {})  # podgrace's hooks stay
+
+
+# 5 -----------------------------------------------------------------------------------------------------
+
+
+def test_a_profile_change_reaches_its_users_of_every_kind_and_only_them(
+    cluster: Any, operator: OperatorProcess
+) -> None:
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(nginx_profile("kinds-nginx", 4)))
+    users = {"Deployment": "fan-deploy", "StatefulSet": "fan-sts", "DaemonSet": "fan-ds"}
+    for kind, name in users.items():
+        obj = workload(kind, name, {"podgrace.dev/profile": "kinds-nginx"}) if kind in KINDS else deployment(
+            name, APP_NS, {"podgrace.dev/profile": "kinds-nginx"}
+        )
+        cluster.kubectl("apply", "-f", "-", input=json.dumps(obj))
+    for kind, name in users.items():
+        wait_until(f"{kind} {name} injected", lambda k=kind, n=name: injected(cluster, k, n), timeout=60)
+    wait_until(
+        "kinds-nginx's status to count its 3 workloads",
+        lambda: (cluster.kubectl_json("get", "shutdownprofile", "kinds-nginx").get("status") or {}).get(
+            "workloads"
+        )
+        == 3,
+    )
+    time.sleep(2)
+    t0 = time.time()
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(nginx_profile("kinds-nginx", 6)))
+
+    def updated(kind: str, name: str) -> bool:
+        hook = get(cluster, kind, name)["spec"]["template"]["spec"]["containers"][0]["lifecycle"]["preStop"]
+        return "sleep 6" in " ".join(hook["exec"]["command"])
+
+    wait_until("every user updated", lambda: all(updated(k, n) for k, n in users.items()), timeout=60)
+    time.sleep(3)
+    plural = {"Deployment": "deployments", **KINDS}
+    assert sorted(workload_writes(cluster, t0)) == sorted(("patch", plural[k], n) for k, n in users.items())

@@ -47,6 +47,12 @@ def managed(kind_label: str) -> dict[str, str]:
     return {"profile": "nginx-php-fpm", "kind": kind_label}
 
 
+async def deliver_with_echo(p: Any, api: FakeApi, event_type: str, obj: dict[str, Any]) -> None:
+    """An informer event, then the watch's echo of the object as it is after the reconcile."""
+    await p.deliver(event_type, obj)
+    await p.deliver("MODIFIED", api.get("web", "shop", obj["kind"]))
+
+
 def involved(api: FakeApi) -> set[tuple[str, str, str]]:
     return {(e["involvedObject"]["kind"], e["involvedObject"]["name"], e["reason"]) for e in api.events}
 
@@ -56,8 +62,7 @@ async def test_opt_in_writes_once_what_render_writes_and_a_restart_writes_nothin
     api = FakeApi()
     original = workload(kind)
     async with pipeline(api) as p:
-        await p.deliver("ADDED", api.create(original))
-        await p.deliver("MODIFIED", api.get("web", "shop", kind))  # the echo of the write
+        await deliver_with_echo(p, api, "ADDED", api.create(original))
     writes = api.writes()
     assert len(writes) == 1
     assert writes[0][2]["kind"] == kind and not writes[0][3]  # to the kind's resource, not forced
@@ -88,16 +93,15 @@ async def test_opt_in_writes_once_what_render_writes_and_a_restart_writes_nothin
 @pytest.mark.parametrize("kind", KINDS)
 async def test_opt_out_reverts_the_whole_spec_exactly(kind: str) -> None:
     api = FakeApi()
-    original = workload(kind)
+    created = api.create(workload(kind))
     async with pipeline(api) as p:
-        await p.deliver("ADDED", api.create(original))
+        await deliver_with_echo(p, api, "ADDED", created)
         opted_out = api.get("web", "shop", kind)
-        assert opted_out["spec"] != original["spec"]
+        assert opted_out["spec"] != created["spec"]
         opted_out["metadata"]["annotations"] = {}
         api.workloads[Key(kind, "web", "shop")] = copy.deepcopy(opted_out)
-        await p.deliver("MODIFIED", opted_out)
-        assert api.get("web", "shop", kind)["spec"] == original["spec"]
-        await p.deliver("MODIFIED", api.get("web", "shop", kind))  # the revert's echo: nothing more
+        await deliver_with_echo(p, api, "MODIFIED", opted_out)  # the revert's echo: nothing more
+        assert api.get("web", "shop", kind)["spec"] == created["spec"]
         registry = p.reconciler.metrics.registry
         assert registry.get_sample_value("podgrace_managed_workloads", managed(kind.lower())) == 0
     assert len(api.writes()) == 2
