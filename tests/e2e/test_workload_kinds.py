@@ -300,3 +300,55 @@ def test_a_profile_change_reaches_its_users_of_every_kind_and_only_them(
     time.sleep(3)
     plural = {"Deployment": "deployments", **KINDS}
     assert sorted(workload_writes(cluster, t0)) == sorted(("patch", plural[k], n) for k, n in users.items())
+
+
+# 6 -----------------------------------------------------------------------------------------------------
+
+
+def hook_managers(obj: dict[str, Any], container: str) -> list[str]:
+    """The field managers that own `container`'s lifecycle.preStop."""
+    key = f'k:{{"name":"{container}"}}'
+    owners = []
+    for entry in obj["metadata"].get("managedFields") or []:
+        spec = ((entry.get("fieldsV1") or {}).get("f:spec") or {}).get("f:template") or {}
+        lifecycle = ((spec.get("f:spec") or {}).get("f:containers") or {}).get(key, {}).get("f:lifecycle", {})
+        if "f:preStop" in lifecycle:
+            owners.append(entry["manager"])
+    return sorted(owners)
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_a_replaced_user_hook_comes_back_to_its_manager_on_opt_out(
+    cluster: Any, operator: OperatorProcess, kind: str
+) -> None:
+    """`kubectl create` (an Update owner, as Helm 3) with the user's own nginx hook and `existing-prestop:
+    replace`: podgrace takes the hook once, records it, and the opt-out gives it back, under its manager,
+    with the rest of the spec exactly as before."""
+    name = f"replace-{kind.lower()}"
+    user_hook = {"exec": {"command": ["/bin/sh", "-c", "sleep 3; nginx -s quit"]}}
+    doc = workload(kind, name, {**PROFILE, "podgrace.dev/existing-prestop": "replace"})
+    doc["spec"]["template"]["spec"]["containers"][0]["lifecycle"] = {"preStop": user_hook}
+    cluster.kubectl("create", "-f", "-", input=json.dumps(doc))
+
+    def replaced() -> dict[str, Any] | None:
+        obj = get(cluster, kind, name)
+        hook = obj["spec"]["template"]["spec"]["containers"][0]["lifecycle"]["preStop"]
+        return obj if hook != user_hook else None
+
+    taken = wait_until(f"the {kind}'s hook replaced", replaced, timeout=60)
+    assert "podgrace.dev/replaced-prestop" in taken["metadata"]["annotations"]
+    t0 = time.time()
+    cluster.kubectl("annotate", kind.lower(), name, "-n", APP_NS, "podgrace.dev/profile-")
+    wait_until(f"the {kind}'s hook back", lambda: not replaced(), timeout=60)
+    time.sleep(3)
+    after = get(cluster, kind, name)
+    assert after["spec"]["template"]["spec"]["containers"][0]["lifecycle"] == {"preStop": user_hook}
+    assert hook_managers(after, "nginx") == ["kubectl-create"]
+    assert "podgrace.dev/replaced-prestop" not in after["metadata"]["annotations"]
+    assert not [m for m in after["metadata"]["managedFields"] if m["manager"] == "podgrace"]
+    # The restore (a patch under kubectl-create's name, by podgrace's token) and the empty apply.
+    assert workload_writes(cluster, t0) == [("patch", KINDS[kind], name)] * 2
+    assert after["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 30  # the default, as created
+    assert {k: v for k, v in after["spec"].items() if k != "template"} == {
+        k: v for k, v in taken["spec"].items() if k != "template"
+    }
