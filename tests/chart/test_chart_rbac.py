@@ -15,6 +15,8 @@ from hack.chart import helmchart
 # (apiGroup, resource) -> verbs: the operator's whole API usage (see the chart's podgrace.rules.* helpers).
 ALLOWED: dict[tuple[str, str], frozenset[str]] = {
     ("apps", "deployments"): frozenset({"get", "list", "watch", "patch"}),
+    ("apps", "statefulsets"): frozenset({"get", "list", "watch", "patch"}),
+    ("apps", "daemonsets"): frozenset({"get", "list", "watch", "patch"}),
     ("podgrace.dev", "shutdownprofiles"): frozenset({"get", "list", "watch"}),
     ("podgrace.dev", "shutdownprofiles/status"): frozenset({"get", "patch"}),
     ("", "events"): frozenset({"create", "get"}),

@@ -186,7 +186,7 @@ def _settings(name: str, pre_stop: HookIntent | None, stop_signal: str | None = 
 
 def podgrace_body(name: str, containers: tuple[ContainerSettings, ...], *, grace: int | None = 70,
                   os_name: str | None = None, kind: str = "Deployment") -> dict[str, Any]:  # fmt: skip
-    """The server-side apply body the operator sends for such a plan (operator/podgrace/applybody.py)."""
+    """The server-side apply body the operator sends for such a plan (podgrace.core.apply_body)."""
     plan = Plan(
         f"{APP_NS}/{name}",
         Outcome.MANAGED,
@@ -194,15 +194,11 @@ def podgrace_body(name: str, containers: tuple[ContainerSettings, ...], *, grace
         termination_grace_period_seconds=grace,
         os_name=os_name,
     )
-    body = apply_body(APP_NS, name, plan)
-    body["kind"] = kind
-    return body
+    return apply_body(APP_NS, name, plan, kind)
 
 
 def revert_body(name: str, kind: str = "Deployment") -> dict[str, Any]:
-    body = apply_body(APP_NS, name, Plan(f"{APP_NS}/{name}", Outcome.AUDIT))
-    body["kind"] = kind
-    return body
+    return apply_body(APP_NS, name, Plan(f"{APP_NS}/{name}", Outcome.AUDIT), kind)
 
 
 # --- forged writes with podgrace's token ------------------------------------------------------------

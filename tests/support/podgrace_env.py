@@ -188,6 +188,17 @@ class OperatorProcess:
             return ""
 
 
+def nginx_profile(name: str, pre_stop_sleep: int) -> dict[str, Any]:
+    """A ShutdownProfile with one rule: nginx containers (by image) with this preStop sleep."""
+    rule = {"name": "nginx", "match": {"images": ["*nginx*"]}, "role": "nginx"}
+    return {
+        "apiVersion": "podgrace.dev/v1alpha1",
+        "kind": "ShutdownProfile",
+        "metadata": {"name": name},
+        "spec": {"containers": [{**rule, "preStopSleepSeconds": pre_stop_sleep}]},
+    }
+
+
 def deployment(
     name: str,
     namespace: str,

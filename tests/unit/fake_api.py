@@ -12,6 +12,7 @@ import json
 from typing import Any
 
 from podgrace.controller.kube_api import ApiError
+from podgrace.controller.workload_key import Key, kind_named
 from podgrace.core.constants import FIELD_MANAGER
 from podgrace.core.managed_fields import Path, _value_at, desired_leaves, manager_leaves
 
@@ -74,7 +75,7 @@ def _delete(obj: dict[str, Any], path: Path) -> None:
 
 class FakeApi:
     def __init__(self) -> None:
-        self.deployments: dict[tuple[str, str], dict[str, Any]] = {}
+        self.workloads: dict[Key, dict[str, Any]] = {}  # Deployments, StatefulSets, DaemonSets
         self.events: list[dict[str, Any]] = []
         self.event_reads = 0
         self.statuses: dict[str, dict[str, Any]] = {}
@@ -96,27 +97,31 @@ class FakeApi:
         metadata["managedFields"] = [
             {"manager": manager, "operation": "Update", "fieldsType": "FieldsV1", "fieldsV1": _nest(leaves)}
         ]
-        self.deployments[(metadata["namespace"], metadata["name"])] = obj
+        obj.setdefault("apiVersion", "apps/v1")
+        kind = obj.setdefault("kind", "Deployment")
+        self.workloads[Key(kind, metadata["namespace"], metadata["name"])] = obj
         return copy.deepcopy(obj)
 
-    def get(self, namespace: str, name: str) -> dict[str, Any]:
-        return copy.deepcopy(self.deployments[(namespace, name)])
+    def get(self, namespace: str, name: str, kind: str = "Deployment") -> dict[str, Any]:
+        return copy.deepcopy(self.workloads[Key(kind, namespace, name)])
 
     # --- the Api protocol ------------------------------------------------------------------------------
 
-    async def get_deployment(self, namespace: str, name: str) -> dict[str, Any] | None:
-        obj = self.deployments.get((namespace, name))
+    async def get_workload(self, key: Key) -> dict[str, Any] | None:
+        obj = self.workloads.get(key)
         return copy.deepcopy(obj) if obj is not None else None
 
-    async def apply_deployment(
-        self, namespace: str, name: str, body: dict[str, Any], *, force: bool = False, dry_run: bool = False
+    async def apply_workload(
+        self, key: Key, body: dict[str, Any], *, force: bool = False, dry_run: bool = False
     ) -> dict[str, Any]:
         if self.fail_next:
             raise self.fail_next.pop(0)
+        namespace, name = key.namespace, key.name
+        assert body.get("kind") == key.kind, (body.get("kind"), key)  # the body names the kind it is sent to
         self.applies.append((namespace, name, copy.deepcopy(body), force, dry_run))
-        live = self.deployments.get((namespace, name))
+        live = self.workloads.get(key)
         if live is None:
-            raise ApiError(404, "NotFound", f"deployments.apps {name} not found")
+            raise ApiError(404, "NotFound", f"{kind_named(key.kind).plural}.apps {name} not found")
         obj = copy.deepcopy(live)
         entries = obj["metadata"]["managedFields"]
         want = {p: v for p, v in desired_leaves(body.get("spec") or {}, ("f:spec",)).items() if len(p) > 1}
@@ -149,7 +154,7 @@ class FakeApi:
         if obj.get("spec") != live.get("spec"):
             obj["metadata"]["generation"] += 1
         if not dry_run:
-            self.deployments[(namespace, name)] = obj
+            self.workloads[key] = obj
         return copy.deepcopy(obj)
 
     async def server_version(self) -> tuple[int, int]:

@@ -104,7 +104,7 @@ app.kubernetes.io/part-of: podgrace
 
 {{- define "podgrace.rules.namespaced" -}}
 - apiGroups: ["apps"]
-  resources: ["deployments"]
+  resources: ["deployments", "statefulsets", "daemonsets"]
   verbs: ["get", "list", "watch", "patch"]
 - apiGroups: [""]
   resources: ["events"]

@@ -17,6 +17,7 @@ import kopf
 import orjson
 
 from podgrace.controller.credentials import Credentials
+from podgrace.controller.workload_key import Key, object_path
 from podgrace.core.constants import FIELD_MANAGER, GROUP, PROFILE_PLURAL, VERSION
 
 log = logging.getLogger(__name__)
@@ -38,17 +39,15 @@ class ApiError(Exception):
 class Api(Protocol):
     """What the reconcilers need from the API server (a fake implements it in the unit tests)."""
 
-    async def get_deployment(self, namespace: str, name: str) -> dict[str, Any] | None: ...
+    async def get_workload(self, key: Key) -> dict[str, Any] | None: ...
 
-    async def apply_deployment(
-        self, namespace: str, name: str, body: dict[str, Any], *, force: bool = False, dry_run: bool = False
+    async def apply_workload(
+        self, key: Key, body: dict[str, Any], *, force: bool = False, dry_run: bool = False
     ) -> dict[str, Any]: ...
 
     async def patch_profile_status(self, name: str, status: dict[str, Any]) -> None: ...
 
-    async def patch_deployment_as(
-        self, namespace: str, name: str, patch: dict[str, Any], field_manager: str
-    ) -> None: ...
+    async def patch_workload_as(self, key: Key, patch: dict[str, Any], field_manager: str) -> None: ...
 
     async def create_event(self, namespace: str, event: dict[str, Any]) -> None: ...
 
@@ -180,8 +179,8 @@ class KubeClient:
         except (aiohttp.ClientError, TimeoutError) as error:
             log.debug("credentials check: no answer: %s", error)
 
-    async def get_deployment(self, namespace: str, name: str) -> dict[str, Any] | None:
-        return await self._get_or_none(_deployment_path(namespace, name))
+    async def get_workload(self, key: Key) -> dict[str, Any] | None:
+        return await self._get_or_none(object_path(key))
 
     async def get_event(self, namespace: str, name: str) -> dict[str, Any] | None:
         return await self._get_or_none(f"/api/v1/namespaces/{namespace}/events/{name}")
@@ -195,8 +194,8 @@ class KubeClient:
                 return None
             raise
 
-    async def apply_deployment(
-        self, namespace: str, name: str, body: dict[str, Any], *, force: bool = False, dry_run: bool = False
+    async def apply_workload(
+        self, key: Key, body: dict[str, Any], *, force: bool = False, dry_run: bool = False
     ) -> dict[str, Any]:
         """Server-side apply under podgrace's field manager. A dry run returns the whole object (the
         capability probe reads its spec); a real apply returns only the object's metadata, which is all the
@@ -205,16 +204,14 @@ class KubeClient:
         if dry_run:
             flags["dryRun"] = "All"
         accept = None if dry_run else PARTIAL_METADATA
-        path = _deployment_path(namespace, name)
-        return await self._write("PATCH", path, body, APPLY, accept=accept, **flags)
+        return await self._write("PATCH", object_path(key), body, APPLY, accept=accept, **flags)
 
-    async def patch_deployment_as(
-        self, namespace: str, name: str, patch: dict[str, Any], field_manager: str
-    ) -> None:
+    async def patch_workload_as(self, key: Key, patch: dict[str, Any], field_manager: str) -> None:
         """A strategic merge patch (an Update operation) under another field manager's name: gives a hook
         podgrace replaced back to the manager that wrote it (the opt-out's restore)."""
-        path = _deployment_path(namespace, name)
-        await self._write("PATCH", path, patch, STRATEGIC, manager=field_manager, accept=PARTIAL_METADATA)
+        await self._write(
+            "PATCH", object_path(key), patch, STRATEGIC, manager=field_manager, accept=PARTIAL_METADATA
+        )
 
     async def patch_profile_status(self, name: str, status: dict[str, Any]) -> None:
         path = f"/apis/{GROUP}/{VERSION}/{PROFILE_PLURAL}/{name}/status"
@@ -280,10 +277,6 @@ class KubeClient:
                     if line.strip():
                         yield orjson.loads(line)
                 del pending[:start]
-
-
-def _deployment_path(namespace: str, name: str) -> str:
-    return f"/apis/apps/v1/namespaces/{namespace}/deployments/{name}"
 
 
 def _error(status: int, raw: bytes) -> ApiError:

@@ -1,7 +1,8 @@
 """Prometheus metrics, with controller-runtime's meanings under a `podgrace_` prefix.
 
-Label values are bounded: controller and result are fixed sets, findings and reasons are `findings.Code`,
-and profiles are the cluster's ShutdownProfiles (a handful).
+Label values are bounded: controller and result are fixed sets (a controller per workload kind, and the
+ShutdownProfiles'), `kind` is deployment, statefulset or daemonset, findings and reasons are
+`findings.Code`, and profiles are the cluster's ShutdownProfiles (a handful).
 """
 
 from __future__ import annotations
@@ -13,13 +14,15 @@ from prometheus_client import CollectorRegistry, Gauge, Histogram
 from prometheus_client import Counter as PromCounter
 
 from podgrace import __version__
+from podgrace.controller.workload_key import KINDS
 from podgrace.core.findings import RISKS, Code
 
 WRITE_KINDS = ("apply", "revert", "status", "event")
 # The reasons of the Warning Events podgrace posts (Code values that are not risks).
 WARNING_REASONS = frozenset(Code) - RISKS
 
-DEPLOYMENT = "deployment"
+# The workload controllers are named by their kind's label (deployment, statefulset, daemonset).
+WORKLOAD_LABELS = tuple(kind.label for kind in KINDS)
 PROFILE = "shutdownprofile"
 
 # controller-runtime's default reconcile-time buckets.
@@ -57,11 +60,13 @@ class Metrics:
             "podgrace_writes_total", "API write requests podgrace made, by kind.", "kind"
         )
         self.managed = self._gauge(
-            "podgrace_managed_workloads", "Deployments opted in to each ShutdownProfile.", "profile"
-        )
+            "podgrace_managed_workloads", "Workloads opted in to each ShutdownProfile, by kind.", "profile",
+            "kind",
+        )  # fmt: skip
         self.at_risk = self._gauge(
-            "podgrace_workloads_at_risk", "Deployments that may drop requests, by finding.", "finding"
-        )
+            "podgrace_workloads_at_risk", "Workloads that may drop requests, by finding and kind.", "finding",
+            "kind",
+        )  # fmt: skip
         self.profile_ready = self._gauge(
             "podgrace_profile_ready", "1 when the ShutdownProfile is valid and Ready.", "profile"
         )
@@ -73,17 +78,19 @@ class Metrics:
             "Reconciles tried again after a failure, with backoff.",
             "name",
         )
-        self.retries.labels(DEPLOYMENT)
+        for label in WORKLOAD_LABELS:
+            self.retries.labels(label)
         self.build_info = self._gauge(
             "podgrace_build_info", "podgrace's version.", "version", "python_version"
         )
         self.build_info.labels(__version__, platform.python_version()).set(1)
-        for controller in (DEPLOYMENT, PROFILE):
+        for controller in (*WORKLOAD_LABELS, PROFILE):
             for result in ("success", "error", "requeue"):
                 self.reconcile_total.labels(controller, result)
             self.reconcile_errors.labels(controller)
         for code in sorted(RISKS):
-            self.at_risk.labels(code.value).set(0)
+            for label in WORKLOAD_LABELS:
+                self.at_risk.labels(code.value, label).set(0)
         # Counters exist at 0 from the start, so the first increment after a start shows in increase().
         for code in sorted(WARNING_REASONS):
             self.warnings.labels(code.value)
@@ -100,6 +107,8 @@ class Metrics:
 
     def forget_profile(self, name: str) -> None:
         """A deleted ShutdownProfile's series go away rather than report a profile that is not there."""
-        for gauge in (self.profile_ready, self.managed):
+        with contextlib.suppress(KeyError):
+            self.profile_ready.remove(name)
+        for label in WORKLOAD_LABELS:
             with contextlib.suppress(KeyError):
-                gauge.remove(name)
+                self.managed.remove(name, label)

@@ -1,6 +1,7 @@
-"""Reconciling Deployments and ShutdownProfiles: read, plan, apply only what changes, report.
+"""Reconciling workloads (Deployments, StatefulSets, DaemonSets: one code path, the kind is in the body and
+its key) and ShutdownProfiles: read, plan, apply only what changes, report.
 
-No Kopf here: deployment_events and profile_events call these methods, and the unit tests drive them
+No Kopf here: workload_events and profile_events call these methods, and the unit tests drive them
 with a fake API.
 """
 
@@ -17,13 +18,13 @@ from typing import Any
 import aiohttp
 
 from podgrace.controller.capability_probe import CapabilityCache, ProbeFailed
-from podgrace.controller.deployment_key import Key
 from podgrace.controller.event_recorder import NORMAL, WARNING, EventRecorder
 from podgrace.controller.field_memory import FieldMemory
 from podgrace.controller.kube_api import Api, ApiError
-from podgrace.controller.metrics import DEPLOYMENT, PROFILE, Metrics
+from podgrace.controller.metrics import PROFILE, Metrics
 from podgrace.controller.skip_record import SkipRecord
 from podgrace.controller.workload_gauges import WorkloadGauges
+from podgrace.controller.workload_key import Key, key_of, kind_named
 from podgrace.core import replaced_hooks
 from podgrace.core.apply_body import apply_body
 from podgrace.core.constants import ANN_REPLACED_PRESTOP
@@ -56,7 +57,7 @@ class ReconcileOutcome:
     plan: Plan | None = None
     written: Mapping[str, Any] | None = None  # what podgrace's apply returned (APPLIED, REVERTED)
     cause: str | None = None  # why it FAILED or is to be retried (REQUEUE)
-    body: Mapping[str, Any] | None = None  # the Deployment reconciled (for an Event about it)
+    body: Mapping[str, Any] | None = None  # the workload reconciled (for an Event about it)
 
 
 RETRY_RESULTS = frozenset({Result.FAILED, Result.REQUEUE})  # the work queue retries these with backoff
@@ -84,16 +85,16 @@ class Reconciler:
         self.gauges = gauges
         self.record = record
         self._fanout = asyncio.Semaphore(fanout_concurrency)
-        # At most this many Deployment reconciles at once (None: no limit); Kopf's workers are unlimited.
+        # At most this many workload reconciles at once (None: no limit); Kopf's workers are unlimited.
         self._slots = asyncio.Semaphore(concurrency) if concurrency else None
         self.memory = FieldMemory()  # take once, never fight
-        # Where a Deployment whose reconcile failed outside the work queue (a profile's fan-out) goes to be
+        # Where a workload whose reconcile failed outside the work queue (a profile's fan-out) goes to be
         # retried with backoff: the work queue's `retry`, set by the wiring.
         self.retry: Callable[[Key], None] | None = None
 
-    # --- Deployments -------------------------------------------------------------------------------
+    # --- Workloads ---------------------------------------------------------------------------------
 
-    async def reconcile_deployment(self, body: Mapping[str, Any]) -> ReconcileOutcome:
+    async def reconcile_workload(self, body: Mapping[str, Any]) -> ReconcileOutcome:
         if self._slots is None:
             return await self._timed_reconcile(body)
         async with self._slots:
@@ -103,43 +104,45 @@ class Reconciler:
         started = time.monotonic()
         result = Result.FAILED
         try:
-            outcome = await self._reconcile_deployment(body)
+            outcome = await self._reconcile_workload(body)
             result = outcome.result
             return outcome
         finally:
-            self._count(result, time.monotonic() - started)
+            self._count(key_of(body), result, time.monotonic() - started)
 
-    def _count(self, result: Result, seconds: float) -> None:
-        self.metrics.reconcile_time.labels(DEPLOYMENT).observe(seconds)
+    def _count(self, key: Key, result: Result, seconds: float) -> None:
+        controller = kind_named(key.kind).label  # one controller per workload kind
+        self.metrics.reconcile_time.labels(controller).observe(seconds)
         label = {Result.FAILED: "error", Result.REQUEUE: "requeue"}.get(result, "success")
-        self.metrics.reconcile_total.labels(DEPLOYMENT, label).inc()
+        self.metrics.reconcile_total.labels(controller, label).inc()
         if result is Result.FAILED:
-            self.metrics.reconcile_errors.labels(DEPLOYMENT).inc()
+            self.metrics.reconcile_errors.labels(controller).inc()
 
     async def reconcile_fresh(self, key: Key) -> ReconcileOutcome | None:
-        """Read the Deployment afresh and reconcile it (None: it is gone). A failed read is a failed
+        """Read the workload afresh and reconcile it (None: it is gone). A failed read is a failed
         reconcile (counted, logged, with its cause)."""
         started = time.monotonic()
         try:
-            body = await self.api.get_deployment(*key)
+            body = await self.api.get_workload(key)
         except (ApiError, aiohttp.ClientError, TimeoutError) as error:
             cause = describe(error)
-            log.warning("reading Deployment %s/%s failed: %s", *key, cause)
-            self._count(Result.FAILED, time.monotonic() - started)
+            log.warning("reading %s failed: %s", key, cause)
+            self._count(key, Result.FAILED, time.monotonic() - started)
             return ReconcileOutcome(Result.FAILED, cause=cause)
         if body is None:
             return None
-        return await self.reconcile_deployment(body)
+        return await self.reconcile_workload(body)
 
-    async def _reconcile_deployment(self, body: Mapping[str, Any]) -> ReconcileOutcome:
+    async def _reconcile_workload(self, body: Mapping[str, Any]) -> ReconcileOutcome:
         metadata = body.get("metadata") or {}
-        namespace, name = key = str(metadata.get("namespace")), str(metadata.get("name"))
+        key = key_of(body)
+        namespace, name = key.namespace, key.name
         if self.record.is_stale(key, metadata):
             return ReconcileOutcome(Result.UNCHANGED)
         try:
             workload = from_object(body, with_ownership=True)
         except ManifestError as error:
-            log.error("cannot read Deployment %s/%s: %s", namespace, name, error)
+            log.error("cannot read %s: %s", key, error)
             return ReconcileOutcome(Result.FAILED, cause=str(error), body=body)
         profile_name = workload.overrides.profile
         invalid_profile = self.store.error(profile_name) if profile_name else None
@@ -151,7 +154,7 @@ class Reconciler:
         try:
             capabilities = await self.capabilities.get(body)
         except ProbeFailed as error:
-            log.warning("Deployment %s/%s not reconciled: %s", namespace, name, error)
+            log.warning("%s not reconciled: %s", key, error)
             return ReconcileOutcome(Result.FAILED, cause=str(error), body=body)
         profiles = self.store.valid()
         uid = str(metadata.get("uid") or "")
@@ -166,7 +169,7 @@ class Reconciler:
         risks = result.findings_before if result.outcome is not Outcome.MANAGED else result.findings_after
         managed_profile = result.profile if result.outcome is not Outcome.NOT_OPTED_IN else None
         self.gauges.observe(key, managed_profile, (f.code for f in risks))
-        desired = apply_body(namespace, name, result)
+        desired = apply_body(namespace, name, result, key.kind)
         bookkeeping = replaced_hooks.annotation(body, result, workload.ownership)
         if bookkeeping is not None and "spec" in desired:
             desired["metadata"]["annotations"] = {ANN_REPLACED_PRESTOP: bookkeeping}
@@ -181,17 +184,17 @@ class Reconciler:
             # of theirs): an Update under the manager's name, which takes the field back without conflict
             for manager, patch in replaced_hooks.restore_patches(body):
                 try:
-                    await self.api.patch_deployment_as(namespace, name, patch, manager)
+                    await self.api.patch_workload_as(key, patch, manager)
                     self.metrics.writes.labels("revert").inc()
                 except ApiError as error:
-                    log.warning("cannot restore a replaced hook of %s/%s: %s", namespace, name, error)
+                    log.warning("cannot restore a replaced hook of %s: %s", key, error)
         # No retries in place: a failed apply fails this reconcile (counted, logged with its cause), and
         # the work queue tries again with backoff, on a fresh read.
         try:
-            written = await self.api.apply_deployment(namespace, name, desired, force=result.force)
+            written = await self.api.apply_workload(key, desired, force=result.force)
         except (aiohttp.ClientError, TimeoutError) as error:
             cause = describe(error)
-            log.warning("apply to Deployment %s/%s failed, will retry: %s", namespace, name, cause)
+            log.warning("apply to %s failed, will retry: %s", key, cause)
             return ReconcileOutcome(Result.FAILED, result, cause=cause, body=body)
         except ApiError as apply_error:
             cause = describe(apply_error)
@@ -200,9 +203,9 @@ class Reconciler:
             if apply_error.status == 409:
                 # A field podgrace wants changed owner after this event was sent: plan again on a fresh
                 # read, after a backoff (never force a field another manager holds).
-                log.warning("apply to Deployment %s/%s conflicted, will retry: %s", namespace, name, cause)
+                log.warning("apply to %s conflicted, will retry: %s", key, cause)
                 return ReconcileOutcome(Result.REQUEUE, result, cause=cause, body=body)
-            log.warning("apply to Deployment %s/%s failed, will retry: %s", namespace, name, cause)
+            log.warning("apply to %s failed, will retry: %s", key, cause)
             if not is_transient(apply_error):
                 # Rejected (invalid, denied by admission): the user can act on it, so say it at once.
                 message = f"podgrace's apply was rejected: {cause}"
@@ -281,7 +284,7 @@ class Reconciler:
             users = sorted(set(users))
             await self.update_profile_status(body, len(users))
             if changed:
-                await asyncio.gather(*(self._refresh(namespace, dep) for namespace, dep in users))
+                await asyncio.gather(*(self._refresh(key) for key in users))
             failed = False
             return changed
         finally:
@@ -298,18 +301,19 @@ class Reconciler:
             await self._with_retries(lambda: self.api.patch_profile_status(name, status))
             self.metrics.writes.labels("status").inc()
 
-    async def _refresh(self, namespace: str, name: str) -> None:
-        """A profile's fan-out to one of its Deployments; a failure goes to the work queue's retries."""
+    async def _refresh(self, key: Key) -> None:
+        """A profile's fan-out to one of its workloads (any kind); a failure goes to the work queue's
+        retries."""
         async with self._fanout:
-            outcome = await self.reconcile_fresh((namespace, name))
+            outcome = await self.reconcile_fresh(key)
         if outcome is not None and outcome.result in RETRY_RESULTS and self.retry is not None:
-            self.retry((namespace, name))
+            self.retry(key)
 
     async def profile_deleted(self, name: str, users: Iterable[Key]) -> None:
-        """A deleted ShutdownProfile: its Deployments are reconciled again (each gets an UnknownProfile
+        """A deleted ShutdownProfile: its workloads are reconciled again (each gets an UnknownProfile
         Warning, keeps the settings it has, and is no longer counted as managed), then its series go."""
         self.store.remove(name)
-        await asyncio.gather(*(self._refresh(namespace, dep) for namespace, dep in sorted(set(users))))
+        await asyncio.gather(*(self._refresh(key) for key in sorted(set(users))))
         self.metrics.forget_profile(name)
 
     def forget_profile(self, name: str) -> None:

@@ -1,7 +1,7 @@
-"""What podgrace last settled on and last wrote for each Deployment: the record that decides which
-Deployment events need no reconcile.
+"""What podgrace last settled on and last wrote for each workload: the record that decides which
+workload events need no reconcile.
 
-Two facts a Deployment, one entry:
+Two facts a workload, one entry:
 - settled: the signature (`work_queue.signature`) of the state whose reconcile had nothing to report (no
   Warning, nothing failed), with the profiles' version then. An event with the same signature under the
   same profiles (a status update, the echo of podgrace's own write) would plan the same and find the same
@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from podgrace.controller.deployment_key import Key
+from podgrace.controller.workload_key import Key
 
 
 class _Entry:
@@ -36,7 +36,7 @@ class _Entry:
 class SkipRecord:
     def __init__(self) -> None:
         self._entries: dict[Key, _Entry] = {}
-        # Bumped when a ShutdownProfile's spec changes or it is deleted: what Deployments settled on
+        # Bumped when a ShutdownProfile's spec changes or it is deleted: what workloads settled on
         # before may then plan differently.
         self._profiles_version = 0
 
@@ -86,7 +86,7 @@ class SkipRecord:
         entry.written_generation = generation
 
     def is_stale(self, key: Key, metadata: Mapping[str, Any]) -> bool:
-        """Whether a Deployment with this metadata is older than podgrace's last write of it."""
+        """Whether a workload with this metadata is older than podgrace's last write of it."""
         entry = self._entries.get(key)
         generation = metadata.get("generation")
         if entry is None or entry.written_uid != str(metadata.get("uid")) or not isinstance(generation, int):

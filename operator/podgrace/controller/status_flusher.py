@@ -21,7 +21,7 @@ class StatusFlusher:
     ) -> None:
         self._reconciler = reconciler
         self._index = index
-        self._listed = listed  # until every Deployment is known: counts before that are partial
+        self._listed = listed  # until every workload is known: counts before that are partial
         self._bodies: dict[str, Mapping[str, Any]] = {}  # the newest body of each profile
         self._task: asyncio.Task[None] | None = None  # the running flusher, once started
 

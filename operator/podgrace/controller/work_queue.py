@@ -1,6 +1,6 @@
-"""The Deployment work queue: the newest event of each Deployment, waiting for a reconcile slot, kept as
-a slim body with the signature of what a reconcile of it depends on; and the retries of failed
-reconciles, after client-go's rate limits (rate_limit.py)."""
+"""The work queue: the newest event of each workload (Deployment, StatefulSet, DaemonSet), waiting for a
+reconcile slot, kept as a slim body with the signature of what a reconcile of it depends on; and the
+retries of failed reconciles, after client-go's rate limits (rate_limit.py)."""
 
 from __future__ import annotations
 
@@ -13,20 +13,20 @@ from typing import Any
 
 import orjson
 
-from podgrace.controller.deployment_key import Key
 from podgrace.controller.rate_limit import RateLimiter
 from podgrace.controller.tasks import cancel_and_wait
+from podgrace.controller.workload_key import Key
 
 log = logging.getLogger(__name__)
 
 # The handler's answer: False asks for a retry after the rate limiter's delay; True or None: done.
 Handler = Callable[[Key, "Item"], Awaitable[bool | None]]
-RETRY = "RETRY"  # the event type of a retry: the Deployment is read afresh
+RETRY = "RETRY"  # the event type of a retry: the workload is read afresh
 
 
 @dataclass(frozen=True)
 class Item:
-    """A Deployment event waiting in the queue."""
+    """A workload event waiting in the queue."""
 
     event_type: str
     body: Mapping[str, Any]
@@ -37,7 +37,7 @@ REVISION_ANNOTATION = "deployment.kubernetes.io/revision"  # podgrace never read
 
 
 def signature(body: Mapping[str, Any]) -> bytes:
-    """What a reconcile of this Deployment depends on, hashed: uid, generation (every spec change bumps
+    """What a reconcile of this workload depends on, hashed: uid, generation (every spec change bumps
     it), annotations but the revision the deployment controller stamps on each rollout, and the
     managedFields of the object itself without their times (not of its status: the controller-manager's
     status updates change only those and resourceVersion)."""
@@ -59,8 +59,8 @@ def signature(body: Mapping[str, Any]) -> bytes:
 
 
 def slim(body: Mapping[str, Any]) -> dict[str, Any]:
-    """The parts of a Deployment the reconciler reads: identity, annotations, the spec managedFields, and
-    the pod template's containers (name, image, lifecycle), grace period and os. A Deployment waiting for a
+    """The parts of a workload the reconciler reads: identity, annotations, the spec managedFields, and
+    the pod template's containers (name, image, lifecycle), grace period and os. A workload waiting for a
     reconcile slot is kept like this (about a third of the whole object: no status, no status-subresource
     managedFields, no other spec), so a cold start over thousands of them holds no whole objects."""
     metadata = body.get("metadata") or {}
@@ -93,18 +93,18 @@ def slim(body: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-class DeploymentQueue:
-    """The latest event of each Deployment, reconciled by `workers` tasks, one Deployment at a time.
+class WorkQueue:
+    """The latest event of each workload, reconciled by `workers` tasks, one workload at a time.
 
     controller-runtime's work queue: the informer only records the event and reads on, so a cold start
-    holds one slim body per Deployment waiting for a reconcile slot, not a whole object and a stack of
-    frames. Events of a Deployment that arrive while it waits are coalesced: only the newest is reconciled.
-    A Deployment is never handled by two tasks at once, so its events keep their order.
+    holds one slim body per workload waiting for a reconcile slot, not a whole object and a stack of
+    frames. Events of a workload that arrive while it waits are coalesced: only the newest is reconciled.
+    A workload is never handled by two tasks at once, so its events keep their order.
 
     A reconcile that fails (the handler answers False, or raises) is tried again after the rate limiter's
-    delay (per Deployment: 5 ms doubling to 1000 s; overall: 10 per second, bursts of 100) as a RETRY item
-    (the handler reads the Deployment afresh), unless a newer event came first. A success resets the
-    Deployment's backoff. Retries waiting for their time do not count as work for `wait_idle`.
+    delay (per workload: 5 ms doubling to 1000 s; overall: 10 per second, bursts of 100) as a RETRY item
+    (the handler reads the workload afresh), unless a newer event came first. A success resets the
+    workload's backoff. Retries waiting for their time do not count as work for `wait_idle`.
     """
 
     def __init__(self, workers: int, limiter: RateLimiter | None = None) -> None:
@@ -119,13 +119,13 @@ class DeploymentQueue:
         self._idle = asyncio.Event()  # nothing queued, nothing being reconciled
         self._idle.set()
         self.retries = 0  # retries scheduled, in total (for the metrics)
-        self.on_retry: Callable[[], None] | None = None
+        self.on_retry: Callable[[Key], None] | None = None  # counts a retry (by the key's kind)
 
     async def wait_idle(self) -> None:
         await self._idle.wait()
 
     def start(self, handle: Handler) -> None:
-        """Start the workers, each reconciling one Deployment at a time with `handle`."""
+        """Start the workers, each reconciling one workload at a time with `handle`."""
         self._tasks = [
             asyncio.create_task(self._work(handle), name=f"reconcile-{i}") for i in range(self._workers)
         ]
@@ -159,7 +159,7 @@ class DeploymentQueue:
         delay = self._limiter.when(key)
         self.retries += 1
         if self.on_retry is not None:
-            self.on_retry()
+            self.on_retry(key)
         self._waiting[key] = asyncio.get_running_loop().call_later(delay, self._retry_now, key)
 
     def _retry_now(self, key: Key) -> None:
@@ -187,8 +187,8 @@ class DeploymentQueue:
                 done = await handle(key, item)
             except Exception as error:  # logged with its cause; tried again after the backoff
                 log.warning(
-                    "reconciling Deployment %s/%s failed, retrying with backoff: %s: %s",
-                    *key,
+                    "reconciling %s failed, retrying with backoff: %s: %s",
+                    key,
                     type(error).__name__,
                     error,
                     exc_info=log.isEnabledFor(logging.DEBUG),

@@ -34,12 +34,13 @@ def pod_spec_fields(result: Plan) -> dict[str, Any]:
     return pod_spec
 
 
-def apply_body(namespace: str, name: str, result: Plan) -> dict[str, Any]:
-    """The complete applied configuration: applying it with podgrace's field manager makes podgrace own
-    exactly these fields, and gives up any field it owned before and does not list now (the revert)."""
+def apply_body(namespace: str, name: str, result: Plan, kind: str = "Deployment") -> dict[str, Any]:
+    """The complete applied configuration of an apps/v1 `kind` (Deployment, StatefulSet, DaemonSet): applying
+    it with podgrace's field manager makes podgrace own exactly these fields, and gives up any field it
+    owned before and does not list now (the revert)."""
     body: dict[str, Any] = {
         "apiVersion": "apps/v1",
-        "kind": "Deployment",
+        "kind": kind,
         "metadata": {"name": name, "namespace": namespace},
     }
     pod_spec = pod_spec_fields(result)
