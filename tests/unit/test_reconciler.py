@@ -571,8 +571,8 @@ async def test_a_plan_notice_is_one_normal_event_over_resyncs_and_restarts(backg
     ))  # fmt: skip
     first = make(api)
     first.events = EventRecorder(api, first.metrics, background=background)
-    assert (await first.reconcile_deployment(live)).result is Result.APPLIED
-    assert (await first.reconcile_deployment(api.get("web", "shop"))).result is Result.UNCHANGED  # resync
+    assert (await first.reconcile_workload(live)).result is Result.APPLIED
+    assert (await first.reconcile_workload(api.get("web", "shop"))).result is Result.UNCHANGED  # resync
     await first.events.close()
     assert sorted(reasons(api)) == ["Applied", "SoleRuleApplied"]
     [notice] = [e for e in api.events if e["reason"] == "SoleRuleApplied"]
@@ -580,7 +580,7 @@ async def test_a_plan_notice_is_one_normal_event_over_resyncs_and_restarts(backg
     assert notice["message"].startswith("container app: image 'acme/shop:1.4' matches no rule")
     writes = len(api.writes())
     restarted = make(api)
-    assert (await restarted.reconcile_deployment(api.get("web", "shop"))).result is Result.UNCHANGED
+    assert (await restarted.reconcile_workload(api.get("web", "shop"))).result is Result.UNCHANGED
     assert sorted(reasons(api)) == ["Applied", "SoleRuleApplied"]
     assert len(api.writes()) == writes
 
@@ -589,6 +589,6 @@ async def test_a_notice_is_posted_in_audit_mode_too() -> None:
     api = FakeApi()
     annotations = {"podgrace.dev/profile": "apache", "podgrace.dev/mode": "audit"}
     live = api.create(deployment(annotations=annotations, containers=[{"name": "app", "image": "acme/shop"}]))
-    assert (await make(api).reconcile_deployment(live)).result is Result.UNCHANGED
+    assert (await make(api).reconcile_workload(live)).result is Result.UNCHANGED
     assert reasons(api) == ["SoleRuleApplied"]
     assert api.writes() == []
