@@ -289,7 +289,6 @@ class KubeClient:
                 del pending[:start]
 
 
-
 def _error(status: int, raw: bytes) -> ApiError:
     """An ApiError from an error response: a Status object's reason and message, else the text."""
     try:
