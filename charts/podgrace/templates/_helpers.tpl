@@ -109,6 +109,9 @@ app.kubernetes.io/part-of: podgrace
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create", "get"]
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["list"]
 {{- end -}}
 
 {{- define "podgrace.rules.profiles" -}}

@@ -75,6 +75,12 @@ class Metrics:
             ["profile"],
             registry=r,
         )
+        self.stop_signal_ignored = Gauge(
+            "podgrace_stop_signal_ignored_workloads",
+            "Deployments whose pods show that the container runtime ignores lifecycle.stopSignal (they get "
+            "the fallback preStop hook instead).",
+            registry=r,
+        )
         self.warnings = PromCounter(
             "podgrace_warnings_total", "Warning Events posted, by reason.", ["reason"], registry=r
         )
