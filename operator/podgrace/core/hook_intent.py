@@ -135,9 +135,11 @@ _SIGNAL_WORKERS = "\n".join(
 )
 
 # Apache: its graceful stop (WINCH) goes to the parent, which closes the listening sockets and lets its
-# children finish (a child ignores WINCH). The parent reaps its exited children only once a second, so
-# the hook returns as soon as every child has exited (a zombie counts as exited) and is gone before the
-# parent's next round reaps them and exits.
+# children finish (a child ignores WINCH, so it cannot be signalled as nginx's workers are). The hook
+# returns as soon as every child has exited (a zombie counts as exited). Still open: the parent reaps its
+# last child on its next once-a-second round, then signals its process group (the hook's too) and exits,
+# so the hook, polling once a second, returns in time only about half the time (FailedPreStopHook on a
+# real kubelet; the drain is complete either way).
 _SIGNAL_MASTER = "\n".join(
     [
         *_FIND_MASTER,
