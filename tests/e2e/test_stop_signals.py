@@ -4,6 +4,7 @@ the server keeps them (the plain server's fallback hook is covered in test_opera
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -43,3 +44,21 @@ def test_native_stop_signal_and_sleep(
         )
 
     wait_until("a pod with stopSignal", pod_kept_it, timeout=60)
+
+    # kwok reports the effective signal as a kubelet with the gate does (tests/cluster/localcluster.py), so
+    # podgrace's check of the pods' status (stop_signal_check.py) finds the runtime honouring it.
+    def reported() -> list[str] | None:
+        pods = cluster.kubectl_json("get", "pods", "-n", "default", "-l", "app=shop")["items"]
+        statuses = [s for p in pods for s in p.get("status", {}).get("containerStatuses") or []]
+        signals = [s.get("stopSignal") for s in statuses]
+        return signals if signals and all(signals) else None
+
+    assert set(wait_until("the pods' reported stop signals", reported, timeout=60)) == {"SIGQUIT"}
+    operator_stopsignals.restart()  # a fresh process asks the pods again: it keeps stopSignal, no Warning
+    wait_until("a reconcile after the restart", lambda: operator_stopsignals.metric(
+        "podgrace_reconcile_total", controller="deployment") > 0, timeout=60)  # fmt: skip
+    time.sleep(5)  # an apply to the fallback would follow that first reconcile at once
+    assert (injected() or {})["containers"][0]["lifecycle"]["stopSignal"] == "SIGQUIT"
+    assert operator_stopsignals.metric("podgrace_stop_signal_ignored_workloads") == 0
+    ignored = "reason=StopSignalIgnored"
+    assert cluster.kubectl_json("get", "events", "-n", "default", "--field-selector", ignored)["items"] == []

@@ -172,3 +172,16 @@ async def test_no_pod_list_where_the_api_server_drops_the_stop_signal() -> None:
 def test_finding_says_which_pod_and_containers() -> None:
     text = Finding(Evidence.IGNORED, ("nginx", "php-fpm"), "shop-1").describe()
     assert "pod shop-1" in text and "nginx, php-fpm" in text and "preStop hook" in text
+
+
+async def test_the_work_queues_slim_body_keeps_the_selector() -> None:
+    """Reconciles from the informer get the work queue's slim copy of the Deployment: it must still say
+    which pods are the Deployment's (it lost spec.selector once, so every check was UNKNOWN)."""
+    from podgrace.controller.work_queue import slim
+
+    api = FakeApi()
+    api.pods["web"] = [pod(reported=None)]
+    reconciler = make(api)
+    await reconciler.reconcile_deployment(slim(api.create(deployment())))
+    assert api.pod_lists == [("web", "app=shop")]
+    assert "stopSignal" not in _hook(api.get("web", "shop"))
