@@ -23,19 +23,18 @@ import tempfile
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 import yaml
 from bench.termination.load import LoadGenerator, Result
 from bench.termination.plan import OK, make_body
 from tests.cluster.images import Image, build_image, web_servers_image
+from tests.support.podgrace_env import wait_until
 from tests.support.realnode_env import NodeCluster
 
-T = TypeVar("T")
 REPO = Path(__file__).resolve().parents[2]
 APP = REPO / "bench" / "termination" / "app" / "app.php"
 NS = "default"
@@ -44,40 +43,31 @@ REQUEST_MS = 4000  # each request's length (nginx alone: its rate limit makes th
 WARMUP = 3.0  # seconds of load before the deletion
 LB_DELAY = 3.0  # the load stops this long after the deletion (< the profiles' 5 s preStop wait)
 
-NGINX_STATIC = """user www-data;
+def nginx_conf(location: str) -> str:
+    return f"""user www-data;
 worker_processes 2;
 pid /run/nginx.pid;
 error_log stderr notice;
-events { worker_connections 1024; }
-http {
+events {{ worker_connections 1024; }}
+http {{
     access_log off;
     keepalive_timeout 5s;
-    server {
+    server {{
         listen 80;
-        # a 2048-byte body at 512 bytes/s: each request lasts ~4 s
-        location / { root /lab; sendfile off; limit_rate 512; default_type text/plain; try_files /body =404; }
-    }
-}
+        {location}
+    }}
+}}
 """
-NGINX_FASTCGI = """user www-data;
-worker_processes 2;
-pid /run/nginx.pid;
-error_log stderr notice;
-events { worker_connections 1024; }
-http {
-    access_log off;
-    keepalive_timeout 5s;
-    server {
-        listen 80;
-        location ~ \\.php$ {
-            include /etc/nginx/fastcgi_params;
-            fastcgi_param SCRIPT_FILENAME /lab/app.php;
-            fastcgi_pass 127.0.0.1:9000;
-            fastcgi_read_timeout 120s;
-        }
-    }
-}
-"""
+
+
+# a 2048-byte body at 512 bytes/s: each request lasts ~4 s
+NGINX_STATIC = nginx_conf(
+    "location / { root /lab; sendfile off; limit_rate 512; default_type text/plain; try_files /body =404; }"
+)
+NGINX_FASTCGI = nginx_conf(
+    "location ~ \\.php$ { include /etc/nginx/fastcgi_params; fastcgi_param SCRIPT_FILENAME /lab/app.php; "
+    "fastcgi_pass 127.0.0.1:9000; fastcgi_read_timeout 120s; }"
+)
 PHP_FPM = """[global]
 pid = /run/php-fpm.pid
 error_log = /proc/self/fd/2
@@ -125,17 +115,6 @@ DocumentRoot /lab
     SetHandler application/x-httpd-php
 </FilesMatch>
 """
-
-
-def wait_until(what: str, fn: Callable[[], T | None], timeout: float = 60.0, interval: float = 0.3) -> T:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = fn()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
 
 
 @dataclass(frozen=True)
