@@ -20,6 +20,8 @@ ALLOWED: dict[tuple[str, str], frozenset[str]] = {
     ("podgrace.dev", "shutdownprofiles"): frozenset({"get", "list", "watch"}),
     ("podgrace.dev", "shutdownprofiles/status"): frozenset({"get", "patch"}),
     ("", "events"): frozenset({"create", "get"}),
+    # the Running pods of a Deployment podgrace gives a stopSignal: does the runtime honour it?
+    ("", "pods"): frozenset({"list"}),
 }
 CLUSTER_SCOPED = {("podgrace.dev", "shutdownprofiles"), ("podgrace.dev", "shutdownprofiles/status")}
 NAMESPACED = set(ALLOWED) - CLUSTER_SCOPED

@@ -448,6 +448,17 @@ def nginx_image() -> ImageSpec:
     )
 
 
+def web_servers_image() -> ImageSpec:
+    """Debian's nginx, php-fpm 8.2 and Apache with mod_php (prefork) in one image, no command: each
+    container names its server and a configuration (tests/node/test_fallback_hook.py mounts them from a
+    ConfigMap). No STOPSIGNAL: the container gets SIGTERM unless something else delivers a graceful one."""
+    return ImageSpec.make(
+        "podgrace.local/web-servers",
+        packages=["nginx", "php8.2-fpm", "apache2", "libapache2-mod-php8.2"],
+        exposed_ports=("80/tcp",),
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter

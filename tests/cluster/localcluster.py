@@ -924,6 +924,8 @@ class LocalCluster:
         if not files:
             raise ClusterError("no kwok stage files found (did build.sh finish?)")
         docs = [p.read_text().strip() for p in files]
+        if self.feature_gates.get("ContainerStopSignals"):
+            docs = [_with_stop_signal_status(doc) for doc in docs]
         path = self.workdir / "kwok-stages.yaml"
         path.write_text("\n---\n".join(docs) + "\n")
         return path
@@ -1046,6 +1048,22 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return 1
         print("stopping ...", flush=True)
     return 0
+
+
+# A kubelet with ContainerStopSignals reports each running container's effective stop signal (its
+# lifecycle.stopSignal, else the image's: SIGTERM for the test images); kwok's ready stage does it too, so
+# that podgrace's check of it (controller/stop_signal_check.py) sees what a real node shows.
+_KWOK_NAME_LINE = "        name: {{ $item.name | Quote }}\n"
+_KWOK_STOP_SIGNAL = (
+    '        stopSignal: {{ with $item.lifecycle }}{{ with .stopSignal }}{{ . | Quote }}{{ else }}"SIGTERM"'
+    '{{ end }}{{ else }}"SIGTERM"{{ end }}\n'
+)
+
+
+def _with_stop_signal_status(stage: str) -> str:
+    if "name: pod-ready" not in stage or "containerStatuses:" not in stage:
+        return stage
+    return stage.replace(_KWOK_NAME_LINE, _KWOK_NAME_LINE + _KWOK_STOP_SIGNAL, 1)
 
 
 if __name__ == "__main__":

@@ -155,7 +155,7 @@ def test_opt_in_injects_once_and_rolls_out_once(cluster: Any, operator: Operator
     spec = pod_spec(obj)
     nginx, php = spec["containers"]
     # The plain API server (ContainerStopSignals off): the signal goes through the preStop fallback hook.
-    assert 'kill -QUIT "$m"' in nginx["lifecycle"]["preStop"]["exec"]["command"][2]
+    assert "kill -QUIT $w" in nginx["lifecycle"]["preStop"]["exec"]["command"][2]
     assert "sleep 35" in php["lifecycle"]["preStop"]["exec"]["command"][2]
     assert "stopSignal" not in nginx["lifecycle"]
     assert spec["terminationGracePeriodSeconds"] == 70

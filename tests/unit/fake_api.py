@@ -84,6 +84,9 @@ class FakeApi:
         self.fail_next: list[ApiError] = []
         self.version = (1, 35)  # what server_version() answers
         self.fail_next_status: ApiError | None = None
+        self.pods: dict[str, list[dict[str, Any]]] = {}  # namespace -> its pods (labels are not matched)
+        self.pod_lists: list[tuple[str, str]] = []
+        self.fail_pod_list: ApiError | None = None
 
     # --- test set-up ----------------------------------------------------------------------------------
 
@@ -159,6 +162,12 @@ class FakeApi:
 
     async def server_version(self) -> tuple[int, int]:
         return self.version
+
+    async def list_running_pods(self, namespace: str, label_selector: str) -> list[dict[str, Any]]:
+        self.pod_lists.append((namespace, label_selector))
+        if self.fail_pod_list is not None:
+            raise self.fail_pod_list
+        return copy.deepcopy(self.pods.get(namespace, []))
 
     async def patch_profile_status(self, name: str, status: dict[str, Any]) -> None:
         if self.fail_next_status is not None:

@@ -174,7 +174,7 @@ async def test_server_that_drops_stop_signal_gets_the_fallback_hook() -> None:
     await reconciler.reconcile_workload(api.create(deployment()))
     nginx = pod_spec(api.get("web", "shop"))["containers"][0]
     assert "stopSignal" not in nginx["lifecycle"]
-    assert 'kill -QUIT "$m"' in nginx["lifecycle"]["preStop"]["exec"]["command"][2]
+    assert "kill -QUIT $w" in nginx["lifecycle"]["preStop"]["exec"]["command"][2]
     assert "os" not in pod_spec(api.get("web", "shop"))
 
 

@@ -55,6 +55,8 @@ class Api(Protocol):
 
     async def server_version(self) -> tuple[int, int]: ...
 
+    async def list_running_pods(self, namespace: str, label_selector: str) -> list[dict[str, Any]]: ...
+
 
 class KubeClient:
     def __init__(
@@ -241,6 +243,15 @@ class KubeClient:
         info = await self._request("GET", "/version")
         minor = "".join(ch for ch in str(info.get("minor", "0")) if ch.isdigit()) or "0"
         return int(info.get("major", "1")), int(minor)
+
+    async def list_running_pods(self, namespace: str, label_selector: str) -> list[dict[str, Any]]:
+        """The Running pods a selector selects, from the API server's cache (resourceVersion=0): podgrace
+        only reads their status (stop_signal_check.py), so a slightly old view does."""
+        params = {"labelSelector": label_selector, "fieldSelector": "status.phase=Running"}
+        params["resourceVersion"] = "0"
+        result = await self._request("GET", f"/api/v1/namespaces/{namespace}/pods", params=params)
+        items: list[dict[str, Any]] = result.get("items") or []
+        return items
 
     async def list_profiles(self) -> list[dict[str, Any]]:
         result = await self._request("GET", f"/apis/{GROUP}/{VERSION}/{PROFILE_PLURAL}")

@@ -70,6 +70,11 @@ class Metrics:
         self.profile_ready = self._gauge(
             "podgrace_profile_ready", "1 when the ShutdownProfile is valid and Ready.", "profile"
         )
+        self.stop_signal_ignored = self._gauge(
+            "podgrace_stop_signal_ignored_workloads",
+            "Workloads whose pods show that the container runtime ignores lifecycle.stopSignal (they get "
+            "the fallback preStop hook instead).",
+        )
         self.warnings = self._counter(
             "podgrace_warnings_total", "Warning Events posted, by reason.", "reason"
         )

@@ -8,6 +8,7 @@ with a fake API.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -23,15 +24,17 @@ from podgrace.controller.field_memory import FieldMemory
 from podgrace.controller.kube_api import Api, ApiError
 from podgrace.controller.metrics import PROFILE, Metrics
 from podgrace.controller.skip_record import SkipRecord
+from podgrace.controller.stop_signal_check import Evidence, StopSignalCheck
 from podgrace.controller.workload_gauges import WorkloadGauges
 from podgrace.controller.workload_key import Key, key_of, kind_named
-from podgrace.core import replaced_hooks
+from podgrace.core import hook_intent, replaced_hooks
 from podgrace.core.apply_body import apply_body
+from podgrace.core.capabilities import Capabilities
 from podgrace.core.constants import ANN_REPLACED_PRESTOP
 from podgrace.core.findings import Code
 from podgrace.core.hook_intent import SignalAndWait
 from podgrace.core.managed_fields import apply_is_noop
-from podgrace.core.models import GRACE_FIELD, Workload
+from podgrace.core.models import GRACE_FIELD, ShutdownProfile, Workload
 from podgrace.core.planner import Outcome, Plan, plan
 from podgrace.core.profile_store import ProfileStore, desired_status, status_differs
 from podgrace.core.take_once import Verdict, contested_values, inputs_key, podgrace_owned
@@ -88,6 +91,8 @@ class Reconciler:
         # At most this many workload reconciles at once (None: no limit); Kopf's workers are unlimited.
         self._slots = asyncio.Semaphore(concurrency) if concurrency else None
         self.memory = FieldMemory()  # take once, never fight
+        # Whether the runtime under a workload's pods honours lifecycle.stopSignal (read from the pods).
+        self.stop_signals = StopSignalCheck(api, on_change=metrics.stop_signal_ignored.set)
         # Where a workload whose reconcile failed outside the work queue (a profile's fan-out) goes to be
         # retried with backoff: the work queue's `retry`, set by the wiring.
         self.retry: Callable[[Key], None] | None = None
@@ -161,6 +166,10 @@ class Reconciler:
         inputs = _inputs(metadata, profiles, profile_name)
         workload = self._with_reclaimed(key, uid, body, workload, inputs)
         result = plan(workload, profiles, capabilities)
+        if result.outcome is Outcome.MANAGED and capabilities.stop_signal:
+            result = await self._unless_runtime_ignores(body, workload, profiles, capabilities, result)
+        elif result.outcome is not Outcome.MANAGED:
+            self.stop_signals.forget(uid)
         if result.outcome is Outcome.INVALID:
             for finding in result.errors:
                 await self.events.post(body, WARNING, finding.code.value, finding.message)
@@ -225,6 +234,29 @@ class Reconciler:
             await self.events.post(body, NORMAL, "Applied", summary(result))
         await self._report(body, result)
         return ReconcileOutcome(Result.REVERTED if reverting else Result.APPLIED, result, written)
+
+    async def _unless_runtime_ignores(
+        self,
+        body: Mapping[str, Any],
+        workload: Workload,
+        profiles: Mapping[str, ShutdownProfile],
+        capabilities: Capabilities,
+        result: Plan,
+    ) -> Plan:
+        """The plan, or the plan with the fallback hook where the Deployment's pods show that the runtime
+        ignores lifecycle.stopSignal (stop_signal_check.py). Without running pods to tell, a fallback hook
+        podgrace already gave the Deployment stays: no rollout on a guess."""
+        containers = [s.name for s in result.containers if s.stop_signal]
+        if not containers:
+            return result
+        finding = await self.stop_signals.check(body, containers)
+        if finding.evidence is Evidence.HONOURED:
+            return result
+        if finding.evidence is Evidence.UNKNOWN and not _has_fallback_hook(body, containers):
+            return result
+        if finding.evidence is Evidence.IGNORED:
+            await self.events.post(body, WARNING, Code.STOP_SIGNAL_IGNORED.value, finding.describe())
+        return plan(workload, profiles, dataclasses.replace(capabilities, stop_signal=False))
 
     def _with_reclaimed(
         self, key: Key, uid: str, body: Mapping[str, Any], workload: Workload, inputs: str
@@ -319,6 +351,17 @@ class Reconciler:
     def forget_profile(self, name: str) -> None:
         self.store.remove(name)
         self.metrics.forget_profile(name)
+
+
+def _has_fallback_hook(body: Mapping[str, Any], containers: Iterable[str]) -> bool:
+    """Whether one of the containers has podgrace's signal-and-wait hook now."""
+    spec = ((body.get("spec") or {}).get("template") or {}).get("spec") or {}
+    for container in spec.get("containers") or []:
+        pre_stop = (container.get("lifecycle") or {}).get("preStop")
+        is_own = isinstance(pre_stop, Mapping) and isinstance(hook_intent.read(pre_stop), SignalAndWait)
+        if container.get("name") in containers and is_own:
+            return True
+    return False
 
 
 def _inputs(metadata: Mapping[str, Any], profiles: Mapping[str, Any], profile: str | None) -> str:

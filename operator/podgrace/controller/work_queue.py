@@ -60,7 +60,8 @@ def signature(body: Mapping[str, Any]) -> bytes:
 
 def slim(body: Mapping[str, Any]) -> dict[str, Any]:
     """The parts of a workload the reconciler reads: identity, annotations, the spec managedFields, and
-    the pod template's containers (name, image, lifecycle), grace period and os. A workload waiting for a
+    the pod template's containers (name, image, lifecycle), grace period and os, and the selector (which
+    pods are its own: stop_signal_check.py). A workload waiting for a
     reconcile slot is kept like this (about a third of the whole object: no status, no status-subresource
     managedFields, no other spec), so a cold start over thousands of them holds no whole objects."""
     metadata = body.get("metadata") or {}
@@ -85,11 +86,15 @@ def slim(body: Mapping[str, Any]) -> dict[str, Any]:
             for m in metadata["managedFields"] or []
             if not (isinstance(m, Mapping) and m.get("subresource"))
         ]
+    slim_spec: dict[str, Any] = {"template": {"spec": pod}}
+    selector = (body.get("spec") or {}).get("selector")
+    if selector is not None:
+        slim_spec["selector"] = selector
     return {
         "apiVersion": body.get("apiVersion"),
         "kind": body.get("kind"),
         "metadata": meta,
-        "spec": {"template": {"spec": pod}},
+        "spec": slim_spec,
     }
 
 

@@ -37,6 +37,8 @@ class Code(StrEnum):
     APPLY_FAILED = "ApplyFailed"
     # podgrace cannot deliver the graceful signal: nothing is changed.
     SIGNAL_UNREACHABLE = "SignalHookCannotReachServer"
+    # The container runtime ignores lifecycle.stopSignal: podgrace delivers the signal from its hook.
+    STOP_SIGNAL_IGNORED = "StopSignalIgnored"
 
 
 RISKS = frozenset(
