@@ -4,7 +4,6 @@ The only place a plan's typed hooks become Kubernetes handlers (hook_intent.rend
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 from podgrace.core import hook_intent
@@ -49,18 +48,28 @@ def apply_body(namespace: str, name: str, result: Plan) -> dict[str, Any]:
 
 
 def merge_into_manifest(manifest: dict[str, Any], result: Plan) -> dict[str, Any]:
-    """The manifest with podgrace's fields set, for `podgrace render` (no field managers offline)."""
-    merged = copy.deepcopy(manifest)
+    """The manifest with podgrace's fields set, for `podgrace render` (no field managers offline). The
+    manifest itself is left as it is: the mappings and the list on the way to what changes are copied, the
+    rest is shared with it (a deep copy of every manifest was a tenth of render's time)."""
+    merged = dict(manifest)
     pod_spec_patch = pod_spec_fields(result)
     if not pod_spec_patch:
         return merged
-    pod_spec = merged.setdefault("spec", {}).setdefault("template", {}).setdefault("spec", {})
+    spec = merged["spec"] = dict(manifest.get("spec", {}))
+    template = spec["template"] = dict(spec.get("template", {}))
+    pod_spec = template["spec"] = dict(template.get("spec", {}))
     for key in ("terminationGracePeriodSeconds", "os"):
         if key in pod_spec_patch:
             pod_spec[key] = pod_spec_patch[key]
     by_name = {c["name"]: c for c in pod_spec_patch.get("containers", [])}
-    for container in pod_spec.get("containers", []):
-        patch = by_name.get(container.get("name"))
-        if patch is not None:
-            container["lifecycle"] = {**(container.get("lifecycle") or {}), **patch["lifecycle"]}
+    if "containers" in pod_spec:
+        pod_spec["containers"] = [
+            _with_lifecycle(c, by_name.get(c.get("name"))) for c in pod_spec["containers"]
+        ]
     return merged
+
+
+def _with_lifecycle(container: dict[str, Any], patch: dict[str, Any] | None) -> dict[str, Any]:
+    if patch is None:
+        return container
+    return {**container, "lifecycle": {**(container.get("lifecycle") or {}), **patch["lifecycle"]}}
