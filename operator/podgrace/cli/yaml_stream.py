@@ -5,6 +5,10 @@ limited (an input over a limit is a clear `InputError`, never a crash), and the 
 parser events by a loop, not by recursion (libyaml's own composer recurses in C and overflows the stack on
 deep nesting). libyaml's C parser and emitter are used when PyYAML has them; the output is the same bytes
 as PyYAML's pure-Python emitter (tests/unit/test_yaml_stream.py).
+
+For speed (bench/render), plain manifests take a short way in and out: objects built straight from the
+parser's events (_read_plain, which takes only what is within every bound and leaves the rest to the
+checked reader), and emitter events made here rather than by PyYAML's representer (_EventWriter).
 """
 
 from __future__ import annotations
