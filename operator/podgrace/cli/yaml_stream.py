@@ -13,6 +13,7 @@ checked reader), and emitter events made here rather than by PyYAML's represente
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import io
 import re
@@ -109,7 +110,8 @@ class _Nodes:
         if self._composed is None:
             loader = _Loader(self._text)
             try:
-                self._composed = list(_compose(loader, self._where))
+                with _no_cyclic_gc():
+                    self._composed = list(_compose(loader, self._where))
             finally:
                 loader.dispose()
         return self._composed[number - 1]
@@ -296,13 +298,19 @@ def read_text(path: str) -> str:
 def parse_documents(text: str, path: str) -> list[Document]:
     """The stream's non-empty documents, each a mapping (a Kubernetes object), with where it came from."""
     name = "<stdin>" if path == "-" else path
-    # The objects built here hold no cycles (recursive aliases are refused): the cyclic garbage
-    # collector's passes over the growing heap would only cost time (half of it, measured).
+    with _no_cyclic_gc():
+        plain = _read_plain(text, path, name)
+        return plain if plain is not None else _read_checked(text, path, name)
+
+
+@contextlib.contextmanager
+def _no_cyclic_gc() -> Iterator[None]:
+    """The node graphs and objects built here hold no cycles (recursive aliases are refused): the cyclic
+    garbage collector's passes over the growing heap would only cost time (half of it, measured)."""
     collecting = gc.isenabled()
     gc.disable()
     try:
-        plain = _read_plain(text, path, name)
-        return plain if plain is not None else _read_checked(text, path, name)
+        yield
     finally:
         if collecting:
             gc.enable()
