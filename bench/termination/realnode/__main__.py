@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from bench.termination.realnode import report
-from bench.termination.realnode.lab import EVENTS, MODES, Params, Selection, run_matrix
+from bench.termination.realnode.lab import EVENTS, MODES, Cell, Params, Selection, run_matrix
 from bench.termination.realnode.workloads import MANIFEST_KINDS, WORKLOADS
 
 
@@ -46,7 +46,14 @@ def main(argv: list[str] | None = None) -> int:
             tuple(args.mode or MODES),
         )
         params = Params(rate=args.rate, request_ms=args.request_ms, lb_delay=args.lb_delay)
-        cells = run_matrix(sel, params, log=lambda m: print(m, flush=True))
+        done: list[Cell] = []
+
+        def save(cell: Cell) -> None:  # after every cell: an interrupted run keeps what it measured
+            done.append(cell)
+            if args.json:
+                args.json.write_text(report.to_json(done))
+
+        cells = run_matrix(sel, params, log=lambda m: print(m, flush=True), on_cell=save)
     if args.json:
         args.json.write_text(report.to_json(cells))
     if args.png:

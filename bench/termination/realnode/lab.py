@@ -53,8 +53,8 @@ class Params:
     rate: float = 40.0
     request_ms: int = 300
     lb_delay: float = 1.0  # extra seconds before HAProxy applies an EndpointSlice change
-    warmup: float = 3.0  # load before the event
-    after: float = 8.0  # load after the event (rolling update: + ROLLING_EXTRA)
+    warmup: float = 2.0  # load before the event
+    after: float = 7.0  # load after the event (rolling update: + ROLLING_EXTRA)
     pod_timeout: float = 90.0  # how long a terminating pod may take to be gone
 
 
@@ -445,7 +445,13 @@ class Selection:
 
 
 def run_mode(
-    mode: str, sel: Selection, params: Params, workdir: Path, operator_image: Any, log: Log = print
+    mode: str,
+    sel: Selection,
+    params: Params,
+    workdir: Path,
+    operator_image: Any,
+    log: Log = print,
+    on_cell: Callable[[Cell], None] = lambda _c: None,
 ) -> list[Cell]:
     """One cluster + real node in ``mode``, podgrace helm-installed, every selected cell in it."""
     from tests.support.operator_release import podgrace_release  # needs buildah's image only here
@@ -481,10 +487,13 @@ def run_mode(
                             f"warnings {cell.warnings} ({time.monotonic() - t0:.0f}s)"
                         )
                         cells.append(cell)
+                        on_cell(cell)
     return cells
 
 
-def run_matrix(sel: Selection, params: Params, log: Log = print) -> list[Cell]:
+def run_matrix(
+    sel: Selection, params: Params, log: Log = print, on_cell: Callable[[Cell], None] = lambda _c: None
+) -> list[Cell]:
     from tests.image.build import build_operator_image
 
     workdir = Path(tempfile.mkdtemp(prefix="podgrace-realnode-lab-"))
@@ -492,7 +501,7 @@ def run_matrix(sel: Selection, params: Params, log: Log = print) -> list[Cell]:
     try:
         operator_image = build_operator_image()
         for mode in sel.modes:
-            cells += run_mode(mode, sel, params, workdir, operator_image, log)
+            cells += run_mode(mode, sel, params, workdir, operator_image, log, on_cell)
     finally:
         if os.environ.get("PODGRACE_KEEP_LAB_DIR", "") in ("", "0"):
             shutil.rmtree(workdir, ignore_errors=True)
