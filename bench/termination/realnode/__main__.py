@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lb-delay", type=float, default=Params.lb_delay, help="extra LB propagation, s")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--png", type=Path)
-    ap.add_argument("--from-json", type=Path)
+    ap.add_argument("--from-json", type=Path, action="append", help="repeatable: runs are concatenated")
     args = ap.parse_args(argv)
 
     def stop(signum: int, _frame: object) -> None:  # run every finally: node, cluster, HAProxy cleanup
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGHUP, stop)
     if args.from_json:
-        cells = report.from_json(args.from_json.read_text())
+        cells = [c for path in args.from_json for c in report.from_json(path.read_text())]
     else:
         sel = Selection(
             tuple(args.workload or WORKLOADS),

@@ -105,6 +105,11 @@ def _container(c: dict[str, Any], runtime: str, image: str, front: bool) -> dict
     env = [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]
     if runtime == "apache":
         env += [{"name": k, "value": v} for k, v in {**servers.APACHE_ENV, "APACHE_LOG_DIR": "/tmp"}.items()]
+        # Apache's DefaultRuntimeDir and lock dir; /run of the image comes empty
+        mounts += [
+            {"name": "apache-run", "mountPath": "/run/apache2"},
+            {"name": "apache-run", "mountPath": "/run/lock"},
+        ]
     if runtime == "generic":
         out["command"] = ["python3", "-u", f"{APP_DIR}/generic_server.py", "--host", "0.0.0.0"]
         out["args"] = ["--port", str(GENERIC_PORT)]
@@ -141,6 +146,8 @@ def manifests(
         for c in pod["containers"]
     ]
     pod["volumes"] = [{"name": "lab", "configMap": {"name": "lab"}}]
+    if "apache" in w.runtimes.values():
+        pod["volumes"].append({"name": "apache-run", "emptyDir": {}})
     workers = workers_needed(rate, request_ms / 1000.0, REPLICAS)
     labels = dep["spec"]["selector"]["matchLabels"]
     return [
