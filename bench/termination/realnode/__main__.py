@@ -1,7 +1,8 @@
 """python -m bench.termination.realnode [--workload W] [--event E] [--manifest M] [--mode MODE]
 [--rate R] [--request-ms MS] [--lb-delay S] [--json OUT] [--png OUT] [--from-json IN]
 
-Runs the real-node termination matrix (root; ~20 min for all 48 cells, warm caches) and prints its table.
+Runs the real-node termination matrix (root; ~28 min for all 48 cells on a loaded 2-core machine, warm
+caches) and prints its table.
 --from-json only rewrites the table / chart of an earlier run.
 """
 

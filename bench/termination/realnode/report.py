@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 from bench.termination.realnode.lab import Cell, PodEnd
 
@@ -111,16 +110,24 @@ def chart(cells: list[Cell], path: Path) -> None:
     plt.close(fig)
 
 
-def summary_rows(cells: list[Cell]) -> list[dict[str, Any]]:
-    """Totals per (mode, manifest): failed / sent over every cell, for the README's short table."""
-    out: dict[tuple[str, str], dict[str, Any]] = {}
+def short_markdown(cells: list[Cell]) -> str:
+    """Totals per capability mode and manifest, for the README: failed / sent over every cell, how many
+    cells dropped requests, the longest deletion->gone, and the FailedPreStopHook Events."""
+    lines = [
+        "| capability mode | manifest | cells | cells with failed requests | failed / sent "
+        "| longest deletion→gone | FailedPreStopHook Events |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    groups: dict[tuple[str, str], list[Cell]] = {}
     for c in cells:
-        if c.error:
-            continue
-        row = out.setdefault((c.mode, c.manifest), {"mode": c.mode, "manifest": c.manifest, "failed": 0,
-                                                      "sent": 0, "cells": 0, "cells_failing": 0})  # fmt: skip
-        row["failed"] += c.failed
-        row["sent"] += c.sent
-        row["cells"] += 1
-        row["cells_failing"] += int(c.failed > 0)
-    return list(out.values())
+        if not c.error:
+            groups.setdefault((c.mode, c.manifest), []).append(c)
+    for (mode, kind), cs in groups.items():
+        gone = [p.gone_s for c in cs for p in c.pods if p.gone_s is not None]
+        hooks = sum(n for c in cs for r, n in c.warnings.items() if r.startswith("FailedPreStopHook"))
+        failed, sent = sum(c.failed for c in cs), sum(c.sent for c in cs)
+        lines.append(
+            f"| {mode} | {kind} | {len(cs)} | {sum(c.failed > 0 for c in cs)} | **{failed}**/{sent} "
+            f"| {max(gone, default=0):.1f} s | {hooks} |"
+        )
+    return "\n".join(lines) + "\n"
