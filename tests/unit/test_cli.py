@@ -62,9 +62,9 @@ def test_render_example(run_cli: Any, example: str) -> None:
     nginx_script = nginx["lifecycle"]["preStop"]["exec"]["command"][2]
     php_script = php["lifecycle"]["preStop"]["exec"]["command"][2]
     assert nginx_script.startswith(f"{HOOK_MARKER}\nsleep 5\nm=1\n")
-    assert "case $c in nginx)" in nginx_script and '\nkill -QUIT "$m"\n' in nginx_script
+    assert "case $c in nginx)" in nginx_script and '\nkill -QUIT $w\n' in nginx_script
     assert php_script.startswith(f"{HOOK_MARKER}\nsleep 35\nm=1\n")
-    assert "case $c in php-fpm*)" in php_script and '\nkill -QUIT "$m"\n' in php_script
+    assert "case $c in php-fpm*)" in php_script and '\nkill -QUIT $w\n' in php_script
     assert "stopSignal" not in nginx["lifecycle"]
     # multi-line scripts are printed as YAML block scalars
     assert "- |-\n" in result.out
@@ -547,9 +547,9 @@ def test_audit_of_the_lab_pods_that_share_their_pid_namespace(
 
     rendered = _render(run_cli, original, gate, tmp_path / "rendered.yaml")
     assert _audit(run_cli, rendered) == (0, [])
-    if gate.endswith("false"):  # the fallback hooks signal the master they find under /proc, never PID 1
+    if gate.endswith("false"):  # the fallback hooks signal the workers of the master they find under /proc
         text = Path(rendered).read_text()
-        assert text.count('kill -QUIT "$m"') == 2 and "kill -QUIT 1" not in text
+        assert text.count("kill -QUIT $w") == 2 and "kill -QUIT 1" not in text
 
     # podgrace keeps a user's hook by default: the hook still hits pause and audit still says so
     kept = _audit(run_cli, _render(run_cli, pid1_hook, gate, tmp_path / "kept.yaml"))
