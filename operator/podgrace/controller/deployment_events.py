@@ -15,7 +15,7 @@ from podgrace.controller.informer import RESYNC
 from podgrace.controller.profile_index import ProfileIndex, profile_annotation
 from podgrace.controller.reconciler import RETRY_RESULTS, ReconcileOutcome, Reconciler, Result
 from podgrace.controller.skip_record import SkipRecord
-from podgrace.controller.work_queue import RETRY, DeploymentQueue, Item, signature, slim
+from podgrace.controller.work_queue import RETRY, DeploymentQueue, Item, RetryAfter, signature, slim
 from podgrace.controller.workload_gauges import WorkloadGauges
 from podgrace.core.findings import Code
 
@@ -72,9 +72,10 @@ class DeploymentEvents:
             return  # e.g. the controller-manager's status updates after a rollout
         self._queue.put(key, Item(event_type, slim(body), sig))
 
-    async def handle(self, key: Key, item: Item) -> bool:
+    async def handle(self, key: Key, item: Item) -> bool | RetryAfter:
         """The queue's handler: one Deployment's newest event, never two of one Deployment at once.
-        False: the reconcile failed, and is to be tried again after the queue's backoff."""
+        False: the reconcile failed, and is to be tried again after the queue's backoff; RetryAfter: the
+        same, no sooner than the API server asked."""
         if item.event_type == "DELETED":
             self.forget(key)
             return True
@@ -101,7 +102,7 @@ class DeploymentEvents:
             self._record.unsettle(key)
         if outcome.result in RETRY_RESULTS:
             await self._failed(key, outcome, item.body)
-            return False
+            return RetryAfter(outcome.retry_after) if outcome.retry_after else False
         self._failing.pop(key, None)
         return True
 

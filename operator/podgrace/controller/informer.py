@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from typing import Any, Protocol
 
 from podgrace.controller.deployment_key import Key
-from podgrace.controller.kube_api import ApiError
+from podgrace.controller.kube_api import ApiError, retry_after
 from podgrace.controller.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
@@ -134,6 +134,7 @@ class DeploymentInformer:
                     version = None
                     continue
                 delay = self._retry_delays[min(failures, len(self._retry_delays) - 1)]
+                delay = max(delay, retry_after(error) or 0.0)  # no sooner than the API server asked
                 failures += 1
                 self.failing.add(path)
                 log.warning("watching %s failed (%s); retrying in %.0f s", path, error, delay)
