@@ -100,6 +100,7 @@ async def pipeline(api: FakeApi, *, workers: int = 2) -> AsyncIterator[Pipeline]
     queue = DeploymentQueue(workers)
     deployments = DeploymentEvents(index, reconciler.record, reconciler.gauges, queue, reconciler)
     reconciler.retry = queue.retry  # as controller.wiring
+    reconciler.held = queue.held
     queue.on_retry = reconciler.metrics.retries.labels("deployment").inc
     queue.start(deployments.handle)
     try:

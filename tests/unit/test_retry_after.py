@@ -188,6 +188,26 @@ async def test_the_queue_retry_of_a_throttled_apply_waits_for_retry_after() -> N
     assert pod_spec(api.get("web", "web"))["terminationGracePeriodSeconds"] == 70
 
 
+async def test_a_profile_fan_out_leaves_a_held_deployment_to_the_queue() -> None:
+    """A profile edit while a user waits for its Retry-After: the fan-out does not reconcile it (that
+    would be a request to it before the time is up); the queue's retry does, with the new profile."""
+    api = FakeApi()
+    async with pipeline(api) as p:
+        await p.deliver("ADDED", api.create(deployment("first")))
+        api.fail_next = [ApiError(429, "TooManyRequests", "throttled", retry_after=0.3)]
+        await p.deliver("ADDED", api.create(deployment("web")))
+        assert p.queue.held(("web", "web"))
+        reads = len(api.applies)
+        await p.reconciler._refresh("web", "web")
+        assert len(api.applies) == reads  # left to the queue
+        for _ in range(300):
+            if not p.queue.held(("web", "web")):
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.wait_for(p.queue.wait_idle(), 2)
+        assert pod_spec(api.get("web", "web"))["terminationGracePeriodSeconds"] == 70
+
+
 # --- the probe and the status flusher ---------------------------------------------------------------------
 
 

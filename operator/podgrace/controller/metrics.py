@@ -6,6 +6,7 @@ and profiles are the cluster's ShutdownProfiles (a handful).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import platform
 
@@ -85,6 +86,11 @@ class Metrics:
             registry=r,
         )
         self.retries.labels(DEPLOYMENT)
+        self.tasks = Gauge(
+            "podgrace_asyncio_tasks",
+            "asyncio tasks alive in the operator's event loop: steady when idle; growth is a leak.",
+            registry=r,
+        )
         self.build_info = Gauge(
             "podgrace_build_info", "podgrace's version.", ["version", "python_version"], registry=r
         )
@@ -100,6 +106,11 @@ class Metrics:
             self.warnings.labels(code.value)
         for kind in WRITE_KINDS:
             self.writes.labels(kind)
+
+    def count_tasks(self, loop: asyncio.AbstractEventLoop) -> None:
+        """podgrace_asyncio_tasks counts `loop`'s unfinished tasks when scraped (all_tasks copes with
+        being called from the metrics server's thread: it retries a copy that raced a change)."""
+        self.tasks.set_function(lambda: len(asyncio.all_tasks(loop)))
 
     def forget_profile(self, name: str) -> None:
         """A deleted ShutdownProfile's series go away rather than report a profile that is not there."""

@@ -92,6 +92,9 @@ class Reconciler:
         # retried with backoff: the work queue's `retry`, set by the wiring.
         # Its second argument: no sooner than this many seconds (the API server's Retry-After).
         self.retry: Callable[[Key, float], None] | None = None
+        # Whether the work queue holds a Deployment for a Retry-After: the fan-out then leaves it to the
+        # queue, whose retry reads it afresh (with the new profile) when the time is up.
+        self.held: Callable[[Key], bool] = lambda key: False
 
     # --- Deployments -------------------------------------------------------------------------------
 
@@ -309,6 +312,8 @@ class Reconciler:
 
     async def _refresh(self, namespace: str, name: str) -> None:
         """A profile's fan-out to one of its Deployments; a failure goes to the work queue's retries."""
+        if self.held((namespace, name)):
+            return
         async with self._fanout:
             outcome = await self.reconcile_fresh((namespace, name))
         if outcome is not None and outcome.result in RETRY_RESULTS and self.retry is not None:

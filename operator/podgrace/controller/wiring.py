@@ -3,6 +3,7 @@ Kopf handlers as Kopf's `memo`. Starting and stopping them is all this module do
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -57,10 +58,13 @@ class Operator:
     informer: DeploymentInformer
     flusher: StatusFlusher
     profiles: ProfileEvents
+    metrics: Metrics | None = None
 
     async def start(self) -> None:
         """Learn the API server's version and the ShutdownProfiles, then start reconciling."""
         version = await self.capabilities.server_version()
+        if self.metrics is not None:
+            self.metrics.count_tasks(asyncio.get_running_loop())
         for body in await self.client.list_profiles():
             self.store.upsert(body)
         self.queue.start(self.deployments.handle)
@@ -105,6 +109,7 @@ def build(options: Options, connection: kopf.ConnectionInfo | Credentials, metri
     )
     deployments = DeploymentEvents(index, record, gauges, queue, reconciler)
     reconciler.retry = queue.retry  # the fan-out's failures are retried by the queue, with its backoff
+    reconciler.held = queue.held  # and it leaves alone a Deployment the API server asked to wait for
     queue.on_retry = metrics.retries.labels(DEPLOYMENT).inc
     informer = DeploymentInformer(
         client, options.namespaces, deployments.on_event, resync_seconds=options.resync_seconds
@@ -112,5 +117,6 @@ def build(options: Options, connection: kopf.ConnectionInfo | Credentials, metri
     flusher = StatusFlusher(reconciler, index, informer.listed.wait)
     profiles = ProfileEvents(store, index, record, flusher, reconciler, informer.listed.wait)
     return Operator(
-        credentials, client, store, capabilities, queue, events, deployments, informer, flusher, profiles
-    )
+        credentials, client, store, capabilities, queue, events, deployments, informer, flusher, profiles,
+        metrics,
+    )  # fmt: skip

@@ -158,6 +158,10 @@ class DeploymentQueue:
         if key not in self._held:  # held: reconciled when its Retry-After is over
             self._enqueue(key)
 
+    def held(self, key: Key) -> bool:
+        """Whether `key` waits for a Retry-After (nothing else is to reconcile it before)."""
+        return key in self._held
+
     def failures(self, key: Key) -> int:
         """Consecutive failed reconciles of `key` (0 after a success)."""
         return self._limiter.failures(key)
