@@ -713,7 +713,8 @@ class LocalCluster:
             if down_seconds:
                 time.sleep(down_seconds)
             self._start_proc(name, proc.argv)
-            self._wait("kube-apiserver /readyz", self._apiserver_ready, 60.0)
+            # 60 s is plenty on an idle machine; a loaded 2-core one has taken 60 s for /readyz alone
+            self._wait("kube-apiserver /readyz", self._apiserver_ready, 180.0)
 
     def logs(self) -> dict[str, Path]:
         return {name: p.log for name, p in self._procs.items()} | {"audit": self.audit_log}
