@@ -134,6 +134,7 @@ class Reconciler:
             return ReconcileOutcome(Result.FAILED, cause=cause, retry_after=retry_after(error))
         if body is None:
             return None
+        self.record.read(key, body)
         return await self.reconcile_deployment(body)
 
     async def _reconcile_deployment(self, body: Mapping[str, Any]) -> ReconcileOutcome:
