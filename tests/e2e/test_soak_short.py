@@ -1,7 +1,7 @@
 """The fault-injection soak (bench/soak) in its short form, as CI runs it: 50 opted-in Deployments and
 10 others on their own local control plane, 75 s of owner changes while the fault proxy injects latency,
-resets, lost answers, 429s with Retry-After and 503s into podgrace's requests, with one API server
-restart and one etcd restart. Then, whatever happened:
+resets, lost answers, 429s with Retry-After and 503s into podgrace's requests (twice the long form's
+shares), with one API server restart and one etcd restart. Then, whatever happened:
 
 - every Deployment equals `podgrace render` of its owner's manifest (the CLI, with the profiles as they
   are at the end), opted in or not;
@@ -33,6 +33,7 @@ def test_soak_short(cluster_bin_dir: Path, tmp_path: Path) -> None:
         churn_rate=2.0,
         churn_seconds=75.0,
         watch_cut_every=20.0,
+        fault_scale=2.0,  # twice the long form's shares: more of every kind in a short run
         settle_seconds=180.0,
         binaries=cluster_bin_dir,
     )
@@ -41,7 +42,9 @@ def test_soak_short(cluster_bin_dir: Path, tmp_path: Path) -> None:
     verdict, soak = result["verdict"], result["soak"]
 
     assert soak["disruptions"]["apiserver restart"] == 1 and soak["disruptions"]["etcd restart"] == 1
-    assert all(n > 0 for n in soak["faults"].values()), soak["faults"]  # every kind of fault happened
+    # Faults are a random share of podgrace's few hundred requests here: a kind may not come up in a run
+    # (a lost answer is 2 x 2 % of ~100 PATCHes), so only the ones the checks below need are required.
+    assert soak["faults"]["429 Retry-After"] > 0 and sum(soak["faults"].values()) > 20, soak["faults"]
     assert verdict["mismatches_vs_render"] == []
     assert verdict["writes_to_never_opted_in"] == []
     assert verdict["minimum_writes"] >= 50
