@@ -165,6 +165,22 @@ class OperatorProcess:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    def wait_quiet(self, quiet_seconds: float = 3.0, timeout: float = 300.0) -> None:
+        """Until podgrace's Deployment reconcile count has not moved for `quiet_seconds` (it must stay
+        alive meanwhile)."""
+        deadline = time.monotonic() + timeout
+        last, since = -1.0, time.monotonic()
+        while time.monotonic() < deadline:
+            if not self.alive():
+                raise AssertionError(f"podgrace exited:\n{self.log_tail()}")
+            now = self.metric("podgrace_reconcile_total", controller="deployment")
+            if now != last:
+                last, since = now, time.monotonic()
+            elif time.monotonic() - since >= quiet_seconds:
+                return
+            time.sleep(0.5)
+        raise AssertionError("podgrace did not become idle")
+
     def stop(self) -> None:
         if self.proc is None:
             return

@@ -54,6 +54,8 @@ class ScriptedSource:
         if isinstance(script, Exception):
             raise script
         for item in script:
+            if isinstance(item, Exception):  # the stream breaks after the events before it
+                raise item
             yield item
 
 
@@ -144,6 +146,27 @@ async def test_watch_events_are_delivered_and_a_stream_end_resumes_from_the_last
     ]
     assert [c["resourceVersion"] for c in source.watch_calls] == ["5", "9", "10"]
     assert len(source.list_calls) == 1  # resumed, not relisted
+
+
+async def test_a_broken_watch_resumes_after_its_last_event_not_from_its_start() -> None:
+    """A stream cut mid-way (a proxy, an API server restart): before, the next watch started from the
+    broken one's own start version and every event of it was delivered again."""
+    source = ScriptedSource(
+        lists=[[page([], "5")]],
+        watches=[
+            [event("ADDED", dep("a", "web", "6")), event("MODIFIED", dep("a", "web", "7")), OSError("cut")],
+            [event("MODIFIED", dep("a", "web", "8"))],
+        ],
+    )
+    seen, _ = await run_until(source, lambda seen, s: len(s.watch_calls) == 3)
+    # rv 6, 7, then 8: nothing delivered twice
+    assert seen == [
+        ("ADDED", "web", "Deployment"),
+        ("MODIFIED", "web", "Deployment"),
+        ("MODIFIED", "web", "Deployment"),
+    ]
+    assert [c["resourceVersion"] for c in source.watch_calls] == ["5", "7", "8"]
+    assert len(source.list_calls) == 1
 
 
 async def test_410_gone_relists_and_reports_what_vanished_meanwhile() -> None:

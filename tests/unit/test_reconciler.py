@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from fake_api import FakeApi
+from fake_clock import Clock
 from prometheus_client import CollectorRegistry
 
 from podgrace.controller.capability_probe import CapabilityCache
@@ -100,6 +101,7 @@ async def pipeline(api: FakeApi, *, workers: int = 2) -> AsyncIterator[Pipeline]
     queue = WorkQueue(workers)
     workloads = WorkloadEvents(reconciler, index, queue)
     reconciler.retry = queue.retry  # as controller.wiring
+    reconciler.held = queue.held
     queue.on_retry = lambda key: reconciler.metrics.retries.labels(key.kind.lower()).inc()
     queue.start(workloads.handle)
     try:
@@ -520,8 +522,9 @@ async def test_only_a_new_profile_generation_or_a_deletion_unsettles_its_deploym
 
 async def test_statuses_are_recounted_when_users_change_and_retried_when_the_write_fails() -> None:
     api = FakeApi()
+    clock = Clock()
     async with pipeline(api) as p:
-        flusher = StatusFlusher(p.reconciler, p.index, p.queue.wait_idle)
+        flusher = StatusFlusher(p.reconciler, p.index, p.queue.wait_idle, clock=clock)
         body = next(b for b in builtin_bodies() if b["metadata"]["name"] == "nginx-php-fpm")
         flusher.track(body)
         await p.deliver("ADDED", api.create(deployment("a")))
@@ -529,6 +532,7 @@ async def test_statuses_are_recounted_when_users_change_and_retried_when_the_wri
         api.fail_next_status = ApiError(403, "Forbidden", "RBAC")
         await flusher.flush()
         assert "nginx-php-fpm" not in api.statuses
+        clock.now += 1.0  # the first retry's backoff (status_flusher's own test has the steps)
         await flusher.flush()  # marked again after the failure
         assert api.statuses["nginx-php-fpm"]["workloads"] == 2
         api.statuses.clear()

@@ -5,9 +5,11 @@ follows what the Deployments are after an opt-out."""
 from __future__ import annotations
 
 import asyncio
+import copy
 import itertools
 from typing import Any
 
+import aiohttp
 from fake_api import FakeApi
 from test_reconciler import builtin_bodies, deployment, deps, dkey, pipeline, profile_events, reasons
 
@@ -16,6 +18,7 @@ from podgrace.controller.rate_limit import ItemBackoff, RateLimiter
 from podgrace.controller.status_flusher import StatusFlusher
 from podgrace.controller.work_queue import RETRY, Item, WorkQueue
 from podgrace.controller.workload_events import WorkloadEvents
+from podgrace.controller.workload_key import Key
 from podgrace.core import profiles
 from podgrace.core.capabilities import Capabilities
 from podgrace.core.findings import RISKS
@@ -228,3 +231,37 @@ def test_the_profile_index_keeps_no_value_too_long_to_be_a_profile_name() -> Non
     assert profile_annotation({"podgrace.dev/profile": "a" * 253}) == "a" * 253
     assert profile_annotation({"podgrace.dev/profile": "a" * 254}) is None
     assert profile_annotation({"podgrace.dev/profile": "a" * 250_000}) is None
+
+
+async def test_a_write_whose_answer_was_lost_is_not_repeated_for_a_lagging_event() -> None:
+    """The soak's finding (bench/soak, 2026-11-30): podgrace's apply is served but its answer lost; the
+    retry reads the Deployment, finds the write done; then the watch, lagging, delivers the user's edit
+    that came before the write. Before, that event was planned again and applied a second time (9 of 10
+    writes above the minimum in the 500-Deployment soak)."""
+    api = FakeApi()
+    async with pipeline(api) as p:
+        await p.deliver("ADDED", api.create(deployment("first")))  # the probe answered and cached
+        await p.deliver("ADDED", api.create(deployment("web")))
+        edited = api.get("web", "web")
+        edited["metadata"]["annotations"]["podgrace.dev/prestop-sleep-seconds"] = "6"
+        api.workloads[Key("Deployment", "web", "web")] = copy.deepcopy(edited)
+        apply = api.apply_workload
+        lost = [True]
+
+        async def answer_lost(*args: Any, **kwargs: Any) -> dict[str, Any]:
+            written = await apply(*args, **kwargs)
+            if lost and not kwargs.get("dry_run"):
+                lost.pop()
+                raise aiohttp.ServerDisconnectedError()
+            return written
+
+        api.apply_workload = answer_lost  # type: ignore[method-assign]
+        writes = len(api.writes())
+        await p.deliver("MODIFIED", copy.deepcopy(edited))
+        for _ in range(100):  # the retry (a fresh read) after the failure's short backoff
+            await asyncio.sleep(0.01)
+        await asyncio.wait_for(p.queue.wait_idle(), 2)
+        assert len(api.writes()) == writes + 1  # the write that was served
+        await p.deliver("MODIFIED", copy.deepcopy(edited))  # the user's edit again, from a lagging watch
+        assert len(api.writes()) == writes + 1
+        assert api.get("web", "web")["spec"]["template"]["spec"]["containers"][0]["lifecycle"]

@@ -48,3 +48,14 @@ def test_unsettle_keeps_the_write_and_forget_drops_both() -> None:
     record.forget(KEY)
     assert not record.is_settled(KEY, b"a")
     assert not record.is_stale(KEY, {"uid": "u1", "generation": 2})
+
+
+def test_a_fresh_read_makes_older_events_stale_but_never_lowers_the_mark() -> None:
+    record = SkipRecord()
+    record.read(KEY, {"metadata": {"uid": "u1", "generation": 4}})
+    assert record.is_stale(KEY, {"uid": "u1", "generation": 3})
+    record.read(KEY, {"metadata": {"uid": "u1", "generation": 2}})  # an older read answered late
+    assert record.is_stale(KEY, {"uid": "u1", "generation": 3})
+    record.read(KEY, {"metadata": {"uid": "u2", "generation": 1}})  # deleted and created again
+    assert not record.is_stale(KEY, {"uid": "u1", "generation": 3})
+    assert not record.is_stale(KEY, {"uid": "u2", "generation": 1})

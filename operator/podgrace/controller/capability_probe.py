@@ -21,7 +21,7 @@ from typing import Any
 
 import aiohttp
 
-from podgrace.controller.kube_api import Api, ApiError
+from podgrace.controller.kube_api import Api, ApiError, retry_after
 from podgrace.controller.workload_key import key_of
 from podgrace.core.capabilities import NATIVE_SLEEP_SINCE, STOP_SIGNAL_SINCE, Capabilities
 
@@ -89,6 +89,7 @@ class CapabilityCache:
             answer = await self._probe_stop_signal(workload)
         except (ApiError, aiohttp.ClientError, TimeoutError, KeyError, IndexError, TypeError) as error:
             delay = self._retry_delays[min(self._failures, len(self._retry_delays) - 1)]
+            delay = max(delay, retry_after(error) or 0.0)  # no sooner than the API server asked
             self._failures += 1
             self._next_probe = now + delay
             cause = _describe(error)

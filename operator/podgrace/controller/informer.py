@@ -21,7 +21,7 @@ import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol
 
-from podgrace.controller.kube_api import ApiError
+from podgrace.controller.kube_api import ApiError, retry_after
 from podgrace.controller.tasks import cancel_and_wait
 from podgrace.controller.workload_key import API_VERSION, Key, Kind, collection_path
 
@@ -85,6 +85,7 @@ class WorkloadInformer:
         if not self._unlisted:
             self.listed.set()
         self.failing: set[str] = set()  # scopes whose last list or watch failed (for the health probe)
+        self._resume: dict[str, str] = {}  # per scope: the version of the last watch event delivered
         self._task: asyncio.Task[None] | None = None  # the running informer, once started
 
     def start(self) -> None:
@@ -138,7 +139,13 @@ class WorkloadInformer:
                     log.info("watch of %s expired (410 Gone): listing again", path)
                     version = None
                     continue
+                if version is not None:
+                    # Resume after the last event delivered, not from where the broken watch began: a
+                    # replay re-delivers events older than what podgrace has since read or written (the
+                    # soak found one re-applying a write whose answer had been lost).
+                    version = self._resume.get(path, version)
                 delay = self._retry_delays[min(failures, len(self._retry_delays) - 1)]
+                delay = max(delay, retry_after(error) or 0.0)  # no sooner than the API server asked
                 failures += 1
                 self.failing.add(path)
                 log.warning("watching %s failed (%s); retrying in %.0f s", path, error, delay)
@@ -177,6 +184,7 @@ class WorkloadInformer:
             "allowWatchBookmarks": "true",
             "timeoutSeconds": str(seconds or self._watch_seconds),
         }
+        self._resume[path] = version
         async for event in self._source.watch(path, params):
             kind, obj = event.get("type"), event.get("object") or {}
             if kind == "ERROR":
@@ -198,6 +206,7 @@ class WorkloadInformer:
                 self._stamp(obj)
                 if self._remember(obj, known) is not None:
                     await self._deliver(str(kind), obj)
+            self._resume[path] = version
         return version
 
     def _stamp(self, obj: dict[str, Any]) -> None:

@@ -17,6 +17,7 @@ import kopf
 import orjson
 
 from podgrace.controller.credentials import Credentials
+from podgrace.controller.rate_limit import retry_after_seconds
 from podgrace.controller.workload_key import Key, object_path
 from podgrace.core.constants import FIELD_MANAGER, GROUP, PROFILE_PLURAL, VERSION
 
@@ -29,11 +30,14 @@ PARTIAL_METADATA = "application/json;as=PartialObjectMetadata;v=v1;g=meta.k8s.io
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, reason: str, message: str) -> None:
+    def __init__(self, status: int, reason: str, message: str, retry_after: float | None = None) -> None:
         super().__init__(f"{status} {reason}: {message}")
         self.status = status
         self.reason = reason
         self.message = message
+        # Seconds the API server asked podgrace to wait before this request again (a 429's or 5xx's
+        # Retry-After, capped: rate_limit.retry_after_seconds); None: it said nothing.
+        self.retry_after = retry_after
 
 
 class Api(Protocol):
@@ -135,7 +139,7 @@ class KubeClient:
         except orjson.JSONDecodeError:
             payload = None
         if response.status >= 400:
-            raise _error(response.status, raw)
+            raise _error(response.status, raw, response.headers.get("Retry-After"))
         if not isinstance(payload, dict):
             raise ApiError(response.status, "BadResponse", f"not a JSON object: {raw[:200]!r}")
         return payload
@@ -277,7 +281,7 @@ class KubeClient:
             self._authenticated(response.status, "WATCH", path, retry=False)
         async with response:
             if response.status >= 400:
-                raise _error(response.status, await response.read())
+                raise _error(response.status, await response.read(), response.headers.get("Retry-After"))
             pending = bytearray()
             async for chunk in response.content.iter_any():
                 pending += chunk
@@ -290,12 +294,19 @@ class KubeClient:
                 del pending[:start]
 
 
-def _error(status: int, raw: bytes) -> ApiError:
-    """An ApiError from an error response: a Status object's reason and message, else the text."""
+def retry_after(error: BaseException) -> float | None:
+    """The Retry-After an API error carried (None: none, or not an API error)."""
+    return error.retry_after if isinstance(error, ApiError) else None
+
+
+def _error(status: int, raw: bytes, retry_after: str | None = None) -> ApiError:
+    """An ApiError from an error response: a Status object's reason and message, else the text; and
+    the Retry-After of a 429 or 5xx (what the API server's priority and fairness, or a proxy, asks)."""
     try:
         payload = orjson.loads(raw) if raw else {}
     except orjson.JSONDecodeError:
         payload = None
     details = payload if isinstance(payload, dict) else {}
     text = raw.decode(errors="replace")
-    return ApiError(status, str(details.get("reason", "")), str(details.get("message", text)))
+    wait = retry_after_seconds(retry_after) if status == 429 or status >= 500 else None
+    return ApiError(status, str(details.get("reason", "")), str(details.get("message", text)), wait)

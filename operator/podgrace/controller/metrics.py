@@ -7,6 +7,7 @@ ShutdownProfiles'), `kind` is deployment, statefulset or daemonset, findings and
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import platform
 
@@ -85,6 +86,10 @@ class Metrics:
         )
         for label in WORKLOAD_LABELS:
             self.retries.labels(label)
+        self.tasks = self._gauge(
+            "podgrace_asyncio_tasks",
+            "asyncio tasks alive in the operator's event loop: steady when idle; growth is a leak.",
+        )
         self.build_info = self._gauge(
             "podgrace_build_info", "podgrace's version.", "version", "python_version"
         )
@@ -109,6 +114,11 @@ class Metrics:
 
     def _gauge(self, name: str, documentation: str, *labels: str) -> Gauge:
         return Gauge(name, documentation, labels, registry=self.registry)
+
+    def count_tasks(self, loop: asyncio.AbstractEventLoop) -> None:
+        """podgrace_asyncio_tasks counts `loop`'s unfinished tasks when scraped (all_tasks copes with
+        being called from the metrics server's thread: it retries a copy that raced a change)."""
+        self.tasks.set_function(lambda: len(asyncio.all_tasks(loop)))
 
     def forget_profile(self, name: str) -> None:
         """A deleted ShutdownProfile's series go away rather than report a profile that is not there."""

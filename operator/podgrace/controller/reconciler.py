@@ -21,7 +21,7 @@ import aiohttp
 from podgrace.controller.capability_probe import CapabilityCache, ProbeFailed
 from podgrace.controller.event_recorder import NORMAL, WARNING, EventRecorder
 from podgrace.controller.field_memory import FieldMemory
-from podgrace.controller.kube_api import Api, ApiError
+from podgrace.controller.kube_api import Api, ApiError, retry_after
 from podgrace.controller.metrics import PROFILE, Metrics
 from podgrace.controller.skip_record import SkipRecord
 from podgrace.controller.stop_signal_check import Evidence, StopSignalCheck
@@ -61,6 +61,7 @@ class ReconcileOutcome:
     written: Mapping[str, Any] | None = None  # what podgrace's apply returned (APPLIED, REVERTED)
     cause: str | None = None  # why it FAILED or is to be retried (REQUEUE)
     body: Mapping[str, Any] | None = None  # the workload reconciled (for an Event about it)
+    retry_after: float | None = None  # the API server asked to wait this long before trying again
 
 
 RETRY_RESULTS = frozenset({Result.FAILED, Result.REQUEUE})  # the work queue retries these with backoff
@@ -95,7 +96,11 @@ class Reconciler:
         self.stop_signals = StopSignalCheck(api, on_change=metrics.stop_signal_ignored.set)
         # Where a workload whose reconcile failed outside the work queue (a profile's fan-out) goes to be
         # retried with backoff: the work queue's `retry`, set by the wiring.
-        self.retry: Callable[[Key], None] | None = None
+        # Its second argument: no sooner than this many seconds (the API server's Retry-After).
+        self.retry: Callable[[Key, float], None] | None = None
+        # Whether the work queue holds a Deployment for a Retry-After: the fan-out then leaves it to the
+        # queue, whose retry reads it afresh (with the new profile) when the time is up.
+        self.held: Callable[[Key], bool] = lambda key: False
 
     # --- Workloads ---------------------------------------------------------------------------------
 
@@ -133,9 +138,10 @@ class Reconciler:
             cause = describe(error)
             log.warning("reading %s failed: %s", key, cause)
             self._count(key, Result.FAILED, time.monotonic() - started)
-            return ReconcileOutcome(Result.FAILED, cause=cause)
+            return ReconcileOutcome(Result.FAILED, cause=cause, retry_after=retry_after(error))
         if body is None:
             return None
+        self.record.read(key, body)
         return await self.reconcile_workload(body)
 
     async def _reconcile_workload(self, body: Mapping[str, Any]) -> ReconcileOutcome:
@@ -219,7 +225,8 @@ class Reconciler:
                 # Rejected (invalid, denied by admission): the user can act on it, so say it at once.
                 message = f"podgrace's apply was rejected: {cause}"
                 await self.events.post(body, WARNING, Code.APPLY_FAILED.value, message)
-            return ReconcileOutcome(Result.FAILED, result, cause=cause, body=body)
+            wait = apply_error.retry_after
+            return ReconcileOutcome(Result.FAILED, result, cause=cause, body=body, retry_after=wait)
         self.metrics.writes.labels("revert" if reverting else "apply").inc()
         if result.outcome is not Outcome.MANAGED:
             self.memory.forget(key)  # opted out: a new opt-in starts afresh
@@ -288,17 +295,20 @@ class Reconciler:
                 await self.events.post(body, type_, finding.code.value, where + finding.message, once=True)
 
     async def _with_retries(self, call: Any) -> Any:
-        """Retry transient failures (API server restarting, throttling) a few times with backoff."""
+        """Retry transient failures (API server restarting, throttling) a few times with backoff, each
+        no sooner than the API server's Retry-After."""
         for attempt in range(TRANSIENT_RETRIES):
+            wait = 0.0
             try:
                 return await call()
             except ApiError as error:
                 if (error.status < 500 and error.status != 429) or attempt == TRANSIENT_RETRIES - 1:
                     raise
+                wait = error.retry_after or 0.0
             except (aiohttp.ClientError, TimeoutError):
                 if attempt == TRANSIENT_RETRIES - 1:
                     raise
-            await asyncio.sleep(0.5 * 2**attempt)
+            await asyncio.sleep(max(0.5 * 2**attempt, wait))
         raise AssertionError("unreachable")
 
     # --- ShutdownProfiles --------------------------------------------------------------------------
@@ -325,21 +335,30 @@ class Reconciler:
             if failed:
                 self.metrics.reconcile_errors.labels(PROFILE).inc()
 
-    async def update_profile_status(self, body: Mapping[str, Any], workloads: int) -> None:
+    async def update_profile_status(
+        self, body: Mapping[str, Any], workloads: int, *, retry_in_place: bool = True
+    ) -> None:
+        """Write the profile's status if it differs. `retry_in_place`: transient failures are retried
+        here a few times (the Kopf handler); the status flusher passes False, it backs off on its own."""
         name = str(body["metadata"]["name"])
         entry = self.store.entry(name) or self.store.upsert(body)[0]
         status = desired_status(body, entry, workloads)
         if status_differs(body, status):
-            await self._with_retries(lambda: self.api.patch_profile_status(name, status))
+            if retry_in_place:
+                await self._with_retries(lambda: self.api.patch_profile_status(name, status))
+            else:
+                await self.api.patch_profile_status(name, status)
             self.metrics.writes.labels("status").inc()
 
     async def _refresh(self, key: Key) -> None:
         """A profile's fan-out to one of its workloads (any kind); a failure goes to the work queue's
         retries."""
+        if self.held(key):
+            return
         async with self._fanout:
             outcome = await self.reconcile_fresh(key)
         if outcome is not None and outcome.result in RETRY_RESULTS and self.retry is not None:
-            self.retry(key)
+            self.retry(key, outcome.retry_after or 0.0)
 
     async def profile_deleted(self, name: str, users: Iterable[Key]) -> None:
         """A deleted ShutdownProfile: its workloads are reconciled again (each gets an UnknownProfile

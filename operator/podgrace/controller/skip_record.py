@@ -6,8 +6,10 @@ Two facts a workload, one entry:
   Warning, nothing failed), with the profiles' version then. An event with the same signature under the
   same profiles (a status update, the echo of podgrace's own write) would plan the same and find the same
   no-op.
-- written: the uid and generation podgrace's last apply returned. A watch event of an older generation is
-  from before that write and must not trigger the same apply again.
+- written: the uid and the newest generation podgrace's own requests have shown it: what its last apply
+  returned, or a fresh read (a retry's GET). A watch event of an older generation is from before that and
+  must not trigger an apply again: a lagging watch can deliver a user's edit after a retry has read, and
+  found already done, the write that followed it (an apply whose answer was lost).
 
 Whether an apply would change anything is not decided here: that is `core.managed_fields.apply_is_noop`.
 """
@@ -84,6 +86,22 @@ class SkipRecord:
             entry = self._entries[key] = _Entry()
         entry.written_uid = str(metadata.get("uid"))
         entry.written_generation = generation
+
+    def read(self, key: Key, fresh: Mapping[str, Any]) -> None:
+        """podgrace read `fresh` from the API server (not from the watch): events older are stale."""
+        metadata = fresh.get("metadata") or {}
+        generation = metadata.get("generation")
+        if self.is_stale(key, metadata) or (
+            isinstance(generation, int) and self._known_generation(key, metadata) == generation
+        ):
+            return  # an answer older than (or as new as) what is known: the mark never goes down
+        self.wrote(key, fresh)
+
+    def _known_generation(self, key: Key, metadata: Mapping[str, Any]) -> int | None:
+        entry = self._entries.get(key)
+        if entry is None or entry.written_uid != str(metadata.get("uid")):
+            return None
+        return entry.written_generation
 
     def is_stale(self, key: Key, metadata: Mapping[str, Any]) -> bool:
         """Whether a workload with this metadata is older than podgrace's last write of it."""

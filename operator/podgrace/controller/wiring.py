@@ -3,6 +3,7 @@ Kopf handlers as Kopf's `memo`. Starting and stopping them is all this module do
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -58,10 +59,13 @@ class Operator:
     informers: Informers  # one per workload kind
     flusher: StatusFlusher
     profiles: ProfileEvents
+    metrics: Metrics | None = None
 
     async def start(self) -> None:
         """Learn the API server's version and the ShutdownProfiles, then start reconciling."""
         version = await self.capabilities.server_version()
+        if self.metrics is not None:
+            self.metrics.count_tasks(asyncio.get_running_loop())
         for body in await self.client.list_profiles():
             self.store.upsert(body)
         self.queue.start(self.workloads.handle)
@@ -106,6 +110,7 @@ def build(options: Options, connection: kopf.ConnectionInfo | Credentials, metri
     )
     workloads = WorkloadEvents(reconciler, index, queue)
     reconciler.retry = queue.retry  # the fan-out's failures are retried by the queue, with its backoff
+    reconciler.held = queue.held  # and it leaves alone a workload the API server asked to wait for
 
     def count_retry(key: Key) -> None:
         metrics.retries.labels(kind_named(key.kind).label).inc()
@@ -127,5 +132,6 @@ def build(options: Options, connection: kopf.ConnectionInfo | Credentials, metri
     flusher = StatusFlusher(reconciler, index, informers.wait_listed)
     profiles = ProfileEvents(reconciler, index, flusher, informers.wait_listed)
     return Operator(
-        credentials, client, store, capabilities, queue, events, workloads, informers, flusher, profiles
-    )
+        credentials, client, store, capabilities, queue, events, workloads, informers, flusher, profiles,
+        metrics,
+    )  # fmt: skip

@@ -19,8 +19,18 @@ from podgrace.controller.workload_key import Key
 
 log = logging.getLogger(__name__)
 
-# The handler's answer: False asks for a retry after the rate limiter's delay; True or None: done.
-Handler = Callable[[Key, "Item"], Awaitable[bool | None]]
+
+@dataclass(frozen=True)
+class RetryAfter:
+    """A handler's answer: retry, after the rate limiter's delay but no sooner than `seconds` (what the
+    API server asked with Retry-After)."""
+
+    seconds: float
+
+
+# The handler's answer: False asks for a retry after the rate limiter's delay, RetryAfter for one no sooner
+# than the API server asked; True or None: done.
+Handler = Callable[[Key, "Item"], Awaitable[bool | RetryAfter | None]]
 RETRY = "RETRY"  # the event type of a retry: the workload is read afresh
 
 
@@ -110,6 +120,10 @@ class WorkQueue:
     delay (per workload: 5 ms doubling to 1000 s; overall: 10 per second, bursts of 100) as a RETRY item
     (the handler reads the workload afresh), unless a newer event came first. A success resets the
     workload's backoff. Retries waiting for their time do not count as work for `wait_idle`.
+
+    A retry the API server asked to wait for (Retry-After) holds the workload: events that arrive
+    meanwhile are kept (the newest) and reconciled when the time is up, not before; a plain backoff lets
+    a new event through at once (client-go's AddRateLimited beside Add).
     """
 
     def __init__(self, workers: int, limiter: RateLimiter | None = None) -> None:
@@ -120,6 +134,7 @@ class WorkQueue:
         self._queued: set[Key] = set()
         self._active: set[Key] = set()
         self._waiting: dict[Key, asyncio.TimerHandle] = {}  # retries waiting for their time
+        self._held: set[Key] = set()  # of those, the ones the API server asked to wait (Retry-After)
         self._tasks: list[asyncio.Task[None]] = []
         self._idle = asyncio.Event()  # nothing queued, nothing being reconciled
         self._idle.set()
@@ -139,12 +154,18 @@ class WorkQueue:
         for timer in self._waiting.values():
             timer.cancel()
         self._waiting.clear()
+        self._held.clear()
         await cancel_and_wait(self._tasks)
         self._tasks = []
 
     def put(self, key: Key, item: Item) -> None:
         self._latest[key] = item
-        self._enqueue(key)
+        if key not in self._held:  # held: reconciled when its Retry-After is over
+            self._enqueue(key)
+
+    def held(self, key: Key) -> bool:
+        """Whether `key` waits for a Retry-After (nothing else is to reconcile it before)."""
+        return key in self._held
 
     def failures(self, key: Key) -> int:
         """Consecutive failed reconciles of `key` (0 after a success)."""
@@ -153,22 +174,31 @@ class WorkQueue:
     def forget(self, key: Key) -> None:
         """`key` needs no retry any more (reconciled, or deleted): its backoff starts afresh."""
         self._limiter.forget(key)
+        self._held.discard(key)
         timer = self._waiting.pop(key, None)
         if timer is not None:
             timer.cancel()
 
-    def retry(self, key: Key) -> None:
-        """Reconcile `key` again after the rate limiter's delay (at most one retry waits per key)."""
-        if key in self._waiting:
-            return
-        delay = self._limiter.when(key)
+    def retry(self, key: Key, at_least: float = 0.0) -> None:
+        """Reconcile `key` again after the rate limiter's delay, and not before `at_least` seconds (a
+        Retry-After). At most one retry waits per key; a longer Retry-After replaces a shorter wait."""
+        loop = asyncio.get_running_loop()
+        waiting = self._waiting.get(key)
+        if waiting is not None:
+            if at_least <= 0 or waiting.when() >= loop.time() + at_least:
+                return
+            waiting.cancel()
+        delay = max(self._limiter.when(key), at_least)
         self.retries += 1
         if self.on_retry is not None:
             self.on_retry(key)
-        self._waiting[key] = asyncio.get_running_loop().call_later(delay, self._retry_now, key)
+        if at_least > 0:
+            self._held.add(key)
+        self._waiting[key] = loop.call_later(delay, self._retry_now, key)
 
     def _retry_now(self, key: Key) -> None:
         self._waiting.pop(key, None)
+        self._held.discard(key)
         if key not in self._latest:  # a newer event is waiting already: it is reconciled instead
             self._latest[key] = Item(RETRY, {})
         self._enqueue(key)
@@ -201,11 +231,13 @@ class WorkQueue:
                 done = False
             finally:
                 self._active.discard(key)
-            if done is False:
+            if isinstance(done, RetryAfter):
+                self.retry(key, done.seconds)
+            elif done is False:
                 self.retry(key)
             else:
                 self.forget(key)
-            if key in self._latest:
+            if key in self._latest and key not in self._held:
                 self._enqueue(key)
             self._mark_idle()
 

@@ -14,7 +14,7 @@ from podgrace.controller.event_recorder import WARNING
 from podgrace.controller.informer import RESYNC
 from podgrace.controller.profile_index import ProfileIndex, profile_annotation
 from podgrace.controller.reconciler import RETRY_RESULTS, ReconcileOutcome, Reconciler, Result
-from podgrace.controller.work_queue import RETRY, Item, WorkQueue, signature, slim
+from podgrace.controller.work_queue import RETRY, Item, RetryAfter, WorkQueue, signature, slim
 from podgrace.controller.workload_key import DEPLOYMENT, Key, key_of
 from podgrace.core.findings import Code
 
@@ -70,9 +70,10 @@ class WorkloadEvents:
             return  # e.g. the controller-manager's status updates after a rollout
         self._queue.put(key, Item(event_type, slim(body), sig))
 
-    async def handle(self, key: Key, item: Item) -> bool:
+    async def handle(self, key: Key, item: Item) -> bool | RetryAfter:
         """The queue's handler: one workload's newest event, never two of one workload at once.
-        False: the reconcile failed, and is to be tried again after the queue's backoff."""
+        False: the reconcile failed, and is to be tried again after the queue's backoff; RetryAfter: the
+        same, no sooner than the API server asked."""
         if item.event_type == "DELETED":
             self.forget(key)
             return True
@@ -99,7 +100,7 @@ class WorkloadEvents:
             self._record.unsettle(key)
         if outcome.result in RETRY_RESULTS:
             await self._failed(key, outcome, item.body)
-            return False
+            return RetryAfter(outcome.retry_after) if outcome.retry_after else False
         self._failing.pop(key, None)
         return True
 
