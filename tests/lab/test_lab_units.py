@@ -460,8 +460,12 @@ def test_verdict_checks_which_signal_reached_the_servers() -> None:
     row = Row("s", "s.yaml", CELLS["base"], expect_original="any", first_signals=("SIGTERM", "SIGQUIT"))
     assert verdict("original", row, _signalled("SIGTERM", "SIGTERM"))[0]
     assert verdict("fallback", row, _signalled("SIGQUIT", "SIGQUIT"))[0]
-    ok, text = verdict("fallback", row, _signalled("SIGQUIT", "SIGTERM"))
+    ok, text = verdict("native", row, _signalled("SIGQUIT", "SIGTERM"))
     assert not ok and "'php-fpm': 'SIGTERM'" in text and "expected SIGQUIT" in text
+    # the fallback hook signals the workers: php-fpm's are silent, its master logs the kubelet's TERM last
+    assert verdict("fallback", row, _signalled("SIGQUIT", "SIGTERM"))[0]
+    ok, text = verdict("fallback", row, _signalled("SIGTERM", "SIGTERM"))
+    assert not ok and "'nginx': 'SIGTERM'" in text
     assert not verdict("original", row, {**_res(0), "containers": [{"container": "nginx"}]})[0]  # none logged
     assert not verdict("original", row, _res(0))[0]  # no container record at all
 
