@@ -163,7 +163,7 @@ def run_scenario(
         raise LabError("at least 2 replicas: one terminates, the others keep serving")
     if params.rate * (params.warmup + params.load_duration()) > 20000:
         raise LabError("too many requests for one scenario (rate x duration > 20000)")
-    busy = wait_ports_free(all_ports(plan, params), 10.0)
+    busy = wait_ports_free(all_ports(plan, params), 30.0)  # a loaded machine closes sockets late
     if busy:
         raise LabError(f"ports already in use on 127.0.0.1: {busy} (a previous run still alive?)")
     if workdir_parent is not None:
