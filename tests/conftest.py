@@ -2,7 +2,7 @@
 
 The real node's tests (tests/node) spend most of their time waiting on a kubelet: a projected token's
 rotation alone is a ten-minute wait. They run as one group on one worker, after the emulated termination
-lab (tests/lab: both labs use the lab's fixed ports on 127.0.0.1, so they must never run at once);
+lab (tests/lab: its scenarios are CPU-bound and timed, so they do not run beside the real node's);
 everything else is the other group on the other worker, in the order it always ran. So: two local
 control planes at most at any time (one per worker), one lab at a time, and each group's session
 fixtures (clusters, the node, the images) started once. Without xdist (-p no:xdist, or one file) the

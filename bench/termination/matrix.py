@@ -15,6 +15,7 @@ import json
 import sys
 import time
 import traceback
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -180,7 +181,11 @@ def verdict(mode: str, row: Row, res: dict[str, Any]) -> tuple[bool, str]:
     if res.get("error"):
         return False, "ERROR: " + res["error"].splitlines()[-1]
     if res["unattributed_failures"]:
-        problems.append(f"{res['unattributed_failures']} failures on pods that were not terminating")
+        others = {k: v for k, v in res["failed_by_server"].items() if k != "pod0"}  # "?": not in the LB's log
+        kinds = dict(Counter(f["outcome"] for f in res["failures"] if f["server"] != "pod0"))
+        problems.append(
+            f"{res['unattributed_failures']} failures on pods that were not terminating ({others}, {kinds})"
+        )
     if res["routed_after_removal"]:
         problems.append(f"LB sent {res['routed_after_removal']} requests to pod0 after the endpoint removal")
     if not res["survivors_ok"]:
