@@ -51,6 +51,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--operator-arg", action="append", default=[], metavar="ARG", help="extra `podgrace run` argument"
     )
+    ap.add_argument(
+        "--chart-set", action="append", default=[], metavar="KEY=VALUE",
+        help="a `helm install --set` of the chart (e.g. admissionPolicy.enabled=false)",
+    )  # fmt: skip
     ap.add_argument("--phases", default=",".join(PHASES), help="subset of %(default)s")
     ap.add_argument("--profile", action="store_true", help="record py-spy profiles of the operator")
     ap.add_argument("--kcm-qps", type=int, default=200, help="controller-manager --kube-api-qps (0: default)")
@@ -77,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
             churn_seconds=args.churn_seconds,
             workers=args.workers,
             operator_args=list(args.operator_arg),
+            chart_sets=list(args.chart_set),
             phases=phases,
             profile=args.profile,
             keep=args.keep,

@@ -83,6 +83,7 @@ class Params:
     churn_seconds: float = 30.0
     workers: int = 20
     operator_args: list[str] = dataclasses.field(default_factory=list)
+    chart_sets: list[str] = dataclasses.field(default_factory=list)  # helm install --set KEY=VALUE
     phases: tuple[str, ...] = PHASES
     profile: bool = False  # py-spy the operator during sync, churn and fan-out
     kcm_qps: int = 200  # the controller-manager's --kube-api-qps (0: its default, 20)
@@ -235,7 +236,7 @@ class Bench:
         self.cluster.start()
         log(f"cluster up in {self.cluster.start_seconds:.1f}s (workdir {self.cluster.workdir})")
         self.audit = AuditTail(self.cluster.audit_log)
-        install_chart(self.cluster)
+        install_chart(self.cluster, *(arg for kv in self.p.chart_sets for arg in ("--set", kv)))
         cluster = self.cluster
 
         def builtin() -> dict[str, Any] | None:
