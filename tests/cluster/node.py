@@ -396,6 +396,15 @@ def link_exists(name: str) -> bool:
     return _ip("link", "show", "dev", name, check=False).returncode == 0
 
 
+def link_ifindex(name: str) -> int:
+    """The link's interface index (0: no such link). Indexes are not reused until the counter wraps, so
+    (name, index) tells this node's bridge from a later one of the same name."""
+    try:
+        return int(Path(f"/sys/class/net/{name}/ifindex").read_text())
+    except (OSError, ValueError):
+        return 0
+
+
 def claim_bridge() -> tuple[str, ipaddress.IPv4Network]:
     """Create bridge pgn<N> for the first 10.213.<N>.0/24 that no route/address of the host overlaps.
     ``ip link add`` is atomic, so two nodes started at once never share a bridge."""
@@ -511,6 +520,7 @@ class RealNode:
         self.log_dir = Path(cluster.log_dir)
         self.containerd_socket = self.workdir / "containerd.sock"
         self.bridge = ""
+        self.bridge_ifindex = 0  # the bridge's identity: its name and address are reused by later nodes
         self.subnet: ipaddress.IPv4Network | None = None
         self.node_ip = ""
         self.cgroup_root = ""  # kubelet cgroupRoot (same path in every hierarchy)
@@ -706,6 +716,7 @@ class RealNode:
             "cgroup_dirs": [str(d) for d in self.cgroup_dirs()],
             "created_cgroups": [str(d) for d in self._created_cgroups],
             "bridge": self.bridge,
+            "bridge_ifindex": self.bridge_ifindex,
             "node_ip": self.node_ip,
             "bin_dir": str(self._bin_dir or ""),
         }
@@ -737,6 +748,7 @@ class RealNode:
 
     def _setup_bridge(self) -> None:
         self.bridge, self.subnet = claim_bridge()
+        self.bridge_ifindex = link_ifindex(self.bridge)
         self.node_ip = str(self.subnet.network_address + 1)
         _ip("addr", "add", f"{self.node_ip}/{self.subnet.prefixlen}", "dev", self.bridge)
         _ip("link", "set", self.bridge, "up")
@@ -1099,8 +1111,9 @@ def cleanup_stale(log: Callable[[str], None] = print) -> list[str]:
         for c in reversed(st.get("created_cgroups", [])):
             with contextlib.suppress(OSError):
                 os.rmdir(c)
-        bridge, ip = st.get("bridge", ""), st.get("node_ip", "")
-        if bridge and ip and ip in _ip("-4", "addr", "show", "dev", bridge, check=False).stdout:
+        # only the very link this node created: a later node may have the same name and address
+        bridge, index = st.get("bridge", ""), int(st.get("bridge_ifindex") or 0)
+        if bridge and index and link_ifindex(bridge) == index:
             _ip("link", "del", bridge, check=False)
         workdir = Path(st.get("workdir", ""))
         if workdir.name.startswith("podgrace-node-") and not any(str(workdir) in m for m in _host_mounts()):

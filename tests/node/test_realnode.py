@@ -6,6 +6,7 @@ stop signal reaches nginx and shows in the container status; a stopped node leav
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -24,6 +25,8 @@ from tests.cluster.node import (
     cgroup_hierarchies,
     cleanup_stale,
     link_exists,
+    link_ifindex,
+    node_cgroup_parent,
     pids_in_mount_ns,
 )
 from tests.support.realnode_env import NodeCluster
@@ -374,3 +377,34 @@ def test_node_of_a_killed_process_is_cleaned_up(node_binaries: tuple[Path, Path]
     assert not link_exists(info["bridge"])
     assert not Path(info["workdir"]).exists()
     shutil.rmtree(info["cluster"], ignore_errors=True)  # the dead LocalCluster's temp dir
+
+
+def test_stale_state_never_removes_a_later_node_s_bridge_of_the_same_name() -> None:
+    """A node whose stop() left something keeps its state file, naming its bridge pgn<N> and address; a
+    later node may get that very name and address. cleanup_stale() then removes only the link whose
+    interface index the dead node recorded. (Seen 2026-11-30: a node's bridge vanished while another
+    session started a node.)"""
+    name = f"pgt{os.getpid() % 100000}"
+    subprocess.run(["ip", "link", "add", name, "type", "bridge"], check=True)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    state = STATE_DIR / f"stale-bridge-test-{os.getpid()}.json"
+    try:
+        now = link_ifindex(name)
+        assert now > 0
+        STATE_DIR.mkdir(parents=True, exist_ok=True)
+        base = {
+            "owner": dead.pid, "owner_start": 0, "name": "stale-bridge-test",
+            "cgroup_parent": node_cgroup_parent(cgroup_hierarchies()).rstrip("/"),
+            "workdir": "", "mount_ns": 0, "cgroup_dirs": [], "created_cgroups": [], "bin_dir": "",
+            "bridge": name, "node_ip": "10.213.254.1",
+        }  # fmt: skip
+        state.write_text(json.dumps({**base, "bridge_ifindex": now + 100000}))  # an earlier link's
+        assert "stale-bridge-test" in cleanup_stale(log=lambda m: None)
+        assert link_ifindex(name) == now, "another node's bridge of the same name was removed"
+        state.write_text(json.dumps({**base, "bridge_ifindex": now}))  # this very link: the dead node's
+        assert "stale-bridge-test" in cleanup_stale(log=lambda m: None)
+        assert not link_exists(name) and not state.exists()
+    finally:
+        state.unlink(missing_ok=True)
+        subprocess.run(["ip", "link", "del", name], check=False, capture_output=True)
