@@ -325,6 +325,13 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
+def die_with_parent() -> Callable[[], None] | None:
+    """A Popen preexec_fn that SIGKILLs the child when this process dies (a SIGTERMed or SIGKILLed
+    pytest runs no finalizer). PR_SET_PDEATHSIG fires when the *thread* that forked exits, so it is
+    only set from the main thread."""
+    return _die_with_parent if threading.current_thread() is threading.main_thread() else None
+
+
 @dataclasses.dataclass
 class _Proc:
     name: str
@@ -337,8 +344,6 @@ class _Proc:
         self._logfh = self.log.open("ab")
         self._logfh.write(f"\n=== {time.strftime('%H:%M:%S')} {' '.join(self.argv)}\n".encode())
         self._logfh.flush()
-        # PR_SET_PDEATHSIG fires when the *thread* that forked exits, so only from the main thread.
-        in_main = threading.current_thread() is threading.main_thread()
         self.popen = subprocess.Popen(
             self.argv,
             stdin=subprocess.DEVNULL,
@@ -346,7 +351,7 @@ class _Proc:
             stderr=subprocess.STDOUT,
             env=dict(env),
             start_new_session=True,
-            preexec_fn=_die_with_parent if in_main else None,
+            preexec_fn=die_with_parent(),
         )
 
     @property

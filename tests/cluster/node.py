@@ -55,7 +55,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -63,6 +62,7 @@ from types import TracebackType
 from typing import IO, Any, Protocol
 
 from tests.cluster import images as _images
+from tests.cluster.localcluster import die_with_parent
 
 HERE = Path(__file__).resolve().parent
 BUILD_NODE_SH = HERE / "build-node.sh"
@@ -267,13 +267,6 @@ def remove_cgroup_tree(root: Path) -> list[Path]:
 # processes
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    with contextlib.suppress(Exception):
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
 def _pid_alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -323,7 +316,6 @@ class _Proc:
         self._fh = self.log.open("ab")
         self._fh.write(f"\n=== {time.strftime('%H:%M:%S')} {' '.join(self.argv)}\n".encode())
         self._fh.flush()
-        in_main = threading.current_thread() is threading.main_thread()
         self.popen = subprocess.Popen(
             self.argv,
             stdin=subprocess.DEVNULL,
@@ -331,7 +323,7 @@ class _Proc:
             stderr=subprocess.STDOUT,
             env=dict(env if env is not None else os.environ),
             start_new_session=True,
-            preexec_fn=_die_with_parent if in_main else None,
+            preexec_fn=die_with_parent(),
         )
 
     @property

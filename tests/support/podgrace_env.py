@@ -19,6 +19,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+from tests.cluster.localcluster import die_with_parent
+
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "podgrace"
 NAMESPACE = "podgrace"
@@ -131,8 +133,9 @@ class OperatorProcess:
         log = self.log_path.open("ab")
         log.write(f"\n==== start {self.starts} ====\n".encode())
         self.proc = subprocess.Popen(
-            argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
-        )
+            argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+            preexec_fn=die_with_parent(),  # no orphan when pytest itself is killed
+        )  # fmt: skip
         log.close()
         self.starts += 1
         wait_until("podgrace liveness", self._alive_and_live, timeout=60)

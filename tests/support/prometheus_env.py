@@ -25,6 +25,7 @@ from typing import Any
 
 import yaml
 
+from tests.cluster.localcluster import die_with_parent
 from tests.support.podgrace_env import free_port, wait_until
 
 
@@ -164,7 +165,13 @@ class Prometheus:
             "--log.level=warn",
         ]
         with self.log_path.open("wb") as log:
-            self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            self.proc = subprocess.Popen(
+                argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=die_with_parent(),
+            )
         self.started = time.time()
         wait_until("Prometheus ready", self._ready, timeout=30)
         return self
