@@ -6,6 +6,7 @@
 #   tests/cluster/build-node.sh --print-dir  only print the bin dir (no build, no network)
 #   tests/cluster/build-node.sh --check      exit 0 if the bin dir is complete, 1 otherwise
 #   tests/cluster/build-node.sh --apt        apt-get install the Debian packages a node needs, then build
+#   tests/cluster/build-node.sh --apt-only   only the apt-get install (.ci/run: apt before its parallel builds)
 #
 # kubelet comes from k8s.io/kubernetes at the control plane's version (read from build.sh, so the
 # two never drift apart) in a scratch module of its own; it shares build.sh's Go module and build
@@ -58,8 +59,9 @@ case "${1:-}" in
   --print-dir) echo "$BIN_DIR"; exit 0 ;;
   --check) if is_complete; then exit 0; else exit 1; fi ;;
   --apt) apt_install ;;
+  --apt-only) apt_install; exit 0 ;;
   "") ;;
-  *) die "unknown argument: $1 (use --print-dir, --check or --apt)" ;;
+  *) die "unknown argument: $1 (use --print-dir, --check, --apt or --apt-only)" ;;
 esac
 
 if is_complete; then

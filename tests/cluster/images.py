@@ -21,6 +21,8 @@ CLI::
 
     python tests/cluster/images.py build --name podgrace.local/nginx --package nginx \\
         --cmd nginx -g 'daemon off;'
+    python tests/cluster/images.py named nginx web-servers php-fpm   # the test images by name
+    python tests/cluster/images.py pause BIN_DIR/pause                # the node's sandbox image
 """
 
 from __future__ import annotations
@@ -488,6 +490,16 @@ def python_image() -> ImageSpec:
     return ImageSpec.make("podgrace.local/python", packages=["python3"], cmd=["python3"])
 
 
+# The images the tests build on demand (tests/node, bench/termination/realnode), by CLI name.
+NAMED = {
+    "nginx": nginx_image,
+    "web-servers": web_servers_image,
+    "php-fpm": php_fpm_image,
+    "apache": apache_image,
+    "python": python_image,
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -500,22 +512,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     b.add_argument("--stop-signal", default="")
     b.add_argument("--customize", action="append", default=[])
     b.add_argument("--cmd", nargs=argparse.REMAINDER, default=[])
-    sub.add_parser("nginx", help="build the nginx test image")
+    n = sub.add_parser("named", help="build the named test images (what .ci/run builds before pytest)")
+    n.add_argument("names", nargs="+", choices=sorted(NAMED))
+    p = sub.add_parser("pause", help="build the node's sandbox image from build-node.sh's pause binary")
+    p.add_argument("binary", type=Path)
     args = parser.parse_args(argv)
-    if args.cmd == "nginx":
-        spec = nginx_image()
+    if args.cmd == "named":
+        specs = [NAMED[name]() for name in args.names]
+    elif args.cmd == "pause":
+        specs = [pause_image(args.binary)]
     else:
-        spec = ImageSpec.make(
-            args.name,
-            packages=args.package,
-            cmd=args.cmd,
-            suite=args.suite,
-            stop_signal=args.stop_signal,
-            customize=tuple(args.customize),
-        )
-    image = build_image(spec, log=lambda m: print(m, file=sys.stderr))
-    how = "cached" if image.cached else f"built in {image.built_seconds:.1f}s"
-    print(f"{image.ref} {image.path} ({how}, {image.path.stat().st_size / 1e6:.1f} MB)")
+        specs = [
+            ImageSpec.make(
+                args.name,
+                packages=args.package,
+                cmd=args.cmd,
+                suite=args.suite,
+                stop_signal=args.stop_signal,
+                customize=tuple(args.customize),
+            )
+        ]
+    for spec in specs:
+        image = build_image(spec, log=lambda m: print(m, file=sys.stderr))
+        how = "cached" if image.cached else f"built in {image.built_seconds:.1f}s"
+        print(f"{image.ref} {image.path} ({how}, {image.path.stat().st_size / 1e6:.1f} MB)", flush=True)
     return 0
 
 

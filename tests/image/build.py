@@ -22,7 +22,7 @@ Dockerfile, .dockerignore and every file the build copies (pyproject.toml, READM
 image/*.lock) and buildah's version. Needs root, buildah and mmdebstrap (``apt-get install buildah
 mmdebstrap``; ``ensure_tools()`` does it).
 
-CLI: ``python3 -m tests.image.build [--force] [--json]``
+CLI: ``python3 -m tests.image.build [--force] [--json] [--tools-only]``
 """
 
 from __future__ import annotations
@@ -465,7 +465,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python3 -m tests.image.build", description=__doc__.split("\n")[0])
     ap.add_argument("--force", action="store_true", help="rebuild the base and the image")
     ap.add_argument("--json", action="store_true", help="print the result as JSON")
+    ap.add_argument("--tools-only", action="store_true", help="only apt-get install buildah and mmdebstrap")
     args = ap.parse_args(argv)
+    if args.tools_only:
+        ensure_tools()
+        return 0
     image = build_operator_image(force=args.force)
     doc = {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(image).items()}
     if args.json:

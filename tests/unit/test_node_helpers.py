@@ -82,3 +82,32 @@ def test_taint_spec() -> None:
         "effect": "NoSchedule",
     }
     assert _taint("dedicated") == {"key": "dedicated", "effect": "NoSchedule"}
+
+
+def test_ci_builds_every_image_the_node_tests_build() -> None:
+    """.ci/run builds the node tests' Debian-package images before pytest (else they are built cold inside
+    the node worker): nginx (tests/node/conftest.py), web-servers (test_fallback_hook.py) and every image of
+    the real-node lab's short form (test_realnode_lab.py: the nginx-php-fpm workload)."""
+    from bench.termination.realnode import workloads
+
+    ci = (Path(__file__).parents[2] / ".ci" / "run").read_text()
+    (line,) = [ln for ln in ci.splitlines() if "tests/cluster/images.py named" in ln]
+    built = {images.NAMED[name] for name in line.split("named", 1)[1].split()}
+    lab = workloads.load_workload("nginx-php-fpm")
+    needed = {images.nginx_image, images.web_servers_image} | {
+        workloads.IMAGES[runtime] for runtime in lab.runtimes.values()
+    }
+    assert needed <= built, sorted(f.__name__ for f in needed - built)
+
+
+def test_cli_pause_builds_the_sandbox_image_the_node_uses(
+    cache: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    binary = tmp_path / "pause"
+    binary.write_bytes(b"\x7fELF fake")
+    binary.chmod(0o755)
+    assert images.main(["pause", str(binary)]) == 0
+    ref, path, how = capsys.readouterr().out.split(" ", 2)
+    assert how.startswith("(built in")
+    again = images.build_image(images.pause_image(binary))  # what tests/cluster/node.py asks for
+    assert again.cached and (again.ref, str(again.path)) == (ref, path)
