@@ -32,20 +32,8 @@ UNTIL_EXITED = (
 )
 
 
-def _signal_master(signal: str, wait: int) -> str:
-    """Apache: the signal to the parent, then wait while it has a child that has not exited."""
-    return (
-        f'kill -{signal} "$m"\n'
-        "i=0\n"
-        f'while kill -0 "$m" 2>/dev/null && [ "$i" -lt {wait} ]; do\n'
-        "  k=\n"
-        "  for d in /proc/[0-9]*; do\n"
-        '    read -r s <"$d/stat" || continue\n'
-    ) + UNTIL_EXITED
-
-
-def _signal_workers(signal: str, wait: int) -> str:
-    """nginx, php-fpm: the signal to the master's workers, then wait until those have exited."""
+def _drain_children(kill: str, wait: int) -> str:
+    """Note the master's children, send `kill`, then wait until those children have exited."""
     return (
         "w=\n"
         "for d in /proc/[0-9]*; do\n"
@@ -54,7 +42,7 @@ def _signal_workers(signal: str, wait: int) -> str:
         '  [ "$2" = "$m" ] && w="$w ${d#/proc/}"\n'
         "done 2>/dev/null\n"
         '[ -n "$w" ] || exit 0\n'
-        f"kill -{signal} $w\n"
+        f"{kill}\n"
         "i=0\n"
         f'while [ "$i" -lt {wait} ]; do\n'
         "  k=\n"
@@ -62,6 +50,16 @@ def _signal_workers(signal: str, wait: int) -> str:
         '    kill -0 "$p" 2>/dev/null || continue\n'
         '    read -r s <"/proc/$p/stat" || continue\n'
     ) + UNTIL_EXITED
+
+
+def _signal_master(signal: str, wait: int) -> str:
+    """Apache: the signal (a graceful restart) to the parent, then wait until its children of then exited."""
+    return _drain_children(f'kill -{signal} "$m"', wait)
+
+
+def _signal_workers(signal: str, wait: int) -> str:
+    """nginx, php-fpm: the signal to the master's workers, then wait until those have exited."""
+    return _drain_children(f"kill -{signal} $w", wait)
 
 
 def signal_wait_script(delay: int, signal: str, wait: int, names: str | None) -> str:

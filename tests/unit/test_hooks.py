@@ -43,10 +43,23 @@ def test_signal_and_wait_script() -> None:
     )
 
 
-def test_signal_and_wait_signals_apaches_parent() -> None:
-    script = hook_intent.render(SignalAndWait(5, Signal.SIGWINCH, 33, Role.APACHE))["exec"]["command"][2]
-    assert script == signal_wait_script(5, "WINCH", 33, "apache2|httpd")
-    assert 'kill -WINCH "$m"' in script and "w=" not in script
+def test_signal_and_wait_restarts_apaches_parent_gracefully() -> None:
+    # Apache's graceful stop (WINCH) from a hook is a graceful restart (USR1) of the parent: the parent
+    # lives on while its children of then drain, so the hook returns before PID 1 exits
+    hook = hook_intent.signal_and_wait(5, Signal.SIGWINCH, 33, Role.APACHE)
+    assert hook == SignalAndWait(5, Signal.SIGUSR1, 33, Role.APACHE)
+    script = hook_intent.render(hook)["exec"]["command"][2]
+    assert script == signal_wait_script(5, "USR1", 33, "apache2|httpd")
+    assert 'kill -USR1 "$m"' in script and "kill -USR1 $w" not in script
+    assert hook_intent.read(hook_intent.render(hook)) == hook
+    assert hook_intent.graceful_signal(hook) is Signal.SIGWINCH  # what audit says it delivers
+
+
+@pytest.mark.parametrize("role", [Role.NGINX, Role.PHP_FPM, Role.GENERIC])
+def test_signal_and_wait_sends_other_roles_their_graceful_signal(role: Role) -> None:
+    hook = hook_intent.signal_and_wait(5, Signal.SIGQUIT, 33, role)
+    assert hook == SignalAndWait(5, Signal.SIGQUIT, 33, role)
+    assert hook_intent.graceful_signal(hook) is Signal.SIGQUIT
 
 
 @pytest.mark.parametrize(("role", "names"), [(Role.NGINX, "nginx"), (Role.PHP_FPM, "php-fpm*")])

@@ -79,6 +79,8 @@ class Cell:
     outcomes: dict[str, int] = field(default_factory=dict)
     pods: list[PodEnd] = field(default_factory=list)
     warnings: dict[str, int] = field(default_factory=dict)  # Warning Event reason -> count
+    # the kubelet's message per FailedPreStopHook Event (how the hook ended: "exited with 137", ...)
+    hook_failures: list[str] = field(default_factory=list)
     lb_changes: list[tuple[float, str]] = field(default_factory=list)
     template: dict[str, Any] = field(default_factory=dict)  # grace period and lifecycle as run
     error: str = ""
@@ -368,12 +370,17 @@ def _stop_drain(lab: Lab, drain: subprocess.Popen[str] | None) -> None:
     lab.cluster.kubectl("uncordon", lab.node.name, check=False)
 
 
-def _warnings(lab: Lab, ns: str) -> dict[str, int]:
+def _warnings(lab: Lab, ns: str) -> tuple[dict[str, int], list[str]]:
+    """Warning Events by reason (with counts), and each FailedPreStopHook's message (its script elided)."""
     events = lab.cluster.kubectl_json("get", "events", "-n", ns, "--field-selector", "type=Warning")["items"]
     out: Counter[str] = Counter()
+    hooks = []
     for e in events:
         out[f"{e['reason']} ({e['involvedObject']['kind']})"] += int(e.get("count") or 1)
-    return dict(sorted(out.items()))
+        if e["reason"] == "FailedPreStopHook":
+            message = " ".join(str(e.get("message", "")).replace("`", "'").split())  # one Markdown line
+            hooks.append(f"{e['involvedObject'].get('name')}: {message[:120]} ... {message[-200:]}")
+    return dict(sorted(out.items())), hooks
 
 
 def run_cell(lab: Lab, w: Workload, event: str, kind: str) -> Cell:
@@ -420,7 +427,7 @@ def run_cell(lab: Lab, w: Workload, event: str, kind: str) -> Cell:
                 for n in sorted(ending, key=lambda n: pods.deleted[n])
             ]
             cell.lb_changes = [(round(t - t_event, 2), what) for t, what in sync.changes if t >= t_event]
-        cell.warnings = _warnings(lab, ns)
+        cell.warnings, cell.hook_failures = _warnings(lab, ns)
     except Exception as exc:  # one broken cell is reported, the matrix goes on
         cell.error = f"{type(exc).__name__}: {exc}"
         lab.log(f"  ERROR {cell.key}: {cell.error}")

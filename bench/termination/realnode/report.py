@@ -69,6 +69,10 @@ def markdown(cells: list[Cell]) -> str:
                 f"| {_warnings(o)} | {_warnings(g)} |"
             )
         lines.append("")
+    hooks = [(c, m) for c in cells for m in c.hook_failures]
+    if hooks:
+        lines += ["FailedPreStopHook Events (the kubelet's message):", ""]
+        lines += [f"- `{c.key}`: `{m}`" for c, m in hooks] + [""]
     errors = [c for c in cells if c.error]
     if errors:
         lines += ["Errors:", ""] + [f"- `{c.key}`: {c.error}" for c in errors] + [""]

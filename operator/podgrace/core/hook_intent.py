@@ -44,9 +44,10 @@ class SignalAndWait:
     A known server (nginx, php-fpm, Apache) is found by its process name under /proc: the process of that
     name whose parent is not of that name (the master), wherever it runs — PID 1, under an init (tini,
     dumb-init) or beside the pause process of a shared PID namespace; PID 1 when none is found. The hook
-    signals nginx's and php-fpm's workers, Apache's parent (_SIGNAL_WORKERS, _SIGNAL_MASTER say why) and
-    returns once the processes that drain have exited, before the master can exit: the kernel would kill a
-    hook still running when PID 1 exits, which kubelets report as FailedPreStopHook. The kubelet's stop
+    signals nginx's and php-fpm's workers, Apache's parent with a graceful restart (`signal` is what the
+    hook sends: see signal_and_wait; _SIGNAL_WORKERS, _SIGNAL_MASTER say why) and returns once the
+    processes that held requests have exited, while the master lives on: the kernel would kill a hook
+    still running when PID 1 exits, which kubelets report as FailedPreStopHook. The kubelet's stop
     signal then finds nothing in flight. A generic server has no name to look for: the hook signals PID 1
     and waits until it has exited (so it is still killed with PID 1: FailedPreStopHook remains there).
     """
@@ -105,6 +106,31 @@ _UNTIL_EXITED = [
     "done",
 ]
 
+
+def _drain_children(kill: str) -> str:
+    """Find the master, note its children, send `kill`, return once those children have exited."""
+    return "\n".join(
+        [
+            *_FIND_MASTER,
+            "w=",
+            "for d in /proc/[0-9]*; do",
+            '  read -r s <"$d/stat" || continue',
+            "  set -- ${{s##*) }}",
+            '  [ "$2" = "$m" ] && w="$w ${{d#/proc/}}"',
+            "done 2>/dev/null",
+            '[ -n "$w" ] || exit 0',
+            kill,
+            "i=0",
+            'while [ "$i" -lt {wait_limit} ]; do',
+            "  k=",
+            "  for p in $w; do",
+            '    kill -0 "$p" 2>/dev/null || continue',
+            '    read -r s <"/proc/$p/stat" || continue',
+            *_UNTIL_EXITED,
+        ]
+    )
+
+
 # nginx, php-fpm: the graceful signal goes to the master's workers, not to the master. Each worker
 # finishes its requests (nginx also closes its idle keep-alive connections) and exits; the master, not
 # quitting itself, starts fresh workers in their place. The hook returns once the workers it signalled
@@ -113,46 +139,32 @@ _UNTIL_EXITED = [
 # state a polling hook can see comes between "nothing in flight" and that exit. This way the master only
 # exits on the kubelet's stop signal, when the workers that held requests are gone (php-fpm's
 # process_control_timeout plays no part: the master never runs its own graceful stop).
-_SIGNAL_WORKERS = "\n".join(
-    [
-        *_FIND_MASTER,
-        "w=",
-        "for d in /proc/[0-9]*; do",
-        '  read -r s <"$d/stat" || continue',
-        "  set -- ${{s##*) }}",
-        '  [ "$2" = "$m" ] && w="$w ${{d#/proc/}}"',
-        "done 2>/dev/null",
-        '[ -n "$w" ] || exit 0',
-        "kill -{signal} $w",
-        "i=0",
-        'while [ "$i" -lt {wait_limit} ]; do',
-        "  k=",
-        "  for p in $w; do",
-        '    kill -0 "$p" 2>/dev/null || continue',
-        '    read -r s <"/proc/$p/stat" || continue',
-        *_UNTIL_EXITED,
-    ]
-)
+_SIGNAL_WORKERS = _drain_children("kill -{signal} $w")
 
-# Apache: its graceful stop (WINCH) goes to the parent, which closes the listening sockets and lets its
-# children finish (a child ignores WINCH, so it cannot be signalled as nginx's workers are). The hook
-# returns as soon as every child has exited (a zombie counts as exited). Still open: the parent reaps its
-# last child on its next once-a-second round, then signals its process group (the hook's too) and exits,
-# so the hook, polling once a second, returns in time only about half the time (FailedPreStopHook on a
-# real kubelet; the drain is complete either way).
-_SIGNAL_MASTER = "\n".join(
-    [
-        *_FIND_MASTER,
-        'kill -{signal} "$m"',
-        "i=0",
-        'while kill -0 "$m" 2>/dev/null && [ "$i" -lt {wait_limit} ]; do',
-        "  k=",
-        "  for d in /proc/[0-9]*; do",
-        '    read -r s <"$d/stat" || continue',
-        *_UNTIL_EXITED,
-    ]
-)
+# Apache: its children ignore the graceful stop (WINCH), and WINCH to the parent makes it exit right after
+# its last child, under the hook (it also signals its process group, the hook's too). So the hook sends the
+# parent a graceful restart (USR1, see HOOK_SIGNAL): each child of that generation finishes its request and
+# exits, the parent keeps running with a fresh generation, and the hook returns once the old children are
+# gone. The kubelet's stop signal then ends an idle server.
+_SIGNAL_MASTER = _drain_children('kill -{signal} "$m"')
 _SIGNAL_TARGET = {Role.NGINX: _SIGNAL_WORKERS, Role.PHP_FPM: _SIGNAL_WORKERS, Role.APACHE: _SIGNAL_MASTER}
+
+# What a fallback hook sends where a server's graceful stop, sent from inside the container, would end
+# PID 1 under the hook (see above): the role's graceful signal -> the hook's.
+HOOK_SIGNAL: dict[tuple[Role, Signal], Signal] = {(Role.APACHE, Signal.SIGWINCH): Signal.SIGUSR1}
+
+
+def signal_and_wait(delay: int, graceful: Signal, wait_limit: int, role: Role) -> SignalAndWait:
+    """The fallback hook that delivers `role`'s graceful stop `graceful`."""
+    return SignalAndWait(delay, HOOK_SIGNAL.get((role, graceful), graceful), wait_limit, role)
+
+
+def graceful_signal(hook: SignalAndWait) -> Signal:
+    """The graceful stop a fallback hook delivers (signal_and_wait's `graceful`)."""
+    return next(
+        (g for (role, g), sent in HOOK_SIGNAL.items() if (role, sent) == (hook.role, hook.signal)),
+        hook.signal,
+    )
 
 
 def _template(role: Role) -> str:

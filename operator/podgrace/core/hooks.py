@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from podgrace.core.hook_intent import ExecSleep, NativeSleep, SignalAndWait, script_text
+from podgrace.core.hook_intent import ExecSleep, NativeSleep, SignalAndWait, graceful_signal, script_text
 from podgrace.core.models import PreStop, PreStopKind
 from podgrace.core.signals import Role
 
@@ -53,7 +53,8 @@ def effect(pre_stop: PreStop) -> HookEffect:
     if isinstance(hook, NativeSleep | ExecSleep):
         return HookEffect(hook.seconds, None, False, False)
     if isinstance(hook, SignalAndWait):
-        return HookEffect(hook.delay_seconds, hook.signal.value, True, False, hook.role is Role.GENERIC)
+        graceful = graceful_signal(hook).value  # Apache's graceful restart drains as its graceful stop would
+        return HookEffect(hook.delay_seconds, graceful, True, False, hook.role is Role.GENERIC)
     return analyze(pre_stop)
 
 

@@ -15,7 +15,7 @@ from podgrace.core.assess import assess
 from podgrace.core.capabilities import Capabilities
 from podgrace.core.constants import ANN_CONTAINERS, ANN_NO_SHELL, ANN_PROFILE, KUBERNETES_DEFAULT_GRACE
 from podgrace.core.findings import Code, Finding
-from podgrace.core.hook_intent import ExecSleep, HookIntent, NativeSleep, SignalAndWait
+from podgrace.core.hook_intent import ExecSleep, HookIntent, NativeSleep, signal_and_wait
 from podgrace.core.models import (
     GRACE_FIELD,
     ContainerView,
@@ -467,7 +467,7 @@ def _hook(
 ) -> HookIntent | None:
     """podgrace's hook; never an exec form without a shell (`_match` then gives no hook_signal)."""
     if hook_signal is not None:
-        return SignalAndWait(delay, hook_signal, wait, role)
+        return signal_and_wait(delay, hook_signal, wait, role)
     if delay == 0:
         return None
     if native_sleep:
