@@ -558,15 +558,7 @@ OPT_OUTS = [
     "optout-owner-reapply-after-replace",
     "optout-annotate-after-grace",
 ]
-_STUB = pytest.mark.xfail(
-    strict=True,
-    reason="open (issue 12): podgrace's Apply-owned fields keep a renamed or dropped container alive as a "
-    "stub (structured-merge-diff#335); not fixed this session",
-)
-CONTAINER_CHANGES = [
-    pytest.param("ssa-rename-container", marks=_STUB),
-    pytest.param("ssa-drop-container", marks=_STUB),
-]
+CONTAINER_CHANGES = ["ssa-rename-container", "ssa-drop-container"]
 SSA_OWNERS = ("argocd-controller", "kustomize-controller")
 
 

@@ -48,7 +48,7 @@ class Api(Protocol):
 
     async def patch_deployment_as(
         self, namespace: str, name: str, patch: dict[str, Any], field_manager: str
-    ) -> None: ...
+    ) -> dict[str, Any]: ...
 
     async def create_event(self, namespace: str, event: dict[str, Any]) -> None: ...
 
@@ -217,10 +217,11 @@ class KubeClient:
 
     async def patch_deployment_as(
         self, namespace: str, name: str, patch: dict[str, Any], field_manager: str
-    ) -> None:
-        """A strategic merge patch (an Update operation) under another field manager's name: gives a hook
-        podgrace replaced back to the manager that wrote it (the opt-out's restore)."""
-        await self._request(
+    ) -> dict[str, Any]:
+        """A strategic merge patch (an Update operation) under a field manager's name: podgrace's own
+        writes (core/write_patch.py), and a hook podgrace replaced given back to the manager that wrote it
+        (the opt-out's restore). Returns only the object's metadata, all the reconciler reads."""
+        return await self._request(
             "PATCH",
             f"/apis/apps/v1/namespaces/{namespace}/deployments/{name}",
             params={"fieldManager": field_manager},
@@ -287,7 +288,6 @@ class KubeClient:
                     if line.strip():
                         yield orjson.loads(line)
                 del pending[:start]
-
 
 
 def _error(status: int, raw: bytes) -> ApiError:

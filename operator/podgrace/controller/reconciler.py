@@ -25,16 +25,16 @@ from podgrace.controller.metrics import DEPLOYMENT, PROFILE, Metrics
 from podgrace.controller.skip_record import SkipRecord
 from podgrace.controller.workload_gauges import WorkloadGauges
 from podgrace.core import replaced_hooks
-from podgrace.core.apply_body import apply_body
-from podgrace.core.constants import ANN_REPLACED_PRESTOP
+from podgrace.core.apply_body import pod_spec_fields
+from podgrace.core.constants import FIELD_MANAGER
 from podgrace.core.findings import Code, Finding
 from podgrace.core.hook_intent import SignalAndWait
-from podgrace.core.managed_fields import apply_is_noop
 from podgrace.core.models import GRACE_FIELD, Workload
 from podgrace.core.planner import Outcome, Plan, plan
 from podgrace.core.profile_store import ProfileStore, desired_status, status_differs
 from podgrace.core.take_once import Verdict, contested_values, inputs_key, podgrace_owned
 from podgrace.core.workload_parser import ManifestError, from_object
+from podgrace.core.write_patch import write_patch
 
 log = logging.getLogger(__name__)
 
@@ -166,29 +166,20 @@ class Reconciler:
         risks = result.findings_before if result.outcome is not Outcome.MANAGED else result.findings_after
         managed_profile = result.profile if result.outcome is not Outcome.NOT_OPTED_IN else None
         self.gauges.observe(key, managed_profile, (f.code for f in risks))
-        desired = apply_body(namespace, name, result)
-        bookkeeping = replaced_hooks.annotation(body, result, workload.ownership)
-        if bookkeeping is not None and "spec" in desired:
-            desired["metadata"]["annotations"] = {ANN_REPLACED_PRESTOP: bookkeeping}
-        live_bookkeeping = ((metadata.get("annotations") or {}).get(ANN_REPLACED_PRESTOP)
-                            if replaced_hooks.owned_annotation(body) else None)  # fmt: skip
-        if apply_is_noop(body, desired) and live_bookkeeping == bookkeeping:
+        desired = pod_spec_fields(result)
+        bookkeeping = replaced_hooks.annotation(body, result, workload.ownership) if desired else None
+        patch = write_patch(body, desired, bookkeeping)
+        if patch is None:
             await self._report_decisions(body, result.decisions)
             return ReconcileOutcome(Result.UNCHANGED, result)
-        reverting = "spec" not in desired
-        if reverting:
-            # the hooks podgrace replaced go back to their managers first (then the revert removes nothing
-            # of theirs): an Update under the manager's name, which takes the field back without conflict
-            for manager, patch in replaced_hooks.restore_patches(body):
-                try:
-                    await self.api.patch_deployment_as(namespace, name, patch, manager)
-                    self.metrics.writes.labels("revert").inc()
-                except ApiError as error:
-                    log.warning("cannot restore a replaced hook of %s/%s: %s", namespace, name, error)
-        # No retries in place: a failed apply fails this reconcile (counted, logged with its cause), and
+        reverting = not desired
+        # No retries in place: a failed write fails this reconcile (counted, logged with its cause), and
         # the work queue tries again with backoff, on a fresh read.
         try:
-            written = await self.api.apply_deployment(namespace, name, desired, force=result.force)
+            if reverting and replaced_hooks.restore_patches(body):
+                body = await self._restore_replaced_hooks(body)
+                patch = write_patch(body, desired, None)
+            written = await self._write(namespace, name, patch)
         except (aiohttp.ClientError, TimeoutError) as error:
             cause = describe(error)
             log.warning("apply to Deployment %s/%s failed, will retry: %s", namespace, name, cause)
@@ -198,8 +189,8 @@ class Reconciler:
             if apply_error.status == 404:
                 return ReconcileOutcome(Result.UNCHANGED, result)  # deleted meanwhile
             if apply_error.status == 409:
-                # A field podgrace wants changed owner after this event was sent: plan again on a fresh
-                # read, after a backoff (never force a field another manager holds).
+                # The Deployment changed after podgrace read it (its patch names the resourceVersion read):
+                # plan again on a fresh read, after a backoff (never overwrite what podgrace has not seen).
                 log.warning("apply to Deployment %s/%s conflicted, will retry: %s", namespace, name, cause)
                 return ReconcileOutcome(Result.REQUEUE, result, cause=cause, body=body)
             log.warning("apply to Deployment %s/%s failed, will retry: %s", namespace, name, cause)
@@ -222,6 +213,30 @@ class Reconciler:
             await self.events.post(body, NORMAL, "Applied", summary(result))
         await self._report_decisions(body, result.decisions)
         return ReconcileOutcome(Result.REVERTED if reverting else Result.APPLIED, result, written)
+
+    async def _write(self, namespace: str, name: str, patch: dict[str, Any] | None) -> Mapping[str, Any]:
+        if patch is None:  # the restores left nothing else to give up
+            return await self._read_metadata(namespace, name)
+        return await self.api.patch_deployment_as(namespace, name, patch, FIELD_MANAGER)
+
+    async def _read_metadata(self, namespace: str, name: str) -> Mapping[str, Any]:
+        body = await self.api.get_deployment(namespace, name)
+        if body is None:
+            raise ApiError(404, "NotFound", f"deployments.apps {name} not found")
+        return body
+
+    async def _restore_replaced_hooks(self, body: Mapping[str, Any]) -> Mapping[str, Any]:
+        """The hooks podgrace replaced go back to their managers first (then the revert removes nothing of
+        theirs): an Update under the manager's name, which takes the field back without conflict. Returns
+        the Deployment as it is afterwards (the revert is planned on it)."""
+        namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+        for manager, restore in replaced_hooks.restore_patches(body):
+            try:
+                await self.api.patch_deployment_as(namespace, name, restore, manager)
+                self.metrics.writes.labels("revert").inc()
+            except ApiError as error:
+                log.warning("cannot restore a replaced hook of %s/%s: %s", namespace, name, error)
+        return await self._read_metadata(namespace, name)
 
     def _with_reclaimed(
         self, key: Key, uid: str, body: Mapping[str, Any], workload: Workload, inputs: str
@@ -319,9 +334,9 @@ def _inputs(metadata: Mapping[str, Any], profiles: Mapping[str, Any], profile: s
     return inputs_key(metadata.get("annotations") or {}, dumped)
 
 
-def _written_fields(desired: Mapping[str, Any]) -> dict[str, Any]:
-    """The contested fields a podgrace apply body sets (absent ones are not podgrace's)."""
-    values = contested_values(desired)
+def _written_fields(pod_spec: Mapping[str, Any]) -> dict[str, Any]:
+    """The contested fields podgrace's pod spec sets (absent ones are not podgrace's)."""
+    values = contested_values({"spec": {"template": {"spec": pod_spec}}})
     return {k: v for k, v in values.items() if v is not None}
 
 

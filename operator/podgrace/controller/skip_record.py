@@ -9,7 +9,7 @@ Two facts a Deployment, one entry:
 - written: the uid and generation podgrace's last apply returned. A watch event of an older generation is
   from before that write and must not trigger the same apply again.
 
-Whether an apply would change anything is not decided here: that is `core.managed_fields.apply_is_noop`.
+Whether an apply would change anything is not decided here: that is `core.write_patch.write_patch`.
 """
 
 from __future__ import annotations

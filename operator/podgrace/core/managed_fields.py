@@ -1,9 +1,5 @@
-"""Reading `metadata.managedFields`: who owns the fields podgrace injects, and whether an apply is a no-op.
-
-Skipping an apply whose result would equal what is there is what keeps a resync or a restart at zero writes:
-podgrace's apply changes nothing exactly when the set of fields podgrace owns equals the set it would apply
-and the live values there already equal the desired ones.
-"""
+"""Reading `metadata.managedFields`: who owns the fields podgrace injects (what podgrace's write changes,
+and whether it is a no-op, is core/write_patch.py)."""
 
 from __future__ import annotations
 
@@ -135,19 +131,3 @@ def _value_at(obj: Any, path: Path) -> Any:
         if current is None:
             return None
     return current
-
-
-def apply_is_noop(live: Mapping[str, Any], applied: Mapping[str, Any]) -> bool:
-    """True when applying `applied` with podgrace's field manager would change neither the object nor
-    podgrace's ownership. Only `spec` is compared: podgrace applies nothing else."""
-    want = {
-        p: v for p, v in desired_leaves(applied.get("spec") or {}, ("f:spec",)).items() if p != ("f:spec",)
-    }
-    owned = {
-        p
-        for p in manager_leaves(live.get("metadata", {}).get("managedFields") or [], podgrace=True)
-        if p[:1] == ("f:spec",)
-    }
-    if set(want) != owned:
-        return False
-    return all(_value_at(live, path) == value for path, value in want.items())
