@@ -406,6 +406,8 @@ def test_counters_start_at_zero_for_every_reason_and_kind() -> None:
         assert metrics.registry.get_sample_value("podgrace_warnings_total", {"reason": reason}) == 0
     for kind in ("apply", "revert", "status", "event"):
         assert metrics.registry.get_sample_value("podgrace_writes_total", {"kind": kind}) == 0
+    for field in ("terminationGracePeriodSeconds", "os.name", "preStop", "stopSignal"):
+        assert metrics.registry.get_sample_value("podgrace_field_reclaimed_total", {"field": field}) == 0
 
 
 async def test_conflict_is_requeued_and_planned_again() -> None:
@@ -548,3 +550,40 @@ async def test_every_failed_apply_is_logged_with_its_object_and_cause(
     assert outcome.result in (Result.FAILED, Result.REQUEUE)
     logged = [r for r in caplog.records if r.levelname in ("WARNING", "ERROR")]
     assert any("web/shop" in r.getMessage() and error.message in r.getMessage() for r in logged), caplog.text
+
+
+async def test_a_replace_that_drops_every_podgrace_field_is_taken_back_once_with_one_warning_per_field() -> (
+    None
+):
+    """`kubectl replace` of the user's manifest on a cluster with ContainerStopSignals: lifecycle.stopSignal
+    and os.name are taken back like the grace period and the hooks; nothing is written again, and the
+    metric counts exactly the fields the Warnings name."""
+    api = FakeApi()
+    reconciler = make(api)
+    await reconciler.reconcile_deployment(api.create(deployment(), manager="kubectl-create"))
+    spec = pod_spec(api.get("web", "shop"))
+    assert spec["os"] == {"name": "linux"}
+    assert [c["lifecycle"]["stopSignal"] for c in spec["containers"]] == ["SIGQUIT", "SIGQUIT"]
+    drop = {"spec": {"template": {"spec": {
+        "os": None, "terminationGracePeriodSeconds": 30,
+        "containers": [{"name": "nginx", "lifecycle": None}, {"name": "php-fpm", "lifecycle": None}],
+    }}}}  # fmt: skip
+    await api.patch_deployment_as("web", "shop", drop, "kubectl-replace")  # an Update, as a replace is
+    writes = len(api.writes())
+    for _ in range(3):
+        outcome = await reconciler.reconcile_deployment(api.get("web", "shop"))
+        assert outcome.result is Result.UNCHANGED
+    assert len(api.writes()) == writes  # backed off from every field: nothing written
+    warnings = [e["message"] for e in api.events if e["reason"] == "OwnerReclaimed"]
+    assert all("kubectl-replace" in m for m in warnings), warnings
+    fields = ("os.name", "lifecycle.stopSignal", "terminationGracePeriodSeconds", "preStop")
+    named = [next(f for f in fields if f in m) for m in warnings]
+    assert sorted(named) == sorted(
+        ["os.name", "terminationGracePeriodSeconds", *["lifecycle.stopSignal"] * 2, *["preStop"] * 2]
+    )
+    registry = reconciler.metrics.registry
+    counted = {
+        label: registry.get_sample_value("podgrace_field_reclaimed_total", {"field": label})
+        for label in ("os.name", "stopSignal", "terminationGracePeriodSeconds", "preStop")
+    }
+    assert counted == {"os.name": 1, "stopSignal": 2, "terminationGracePeriodSeconds": 1, "preStop": 2}

@@ -7,7 +7,15 @@ from typing import Any
 import pytest
 
 from podgrace.controller.field_memory import FieldMemory
-from podgrace.core.take_once import Taken, Verdict, contested_values, decide, inputs_key, podgrace_owned
+from podgrace.core.take_once import (
+    Taken,
+    Verdict,
+    contested_values,
+    decide,
+    inputs_key,
+    metric_label,
+    podgrace_owned,
+)
 
 GRACE = "terminationGracePeriodSeconds"
 
@@ -66,12 +74,16 @@ def test_contested_values_and_podgraces_ownership_from_managed_fields() -> None:
             "managedFields": [
                 {
                     "manager": "podgrace",
-                    "operation": "Apply",
+                    "operation": "Update",
                     "fieldsType": "FieldsV1",
                     "fieldsV1": {
-                        "f:spec": {"f:template": {"f:spec": {"f:containers": {'k:{"name":"nginx"}': {
-                            ".": {}, "f:lifecycle": {"f:preStop": {"f:sleep": {"f:seconds": {}}}}
-                        }}}}}
+                        "f:spec": {"f:template": {"f:spec": {
+                            "f:os": {".": {}, "f:name": {}},
+                            "f:containers": {'k:{"name":"nginx"}': {
+                                "f:lifecycle": {".": {}, "f:preStop": {"f:sleep": {"f:seconds": {}}},
+                                                "f:stopSignal": {}}
+                            }},
+                        }}}
                     },
                 },
                 {
@@ -86,15 +98,37 @@ def test_contested_values_and_podgraces_ownership_from_managed_fields() -> None:
         },
         "spec": {"template": {"spec": {
             "terminationGracePeriodSeconds": 30,
+            "os": {"name": "linux"},
             "containers": [
-                {"name": "nginx", "lifecycle": {"preStop": {"sleep": {"seconds": 5}}}},
+                {"name": "nginx",
+                 "lifecycle": {"preStop": {"sleep": {"seconds": 5}}, "stopSignal": "SIGQUIT"}},
                 {"name": "php-fpm"},
             ],
         }}},
     }  # fmt: skip
     assert contested_values(deployment) == {
         GRACE: 30,
+        "os.name": "linux",
         "containers[nginx].lifecycle.preStop": {"sleep": {"seconds": 5}},
+        "containers[nginx].lifecycle.stopSignal": "SIGQUIT",
         "containers[php-fpm].lifecycle.preStop": None,
+        "containers[php-fpm].lifecycle.stopSignal": None,
     }
-    assert podgrace_owned(deployment) == {"containers[nginx].lifecycle.preStop"}
+    assert podgrace_owned(deployment) == {
+        "os.name",
+        "containers[nginx].lifecycle.preStop",
+        "containers[nginx].lifecycle.stopSignal",
+    }
+
+
+@pytest.mark.parametrize(
+    ("key", "label"),
+    [
+        (GRACE, GRACE),
+        ("os.name", "os.name"),
+        ("containers[nginx].lifecycle.preStop", "preStop"),
+        ("containers[a.b].lifecycle.stopSignal", "stopSignal"),  # no container name: a bounded label
+    ],
+)
+def test_metric_label(key: str, label: str) -> None:
+    assert metric_label(key) == label

@@ -16,6 +16,8 @@ from podgrace import __version__
 from podgrace.core.findings import RISKS, Code
 
 WRITE_KINDS = ("apply", "revert", "status", "event")
+# the `field` label of podgrace_field_reclaimed_total (core.take_once.metric_label)
+RECLAIMED_FIELDS = ("terminationGracePeriodSeconds", "os.name", "preStop", "stopSignal")
 # The reasons of the Warning Events podgrace posts (Code values that are not risks).
 WARNING_REASONS = frozenset(Code) - RISKS
 
@@ -52,7 +54,7 @@ class Metrics:
         self.reclaimed = PromCounter(
             "podgrace_field_reclaimed_total",
             "Fields an owner took back after podgrace had taken them (podgrace backed off), by field "
-            "(terminationGracePeriodSeconds or preStop).",
+            "(terminationGracePeriodSeconds, os.name, preStop or stopSignal).",
             ["field"],
             registry=r,
         )
@@ -100,6 +102,8 @@ class Metrics:
             self.warnings.labels(code.value)
         for kind in WRITE_KINDS:
             self.writes.labels(kind)
+        for field in RECLAIMED_FIELDS:
+            self.reclaimed.labels(field)
 
     def forget_profile(self, name: str) -> None:
         """A deleted ShutdownProfile's series go away rather than report a profile that is not there."""

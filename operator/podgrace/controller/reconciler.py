@@ -29,10 +29,10 @@ from podgrace.core.apply_body import pod_spec_fields
 from podgrace.core.constants import FIELD_MANAGER
 from podgrace.core.findings import Code, Finding
 from podgrace.core.hook_intent import SignalAndWait
-from podgrace.core.models import GRACE_FIELD, Workload
+from podgrace.core.models import Workload
 from podgrace.core.planner import Outcome, Plan, plan
 from podgrace.core.profile_store import ProfileStore, desired_status, status_differs
-from podgrace.core.take_once import Verdict, contested_values, inputs_key, podgrace_owned
+from podgrace.core.take_once import Verdict, contested_values, inputs_key, metric_label, podgrace_owned
 from podgrace.core.workload_parser import ManifestError, from_object
 from podgrace.core.write_patch import write_patch
 
@@ -253,8 +253,7 @@ class Reconciler:
         for field, verdict in sorted(verdicts.items()):
             reclaimed.append((field, ownership.owner_of(field) or ownership.last_writer))
             if verdict is Verdict.RECLAIMED:
-                label = GRACE_FIELD if field == GRACE_FIELD else "preStop"
-                self.metrics.reclaimed.labels(label).inc()
+                self.metrics.reclaimed.labels(metric_label(field)).inc()
         update = {"ownership": ownership.model_copy(update={"reclaimed": tuple(reclaimed)})}
         return workload.model_copy(update=update)
 

@@ -8,7 +8,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from podgrace.core.constants import FIELD_MANAGER, KUBERNETES_DEFAULT_GRACE
-from podgrace.core.models import GRACE_FIELD, Ownership, pre_stop_field
+from podgrace.core.models import GRACE_FIELD, OS_FIELD, Ownership, pre_stop_field, stop_signal_field
 
 Path = tuple[str, ...]
 _TEMPLATE_SPEC: Path = ("f:spec", "f:template", "f:spec")
@@ -98,8 +98,11 @@ def ownership(
         latest = max(latest, (str(entry.get("time") or ""), manager))
         leaves = _leaves(entry.get("fieldsV1") or {})
         keys = {pre_stop_field(c) for c in _containers_with(leaves, "f:lifecycle", "f:preStop")}
+        keys |= {stop_signal_field(c) for c in _containers_with(leaves, "f:lifecycle", "f:stopSignal")}
         if grace in leaves:
             keys.add(GRACE_FIELD)
+        if (*_TEMPLATE_SPEC, "f:os", "f:name") in leaves:
+            keys.add(OS_FIELD)
         for key in keys:
             owners.setdefault(key, manager)
             if entry.get("operation") == "Apply":
