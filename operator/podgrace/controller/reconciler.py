@@ -93,17 +93,18 @@ class Reconciler:
 
     # --- Deployments -------------------------------------------------------------------------------
 
-    async def reconcile_deployment(self, body: Mapping[str, Any]) -> ReconcileOutcome:
+    async def reconcile_deployment(self, body: Mapping[str, Any], *, fresh: bool = False) -> ReconcileOutcome:
+        """Reconcile a Deployment as `body` shows it (`fresh`: just read from the API server)."""
         if self._slots is None:
-            return await self._timed_reconcile(body)
+            return await self._timed_reconcile(body, fresh)
         async with self._slots:
-            return await self._timed_reconcile(body)
+            return await self._timed_reconcile(body, fresh)
 
-    async def _timed_reconcile(self, body: Mapping[str, Any]) -> ReconcileOutcome:
+    async def _timed_reconcile(self, body: Mapping[str, Any], fresh: bool) -> ReconcileOutcome:
         started = time.monotonic()
         result = Result.FAILED
         try:
-            outcome = await self._reconcile_deployment(body)
+            outcome = await self._reconcile_deployment(body, fresh)
             result = outcome.result
             return outcome
         finally:
@@ -129,9 +130,9 @@ class Reconciler:
             return ReconcileOutcome(Result.FAILED, cause=cause)
         if body is None:
             return None
-        return await self.reconcile_deployment(body)
+        return await self.reconcile_deployment(body, fresh=True)
 
-    async def _reconcile_deployment(self, body: Mapping[str, Any]) -> ReconcileOutcome:
+    async def _reconcile_deployment(self, body: Mapping[str, Any], fresh: bool) -> ReconcileOutcome:
         metadata = body.get("metadata") or {}
         namespace, name = key = str(metadata.get("namespace")), str(metadata.get("name"))
         if self.record.is_stale(key, metadata):
@@ -172,6 +173,19 @@ class Reconciler:
         if patch is None:
             await self._report_decisions(body, result.decisions)
             return ReconcileOutcome(Result.UNCHANGED, result)
+        if not fresh:
+            # A watch event's body is often older than the object (the rollout's status updates): the patch
+            # names the resourceVersion it was planned on, so plan it on a fresh read (one GET per write,
+            # rather than a 409 and a retry).
+            try:
+                latest = await self.api.get_deployment(namespace, name)
+            except (ApiError, aiohttp.ClientError, TimeoutError) as error:
+                cause = describe(error)
+                log.warning("reading Deployment %s/%s failed: %s", namespace, name, cause)
+                return ReconcileOutcome(Result.FAILED, result, cause=cause, body=body)
+            if latest is None:
+                return ReconcileOutcome(Result.UNCHANGED, result)  # deleted meanwhile
+            return await self._reconcile_deployment(latest, True)
         reverting = not desired
         # No retries in place: a failed write fails this reconcile (counted, logged with its cause), and
         # the work queue tries again with backoff, on a fresh read.
