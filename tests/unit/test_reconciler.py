@@ -587,3 +587,17 @@ async def test_a_replace_that_drops_every_podgrace_field_is_taken_back_once_with
         for label in ("os.name", "stopSignal", "terminationGracePeriodSeconds", "preStop")
     }
     assert counted == {"os.name": 1, "stopSignal": 2, "terminationGracePeriodSeconds": 1, "preStop": 2}
+
+
+async def test_a_write_is_planned_on_a_fresh_read_not_on_an_older_event_body() -> None:
+    """podgrace's patch names the resourceVersion it was planned on: planned on a watch event's body that the
+    rollout's status updates have since overtaken, it would be refused (409) and retried."""
+    api = FakeApi()
+    reconciler = make(api)
+    stale = api.create(deployment())
+    live = api.deployments[("web", "shop")]
+    live["status"] = {"observedGeneration": 1}  # the deployment controller wrote meanwhile
+    live["metadata"]["resourceVersion"] = "2"
+    outcome = await reconciler.reconcile_deployment(stale)
+    assert outcome.result is Result.APPLIED
+    assert [w[2]["metadata"]["resourceVersion"] for w in api.writes()] == ["2"]

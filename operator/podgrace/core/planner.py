@@ -246,8 +246,8 @@ def _enforce(
                 None,
                 f"{OS_FIELD} was taken back by field manager {os_reclaimed_by or 'unknown'} after podgrace "
                 f"had set it ({workload.os_name or 'now unset'}): podgrace keeps it, so it writes no "
-                "lifecycle.stopSignal (the preStop hook delivers the signal), until the owner's value, the "
-                "podgrace annotations or the profile change",
+                "lifecycle.stopSignal (its own preStop hooks deliver the signal where it has them), until "
+                "the owner's value, the podgrace annotations or the profile change",
             )
         )
     force = any(replaced for _, replaced in settled)
