@@ -13,7 +13,8 @@ test asserts:
   at most one extra rollout) besides the owner's own writes that change no pod template (an identical
   `kubectl replace` bumps it by itself: its manifest lacks the controller's revision annotation), the pods
   created and the new ReplicaSets by at most 2;
-- podgrace writes the Deployment at most once during the re-assertion (audit log, podgrace's ServiceAccount);
+- podgrace writes the Deployment at most once during the re-assertion (audit log, podgrace's ServiceAccount;
+  a write refused with 409, the object changed since podgrace read it, changes nothing: at most 3 per write);
 - at the end the owner's value stands;
 - exactly one Warning Event from podgrace about the field names the owner's field manager;
 - podgrace_field_reclaimed_total{field} grows by exactly the OwnerReclaimed Warnings, field by field.
@@ -172,6 +173,7 @@ class Outcome:
     # generation bumps by the owner's own writes that left the pod template as it was (no rollout, nothing
     # of podgrace's undone): `kubectl replace` makes one each time (see Scenario.replace)
     owner_noop_bumps: int = 0
+    podgrace_refused: list[str] = field(default_factory=list)  # podgrace's writes refused (409), audit log
     owner_runs: int = 0
     owner_failures: list[str] = field(default_factory=list)
     end_value: Any = None
@@ -188,7 +190,8 @@ class Outcome:
             f"({self.owner_noop_bumps} of it the owner's writes that left the pod template as it was), "
             f"ReplicaSets {self.replica_sets_settled} -> {self.replica_sets_end}, "
             f"pods created {self.pods_created}, owner runs {self.owner_runs} "
-            f"({len(self.owner_failures)} failed), podgrace writes {len(self.podgrace_writes)}\n"
+            f"({len(self.owner_failures)} failed), podgrace writes {len(self.podgrace_writes)} "
+            f"(and {len(self.podgrace_refused)} refused)\n"
             f"  end value {json.dumps(self.end_value)}, owner's {json.dumps(self.owner_value)}\n"
             f"  writes of the Deployment (audit log) {json.dumps(self.timeline[:40], indent=2)}\n"
             f"  podgrace Warnings {json.dumps(warnings, indent=2)}\n"
@@ -208,6 +211,7 @@ class Scenario:
         self.tmp = Path(tempfile.mkdtemp(prefix=f"coexist-{name}-"))
         self.out = Outcome(scenario=name, namespace=self.namespace)
         self.own_bumps: list[tuple[float, float, int]] = []  # (from, to, generation bump) per owner write
+        self.owner_conflicts: list[tuple[float, float]] = []  # (from, to) of the owner's conflicted writes
         cluster.kubectl("create", "namespace", self.namespace)
 
     # --- tools -------------------------------------------------------------------------------------
@@ -247,6 +251,13 @@ class Scenario:
         of the bound, unless podgrace wrote meanwhile (`measure`)."""
         before, started = self.get(), time.time()
         proc = self.kubectl("replace", "-o", "json", "-f", "-", input=manifest)
+        if proc.returncode != 0 and "Conflict" in proc.stderr:
+            # kubectl replace sends the resourceVersion it has just read: the rollout's status updates make
+            # it conflict now and then, podgrace or not. Retried once, as a user would; a conflict in a
+            # window where podgrace wrote counts as podgrace's doing (`measure`).
+            self.owner_conflicts.append((started, time.time()))
+            before, started = self.get(), time.time()
+            proc = self.kubectl("replace", "-o", "json", "-f", "-", input=manifest)
         if proc.returncode == 0:
             after = json.loads(proc.stdout)
             if after["spec"]["template"] == before["spec"]["template"]:
@@ -357,10 +368,22 @@ class Scenario:
             for w in writes
             if start is not None
         ]
+        # podgrace's writes that went through; a refused one (409: the object changed since podgrace read
+        # it, planned again at once) changed nothing, and is bounded apart
         self.out.podgrace_writes = [
-            f"{w.verb} {w.name} {w.code} {w.received:%H:%M:%S.%f}" for w in writes if w.user == OPERATOR_USER
+            f"{w.verb} {w.name} {w.code} {w.received:%H:%M:%S.%f}"
+            for w in writes
+            if w.user == OPERATOR_USER and w.code < 400
+        ]
+        self.out.podgrace_refused = [
+            f"{w.verb} {w.name} {w.code}" for w in writes if w.user == OPERATOR_USER and w.code >= 400
         ]
         podgrace_at = [w.received.timestamp() for w in writes if w.user == OPERATOR_USER]
+        self.out.owner_failures += [
+            "kubectl replace conflicted while podgrace wrote"
+            for t0, t1 in self.owner_conflicts
+            if any(t0 <= t <= t1 for t in podgrace_at)
+        ]
         self.out.owner_noop_bumps = sum(
             bump for t0, t1, bump in self.own_bumps if not any(t0 <= t <= t1 for t in podgrace_at)
         )
@@ -710,6 +733,8 @@ def _fight(out: Outcome) -> list[str]:
         problems.append(f"ReplicaSets {out.replica_sets_settled} -> {out.replica_sets_end} (at most +2)")
     if len(out.podgrace_writes) > 1:
         problems.append(f"podgrace wrote the Deployment {len(out.podgrace_writes)} times (at most once)")
+    if len(out.podgrace_refused) > 3 * max(1, len(out.podgrace_writes)):  # reconciler.CONFLICT_RETRIES
+        problems.append(f"{len(out.podgrace_refused)} of podgrace's writes refused: {out.podgrace_refused}")
     if out.end_value != out.owner_value:
         problems.append(
             f"{out.contested} ends as {json.dumps(out.end_value)}, the owner's is {out.owner_value}"

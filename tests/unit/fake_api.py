@@ -230,6 +230,8 @@ class FakeApi:
             own = manager_leaves([mine], podgrace=field_manager == FIELD_MANAGER)
             mine["fieldsV1"] = _nest(own | changed)
         entries[:] = [e for e in entries if e.get("fieldsV1")]
+        if "managedFields" in (patch.get("metadata") or {}):  # a reset: the request's list, as it is
+            obj["metadata"]["managedFields"] = copy.deepcopy(patch["metadata"]["managedFields"])
         if obj.get("spec") != live.get("spec"):
             obj["metadata"]["generation"] += 1
         if obj != live:

@@ -150,9 +150,12 @@ def test_ownership_of_user_managers() -> None:
         foreign_grace=True,
         # who holds each contested field, and which of them by server-side apply (issue 12)
         owners=(
+            ("containers[nginx].lifecycle.stopSignal", "argocd-controller"),
             ("containers[php-fpm].lifecycle.preStop", "kubectl-client-side-apply"),
+            ("os.name", "argocd-controller"),
             ("terminationGracePeriodSeconds", "kubectl-client-side-apply"),
         ),
+        applied=frozenset({"containers[nginx].lifecycle.stopSignal", "os.name"}),
         last_writer="kubectl-client-side-apply",
     )
 
@@ -373,11 +376,27 @@ def test_values_already_there_are_not_written_again(deployment: Any, user: dict[
 
 
 def test_a_field_shared_with_another_owner_is_left_to_it(deployment: Any) -> None:
+    """The revert: the owner holds the same values; they stay, only podgrace's claims go (metadata only)."""
     argo = entry("argocd-controller", {"f:spec": fields_of(WEB_BODY["spec"])})
-    obj = live(
-        deployment, nginx_lifecycle=SLEEP_5, entries=[argo, entry("podgrace", PODGRACE_SLEEP_AND_GRACE)]
-    )
-    assert noop(obj, {})  # the revert removes nothing the owner holds
+    ours = entry("podgrace", {"f:spec": fields_of(WEB_BODY["spec"])}, operation="Update")
+    for item in ours["fieldsV1"]["f:spec"]["f:template"]["f:spec"]["f:containers"].values():
+        del item["."], item["f:name"]  # an Update does not take a container's key it did not change
+    obj = live(deployment, nginx_lifecycle=SLEEP_5, entries=[argo, ours])
+    obj["metadata"]["resourceVersion"] = "9"
+    assert write_patch(obj, {}, None) == {"metadata": {"managedFields": [argo], "resourceVersion": "9"}}
+
+
+def test_what_the_release_of_the_grace_period_leaves_to_podgrace_is_given_up(deployment: Any) -> None:
+    """Released (null), the grace period is the API server's default 30, and an Update owns what the server
+    defaulted in it (seen on the real API server): not written again (that would be a write on every
+    reconcile), podgrace's claim goes; the user's claims stay as they are."""
+    grace = {"f:spec": {"f:template": {"f:spec": {"f:terminationGracePeriodSeconds": {}}}}}
+    ours = entry("podgrace", grace, operation="Update")
+    obj = live(deployment, grace=30, entries=[USER, ours])
+    obj["metadata"]["resourceVersion"] = "9"
+    assert write_patch(obj, {}, None) == {"metadata": {"managedFields": [USER], "resourceVersion": "9"}}
+    obj["metadata"]["managedFields"] = [USER]
+    assert noop(obj, {})
 
 
 def test_first_write(deployment: Any) -> None:
@@ -390,7 +409,7 @@ def test_first_write(deployment: Any) -> None:
 
 def test_a_container_the_owner_removed_is_never_named(deployment: Any) -> None:
     """The list merges by name: naming a container the live object lacks would add it back, imageless."""
-    obj = live(deployment, nginx_lifecycle=SLEEP_5, entries=[entry("podgrace", PODGRACE_SLEEP_AND_GRACE)])
+    obj = live(deployment, nginx_lifecycle=SLEEP_5, entries=[USER])
     obj["spec"]["template"]["spec"]["containers"][0]["name"] = "web"
     pod_spec = {
         **WEB,

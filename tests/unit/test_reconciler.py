@@ -305,11 +305,20 @@ async def test_transient_errors_are_retried_by_the_queue_with_backoff_and_withou
 async def test_conflict_is_deferred_not_forced() -> None:
     api = FakeApi()
     reconciler = make(api, version=(1, 29))
-    api.fail_next = [ApiError(409, "Conflict", "owned by argocd")]
+    api.fail_next = [ApiError(409, "Conflict", "the object has been modified")] * 4
     outcome = await reconciler.reconcile_deployment(api.create(deployment()))
-    assert outcome.result is Result.REQUEUE
-    assert api.writes() == []
+    assert outcome.result is Result.REQUEUE  # after three plans on fresh reads, in place
+    assert api.fail_next == [] and api.deployments[("web", "shop")]["metadata"]["generation"] == 1
     assert not any(a[3] for a in api.applies)  # never forced
+
+
+async def test_a_conflict_is_planned_again_at_once_on_a_fresh_read() -> None:
+    api = FakeApi()
+    reconciler = make(api, version=(1, 29))
+    api.fail_next = [ApiError(409, "Conflict", "the object has been modified")]
+    outcome = await reconciler.reconcile_deployment(api.create(deployment()))
+    assert outcome.result is Result.APPLIED
+    assert api.deployments[("web", "shop")]["metadata"]["generation"] == 2
 
 
 async def test_metrics_count_managed_and_at_risk_workloads() -> None:
@@ -414,7 +423,7 @@ async def test_conflict_is_requeued_and_planned_again() -> None:
     api = FakeApi()
     async with pipeline(api) as p:
         api.version = (1, 29)
-        api.fail_next = [ApiError(409, "Conflict", "owned by argocd")]
+        api.fail_next = [ApiError(409, "Conflict", "the object has been modified")] * 4
         await p.deliver("ADDED", api.create(deployment()))
         registry = p.reconciler.metrics.registry
         labels = {"controller": "deployment", "result": "requeue"}
@@ -545,7 +554,7 @@ async def test_every_failed_apply_is_logged_with_its_object_and_cause(
 ) -> None:
     api = FakeApi()
     reconciler = make(api, version=(1, 29))
-    api.fail_next = [error] * 3
+    api.fail_next = [error] * 4  # (a 409 is planned again at once three times: the fourth is logged)
     outcome = await reconciler.reconcile_deployment(api.create(deployment()))
     assert outcome.result in (Result.FAILED, Result.REQUEUE)
     logged = [r for r in caplog.records if r.levelname in ("WARNING", "ERROR")]

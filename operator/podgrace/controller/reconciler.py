@@ -39,6 +39,7 @@ from podgrace.core.write_patch import write_patch
 log = logging.getLogger(__name__)
 
 TRANSIENT_RETRIES = 3
+CONFLICT_RETRIES = 3  # a 409 is planned again on a fresh read at once this often, then with backoff
 
 
 class Result(StrEnum):
@@ -132,7 +133,9 @@ class Reconciler:
             return None
         return await self.reconcile_deployment(body, fresh=True)
 
-    async def _reconcile_deployment(self, body: Mapping[str, Any], fresh: bool) -> ReconcileOutcome:
+    async def _reconcile_deployment(
+        self, body: Mapping[str, Any], fresh: bool, conflicts: int = 0
+    ) -> ReconcileOutcome:
         metadata = body.get("metadata") or {}
         namespace, name = key = str(metadata.get("namespace")), str(metadata.get("name"))
         if self.record.is_stale(key, metadata):
@@ -185,7 +188,7 @@ class Reconciler:
                 return ReconcileOutcome(Result.FAILED, result, cause=cause, body=body)
             if latest is None:
                 return ReconcileOutcome(Result.UNCHANGED, result)  # deleted meanwhile
-            return await self._reconcile_deployment(latest, True)
+            return await self._reconcile_deployment(latest, True, conflicts)
         reverting = not desired
         # No retries in place: a failed write fails this reconcile (counted, logged with its cause), and
         # the work queue tries again with backoff, on a fresh read.
@@ -202,9 +205,13 @@ class Reconciler:
             cause = describe(apply_error)
             if apply_error.status == 404:
                 return ReconcileOutcome(Result.UNCHANGED, result)  # deleted meanwhile
+            if apply_error.status == 409 and conflicts < CONFLICT_RETRIES:
+                # The Deployment changed after podgrace read it (its patch names the resourceVersion read;
+                # the rollout's status updates do it too): plan again on a fresh read, at once, as
+                # client-go's RetryOnConflict (never overwrite what podgrace has not seen).
+                log.info("apply to Deployment %s/%s conflicted, planning again: %s", namespace, name, cause)
+                return await self._reconcile_deployment(body, False, conflicts + 1)
             if apply_error.status == 409:
-                # The Deployment changed after podgrace read it (its patch names the resourceVersion read):
-                # plan again on a fresh read, after a backoff (never overwrite what podgrace has not seen).
                 log.warning("apply to Deployment %s/%s conflicted, will retry: %s", namespace, name, cause)
                 return ReconcileOutcome(Result.REQUEUE, result, cause=cause, body=body)
             log.warning("apply to Deployment %s/%s failed, will retry: %s", namespace, name, cause)

@@ -15,10 +15,11 @@ instead of being overwritten.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from typing import Any
 
-from podgrace.core.constants import ANN_REPLACED_PRESTOP
+from podgrace.core.constants import ANN_REPLACED_PRESTOP, FIELD_MANAGER, KUBERNETES_DEFAULT_GRACE
 from podgrace.core.managed_fields import Path, container_key, manager_leaves
 
 _POD: Path = ("f:spec", "f:template", "f:spec")
@@ -82,7 +83,7 @@ def write_patch(
     desired = {u: v for u, v in _desired(pod_spec).items() if u[0] is None or u[0] in containers}
     changes: dict[Unit, Any] = {u: v for u, v in desired.items() if _live_value(pod, containers, u) != v}
     for unit in sorted(_units(ours, containers) - set(desired) - _units(theirs, containers), key=str):
-        if _live_value(pod, containers, unit) is not None:
+        if _live_value(pod, containers, unit) != _released(unit):
             changes[unit] = None  # released: only podgrace had it
     patch: dict[str, Any] = {}
     pod_patch = _pod_patch(changes, containers)
@@ -95,9 +96,59 @@ def write_patch(
     if annotation != live_annotation and (annotation is not None or owned_annotation):
         patch["metadata"] = {"annotations": {ANN_REPLACED_PRESTOP: annotation}}
     if not patch:
-        return None
+        stray = {leaf for leaf in ours if _in_podgraces_fields(leaf)} - {
+            leaf for leaf in ours for u in desired if leaf[: len(_unit_path(u))] == _unit_path(u)
+        }
+        if not stray:
+            return None
+        # Nothing left to change, but podgrace still holds fields it does not want: a grace period its
+        # release left at the API server's default (an Update owns what the server defaulted in it), a
+        # lifecycle or os map it had created, a field another manager holds too. Its claims go, the
+        # values stay (a metadata-only write: no rollout).
+        patch["metadata"] = {"managedFields": _without(entries, stray)}
     patch.setdefault("metadata", {})["resourceVersion"] = metadata.get("resourceVersion")
     return patch
+
+
+def _in_podgraces_fields(leaf: Path) -> bool:
+    """Whether a managedFields leaf lies where podgrace writes: the grace period, os, a container's
+    lifecycle (not a container's name or key, which a server-side apply of an older podgrace recorded)."""
+    if leaf[: len(_POD) + 1] in ((*_POD, f"f:{_POD_FIELDS[0]}"), (*_POD, f"f:{_POD_FIELDS[1]}")):
+        return True
+    return leaf[: len(_POD) + 1] == (*_POD, "f:containers") and leaf[len(_POD) + 2 : len(_POD) + 3] == (
+        "f:lifecycle",
+    )
+
+
+def _released(unit: Unit) -> Any:
+    """A field's value once podgrace has given it up: the API server defaults the grace period."""
+    return KUBERNETES_DEFAULT_GRACE if unit == (None, "terminationGracePeriodSeconds") else None
+
+
+def _without(entries: list[Mapping[str, Any]], leaves: set[Path]) -> list[dict[str, Any]]:
+    """managedFields with these leaves taken out of podgrace's entries (an entry left empty goes)."""
+    kept: list[dict[str, Any]] = []
+    for entry in entries:
+        copied = copy.deepcopy(dict(entry))
+        if copied.get("manager") == FIELD_MANAGER and copied.get("fieldsType") == "FieldsV1":
+            fields = copied.get("fieldsV1") or {}
+            for leaf in leaves:
+                _drop(fields, leaf)
+            if not fields:
+                continue
+        kept.append(copied)
+    return kept
+
+
+def _drop(fields: dict[str, Any], path: Path) -> None:
+    """Remove `path` from a fieldsV1 tree, and the maps left with nothing (or only `.`) on the way."""
+    if not path or path[0] not in fields:
+        return
+    if len(path) > 1 and isinstance(fields[path[0]], dict):
+        _drop(fields[path[0]], path[1:])
+        if set(fields[path[0]]) - {"."}:
+            return
+    del fields[path[0]]
 
 
 def _pod_patch(changes: Mapping[Unit, Any], containers: Mapping[str, Any]) -> dict[str, Any]:
