@@ -59,6 +59,18 @@ def test_memory_backs_off_once_and_forgets_on_change() -> None:
     assert memory.verdicts(("n", "d"), "u", {GRACE: 30}, set(), "a") == {}
 
 
+def test_a_field_of_a_container_that_is_gone_was_not_taken_back() -> None:
+    """An owner renamed or removed the container: no OwnerReclaimed, no metric (seen in e2e: counted, with
+    no Warning), and nothing remembered of it."""
+    hook = "containers[nginx].lifecycle.preStop"
+    memory = FieldMemory()
+    memory.wrote(("n", "d"), "u", {hook: {"sleep": {"seconds": 5}}, GRACE: 70}, "a")
+    live = {GRACE: 70, "containers[web].lifecycle.preStop": None}
+    assert memory.verdicts(("n", "d"), "u", live, {GRACE}, "a") == {}
+    live["containers[nginx].lifecycle.preStop"] = None  # a container of that name again: a new one
+    assert memory.verdicts(("n", "d"), "u", live, {GRACE}, "a") == {}
+
+
 def test_inputs_key_sees_podgrace_annotations_and_the_profile_only() -> None:
     base = inputs_key({"podgrace.dev/profile": "nginx", "other": "1"}, {"rules": []})
     assert base == inputs_key({"podgrace.dev/profile": "nginx", "other": "2"}, {"rules": []})
