@@ -535,8 +535,9 @@ def test_the_operator_reconciles_and_reverts_without_a_refusal(
     writes = [e for e in events if e.is_write]
     real = [e for e in writes if not e.dry_run]
     assert len(real) >= 2, [(e.verb, e.name, e.code) for e in writes]  # the apply and the revert
-    # 409: the object changed since podgrace read it (planned again at once), not a refusal by the policy
-    assert all(e.code in (200, 409) for e in writes), [(e.verb, e.name, e.code) for e in writes]
+    # The policy refuses with 403 or 422 (its validations' reasons); a 409 (the object changed since
+    # podgrace read it: planned again at once) or a 5xx (a loaded API server timing out) is no refusal.
+    assert not [e for e in writes if e.code in (403, 422)], [(e.verb, e.name, e.code) for e in writes]
     assert [e.code for e in writes].count(200) >= 2, [(e.verb, e.name, e.code) for e in writes]
     # The policy was in force meanwhile: the same token is still refused a change of replicas.
     assert_refused(g.patch(name, {"spec": {"replicas": 3}}, MERGE), MSG_SPEC)
