@@ -10,7 +10,9 @@ import argparse
 import json
 import signal
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 from bench.scale import ROOT
 from bench.scale.report import table
@@ -21,6 +23,20 @@ PHASES = ("sync", "restart", "churn", "fanout", "floor")
 
 def _interrupt(signum: int, _frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")  # runs the cleanup: operator and cluster stopped
+
+
+def output_args(ap: argparse.ArgumentParser, bench: str) -> None:
+    """--out (a new directory under bench/BENCH/results by default) and --table (print only)."""
+    default = ROOT / "bench" / bench / "results" / time.strftime("%Y%m%d-%H%M%S")
+    ap.add_argument("--out", type=Path, default=default, help="results directory")
+    ap.add_argument("--table", nargs="+", type=Path, metavar="RESULT.json", help="only print a table")
+
+
+def printed_tables(args: argparse.Namespace, table: Callable[[Iterable[Any]], str]) -> bool:
+    """With --table: print the table of those results and say so (nothing is run)."""
+    if args.table:
+        print(table(json.loads(p.read_text()) for p in args.table))
+    return bool(args.table)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,17 +55,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", action="store_true", help="record py-spy profiles of the operator")
     ap.add_argument("--kcm-qps", type=int, default=200, help="controller-manager --kube-api-qps (0: default)")
     ap.add_argument("--keep", action="store_true", help="keep each cluster's workdir (logs, audit log)")
-    ap.add_argument(
-        "--out",
-        type=Path,
-        default=ROOT / "bench" / "scale" / "results" / time.strftime("%Y%m%d-%H%M%S"),
-        help="results directory",
-    )
-    ap.add_argument("--table", nargs="+", type=Path, metavar="RESULT.json", help="only print a table")
+    output_args(ap, "scale")
     args = ap.parse_args(argv)
 
-    if args.table:
-        print(table(json.loads(p.read_text()) for p in args.table))
+    if printed_tables(args, table):
         return 0
     phases = tuple(p.strip() for p in args.phases.split(",") if p.strip())
     unknown = set(phases) - set(PHASES)

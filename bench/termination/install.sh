@@ -5,7 +5,8 @@
 # the lab starts its own foreground instances on 127.0.0.1 only.
 set -euo pipefail
 
-PKGS=(nginx php8.2-fpm apache2 libapache2-mod-php8.2 haproxy util-linux procps tini)
+# gcc + libc6-dev: the pause stand-in of shared-PID pods (app/pause.c) is compiled per scenario
+PKGS=(nginx php8.2-fpm apache2 libapache2-mod-php8.2 haproxy util-linux procps tini gcc libc6-dev)
 
 missing=()
 for p in "${PKGS[@]}"; do
@@ -44,7 +45,7 @@ if [ "${#need_py[@]}" -gt 0 ]; then
   "$PY" -m pip install -q "${need_py[@]}"
 fi
 
-for b in nginx php-fpm8.2 apache2 haproxy unshare nsenter; do
+for b in nginx php-fpm8.2 apache2 haproxy unshare nsenter gcc; do
   command -v "$b" >/dev/null || [ -x "/usr/sbin/$b" ] || { echo "install.sh: $b missing" >&2; exit 1; }
 done
 echo "install.sh: ok"

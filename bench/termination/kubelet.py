@@ -9,6 +9,13 @@ For each container, in parallel (the kubelet kills a pod's containers concurrent
      than 2 s (the kubelet's minimum after a hook that ate the period).
 When PID 1 exits, the kernel kills everything else in its PID namespace, a running exec hook included; the
 lab records that as the kubelet would (FailedPreStopHook).
+
+A pod with shareProcessNamespace: true runs a sandbox first (`start_sandbox`: pause as PID 1 of the pod's
+PID namespace) and its containers join it; the kubelet's signals go to each container's main process, which
+is then not PID 1. When such a main process exits, the runtime kills the container's remaining processes
+(containerd's shim does `kill --all` for a container that shares a PID namespace): the lab kills the
+container's process group and its exec hooks likewise. When pause exits (SIGTERM/SIGINT), the kernel ends
+every container of the pod.
 """
 
 from __future__ import annotations
@@ -20,10 +27,12 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.termination import servers
 from bench.termination.plan import ContainerPlan, signal_number, stop_timeout_after_hook
 from bench.termination.procs import REGISTRY, children_of, ns_pid
 from bench.termination.servers import ContainerSpec
@@ -38,7 +47,9 @@ class Container:
     spec: ContainerSpec
     plan: ContainerPlan
     proc: subprocess.Popen[bytes]
-    pid1: int = 0
+    pid1: int = 0  # host PID of the container's main process (PID 1 unless the pod shares PIDs)
+    shared_pid: bool = False  # joined the pod's pause PID namespace
+    execs: list[subprocess.Popen[bytes]] = field(default_factory=list)  # exec hooks run in it
     exited: threading.Event = field(default_factory=threading.Event)
     exit_time: float | None = None  # monotonic
     exit_code: int | None = None
@@ -48,36 +59,61 @@ class Container:
             code = self.proc.wait()
             self.exit_time = time.monotonic()
             self.exit_code = code
+            if self.shared_pid:  # the runtime kills what is left of the container (its cgroup)
+                for group in (self.proc.pid, *(e.pid for e in list(self.execs))):
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.killpg(group, signal.SIGKILL)
             self.exited.set()
 
         threading.Thread(target=wait, name=f"wait-{self.spec.pod}-{self.spec.name}", daemon=True).start()
 
 
-def start_container(spec: ContainerSpec, plan: ContainerPlan, log_dir: Path) -> Container:
+def start_sandbox(pod: str, pause_binary: Path) -> int:
+    """The pod's pause process as PID 1 of a new PID namespace; returns its host PID."""
+    proc = REGISTRY.spawn(servers.sandbox_argv(pause_binary), f"{pod}/pause")
+    return _main_process(proc, f"{pod}/pause", lambda pid: ns_pid(pid)[-1:] == [1], Path("(none)"))
+
+
+def start_container(spec: ContainerSpec, plan: ContainerPlan, log_dir: Path, sandbox: int = 0) -> Container:
+    """sandbox: host PID of the pause process whose PID namespace the container joins; 0: its own."""
     log = open(log_dir / f"{spec.pod}-{spec.name}.out", "ab")  # noqa: SIM115 (kept open for the child)
     env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "POD_NAME": spec.pod}
     env.update(spec.env)
+    argv = spec.join_argv(sandbox) if sandbox else spec.unshare_argv()
     try:
-        proc = REGISTRY.spawn(spec.unshare_argv(), f"{spec.pod}/{spec.name}", stdout=log, stderr=log, env=env)
+        proc = REGISTRY.spawn(argv, f"{spec.pod}/{spec.name}", stdout=log, stderr=log, env=env)
     finally:
         log.close()
-    c = Container(spec, plan, proc)
+    c = Container(spec, plan, proc, shared_pid=bool(sandbox))
     c.watch()
+
+    def started(pid: int) -> bool:
+        if not sandbox:
+            return ns_pid(pid)[-1:] == [1]
+        return len(ns_pid(pid)) >= 2 and _pid_ns(pid) == _pid_ns(sandbox)
+
+    c.pid1 = _main_process(proc, f"{spec.pod}/{spec.name}", started, log_dir / f"{spec.pod}-{spec.name}.out")
+    return c
+
+
+def _pid_ns(pid: int) -> str:
+    with contextlib.suppress(OSError):
+        return os.readlink(f"/proc/{pid}/ns/pid")
+    return ""
+
+
+def _main_process(proc: subprocess.Popen[bytes], what: str, started: Callable[[int], bool], log: Path) -> int:
+    """The host PID of the child that unshare/nsenter forked into the namespace, once it is there."""
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         kids = children_of(proc.pid)
-        if kids:
-            ns = ns_pid(kids[0])
-            if len(ns) >= 2 and ns[-1] == 1:
-                c.pid1 = kids[0]
-                REGISTRY.track_pid(c.pid1)
-                return c
+        if kids and len(ns_pid(kids[0])) >= 2 and started(kids[0]):
+            REGISTRY.track_pid(kids[0])
+            return kids[0]
         if proc.poll() is not None:
             break
         time.sleep(0.01)
-    raise LabError(
-        f"container {spec.pod}/{spec.name} did not start (see {log_dir}/{spec.pod}-{spec.name}.out)"
-    )
+    raise LabError(f"{what} did not start (see {log})")
 
 
 def port_open(port: int) -> bool:
@@ -119,6 +155,7 @@ class ContainerRecord:
     exit_time: float | None = None
     exit_code: int | None = None
     events: list[str] = field(default_factory=list)
+    server_signals: list[str] = field(default_factory=list)  # stop signals the server logged, in order
 
     def to_dict(self) -> dict[str, Any]:
         def r(x: float | None) -> float | None:
@@ -142,6 +179,7 @@ class ContainerRecord:
             "exit_time": r(self.exit_time),
             "exit_code": self.exit_code,
             "events": self.events,
+            "server_signals": self.server_signals,
         }
 
 
@@ -225,6 +263,7 @@ def _run_exec_hook(
             stderr=subprocess.STDOUT,
             env=env,
         )
+    c.execs.append(proc)
     try:
         code = proc.wait(timeout=float(grace))
     except subprocess.TimeoutExpired:
@@ -238,6 +277,8 @@ def _run_exec_hook(
         return "completed"
     # nsenter re-raises its child's fatal signal on itself: -9 = the hook was SIGKILLed
     died_with_pid1 = c.exited.wait(0.5)
+    if code in (-9, 137) and died_with_pid1 and c.shared_pid:
+        return "killed: the main process exited, the runtime killed the hook (FailedPreStopHook)"
     if code in (-9, 137) and died_with_pid1:
         return "killed: PID 1 exited, the kernel killed the hook (FailedPreStopHook)"
     return f"failed: {_describe_exit(code)} (FailedPreStopHook)"

@@ -10,7 +10,7 @@ import contextlib
 import errno
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from bench.termination.plan import classify
 
@@ -26,32 +26,25 @@ class Result:
     nbytes: int
 
 
+@dataclass(eq=False)
 class LoadGenerator:
-    def __init__(
-        self,
-        host: str,
-        port: int,
-        rate: float,
-        request_ms: int,
-        timeout_s: float,
-        max_requests: int = 20000,
-    ) -> None:
-        if host not in ("127.0.0.1", "localhost", "::1"):
+    host: str
+    port: int
+    rate: float
+    request_ms: int
+    timeout_s: float
+    max_requests: int = 20000
+    results: list[Result] = field(default_factory=list, init=False)
+    _thread: threading.Thread | None = field(default=None, init=False)
+    _error: BaseException | None = field(default=None, init=False)
+    _stop_at: float = field(default=0.0, init=False)
+    _abort: threading.Event = field(default_factory=threading.Event, init=False)
+
+    def __post_init__(self) -> None:
+        if self.host not in ("127.0.0.1", "localhost", "::1"):
             raise ValueError("the lab only sends traffic to loopback")
-        if rate <= 0:
+        if self.rate <= 0:
             raise ValueError("rate must be > 0")
-        self.host = host
-        self.port = port
-        self.rate = rate
-        self.request_ms = request_ms
-        self.timeout_s = timeout_s
-        self.max_requests = max_requests
-        self.results: list[Result] = []
-        self._thread: threading.Thread | None = None
-        self._error: BaseException | None = None
-        self._stop_at = 0.0
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._abort = threading.Event()
 
     # -- public, called from the scenario thread
 

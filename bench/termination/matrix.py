@@ -15,7 +15,7 @@ import json
 import sys
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +64,9 @@ class Row:
     modes: tuple[str, ...] = ("original", "native", "fallback")
     expect_original: str = "fail"  # fail | zero | any
     note: str = ""
+    # the stop signal each server of pod0 must log first: (in the original, in podgrace's output); the log
+    # shows which signal reached the server (a hook's signal to pause never does); None: not checked
+    first_signals: tuple[str, str] | None = None
 
     @property
     def key(self) -> str:
@@ -87,19 +90,36 @@ def uses_php_fpm(row: Row) -> bool:
     return "php" in row.manifest and "apache" not in row.manifest
 
 
-# Manifests of a built-in profile in a pod of another shape (rows of both matrices).
-SHAPES = {
-    "nginx-tini": "nginx-tini.yaml",  # nginx as the child of Debian's tini (PID 1)
-}
+def shape_rows() -> list[Row]:
+    """Built-in profiles in pods of other shapes (rows of both matrices)."""
+    shared = "nginx-php-fpm-shared-pid"
+    return [
+        Row("nginx-tini", "nginx-tini.yaml", CELLS["base"]),  # nginx as the child of Debian's tini (PID 1)
+        # shareProcessNamespace: true, pause is PID 1, nginx and php-fpm beside it
+        Row(shared, f"{shared}.yaml", CELLS["base"], first_signals=("SIGTERM", "SIGQUIT")),
+        Row(
+            f"{shared}-hook-pid1",
+            f"{shared}-hook-pid1.yaml",
+            CELLS["base"],
+            modes=("original",),
+            expect_original="any",
+            first_signals=("SIGTERM", "SIGQUIT"),
+            note="hand-written hooks: sleep, kill -QUIT 1 (pause), wait while PID 1 lives",
+        ),
+    ]
 
 
 def short_rows() -> list[Row]:
-    return [Row(p, m, CELLS["base"]) for p, m in {**PROFILES, **SHAPES}.items()]
+    return [*(Row(p, m, CELLS["base"]) for p, m in PROFILES.items()), *shape_rows()]
 
 
 def full_rows() -> list[Row]:
     rows: list[Row] = []
-    rows.extend(Row(p, m, CELLS["base"]) for p, m in SHAPES.items())
+    rows.extend(shape_rows())
+    # requests still in flight when nginx gets its QUIT: the fallback hook must find nginx's workers beside
+    # pause and wait for them
+    shared = next(r for r in shape_rows() if r.profile == "nginx-php-fpm-shared-pid")
+    rows.append(replace(shared, cell=CELLS["long-requests"]))
     for profile, manifest in PROFILES.items():
         for cell in ("base", "long-requests", "slow-endpoints", "over-drain"):
             rows.append(Row(profile, manifest, CELLS[cell]))
@@ -118,46 +138,26 @@ def full_rows() -> list[Row]:
         if profile in ("php-fpm", "nginx-php-fpm"):
             for cell in ("base", "over-drain"):
                 rows.append(Row(profile, manifest, CELLS[cell], pct=PCT_SET))
+    # The remedies of the article (manifests/article/), in their original form only.
     rows += [
-        Row(
-            "article",
-            "article/nginx-s-quit.yaml",
-            CELLS["base"],
-            modes=("original",),
-            note="preStop `nginx -s quit` only",
-        ),
-        Row(
-            "article",
-            "article/sleep-both.yaml",
-            CELLS["base"],
-            modes=("original",),
-            expect_original="zero",
-            note="preStop sleep 5 on both + SIGQUIT",
-        ),
-        Row(
-            "article",
-            "article/sleep-both.yaml",
-            CELLS["4s-requests"],
-            modes=("original",),
-            note="preStop sleep 5 on both + SIGQUIT",
-        ),
-        Row(
-            "article",
-            "article/signal-and-wait.yaml",
-            CELLS["base"],
-            modes=("original",),
-            expect_original="zero",
-            note="exec hook: sleep, kill -QUIT 1, wait",
-        ),
-        Row(
-            "article",
-            "article/hook-overruns-grace.yaml",
-            CELLS["over-drain"],
-            modes=("original",),
-            note="exec sleep 10 > grace 5: stop at 5 s, SIGKILL at 7 s",
-        ),
+        _article("nginx-s-quit", "base", "preStop `nginx -s quit` only"),
+        _article("sleep-both", "base", "preStop sleep 5 on both + SIGQUIT", expect_original="zero"),
+        _article("sleep-both", "4s-requests", "preStop sleep 5 on both + SIGQUIT"),
+        _article("signal-and-wait", "base", "exec hook: sleep, kill -QUIT 1, wait", expect_original="zero"),
+        _article("hook-overruns-grace", "over-drain", "exec sleep 10 > grace 5: stop at 5 s, SIGKILL at 7 s"),
     ]
     return rows
+
+
+def _article(name: str, cell: str, note: str, expect_original: str = "fail") -> Row:
+    return Row(
+        "article",
+        f"article/{name}.yaml",
+        CELLS[cell],
+        modes=("original",),
+        expect_original=expect_original,
+        note=note,
+    )
 
 
 # ------------------------------------------------------------------------------------------------ run
@@ -180,6 +180,11 @@ def verdict(mode: str, row: Row, res: dict[str, Any]) -> tuple[bool, str]:
         problems.append("another pod exited")
     if res["to_terminating_pod"] == 0:
         problems.append("no request reached the terminating pod")
+    if row.first_signals is not None:
+        want = row.first_signals[0 if mode == "original" else 1]
+        first = {c["container"]: (c.get("server_signals") or ["none"])[0] for c in res.get("containers", [])}
+        if not first or any(got != want for got in first.values()):
+            problems.append(f"first stop signal the servers logged: {first}, expected {want}")
     failed = res["failed"]
     if mode == "original":
         if row.expect_original == "fail" and failed == 0:
@@ -228,7 +233,9 @@ def summarize_result(res: dict[str, Any]) -> dict[str, Any]:
                 "sigkill_time",
                 "exit_time",
                 "exit_code",
+                "server_signals",
             )
+            if k in c
         }
         for c in res.get("containers", [])
     ]

@@ -21,6 +21,7 @@ It is a scenario input (`--image-stop-signal CONTAINER=SIG`); without it, the of
 from __future__ import annotations
 
 import math
+import re
 import signal
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -163,6 +164,8 @@ class PodPlan:
     annotations: Mapping[str, str] = field(default_factory=dict)
     os_name: str | None = None
     warnings: tuple[str, ...] = ()
+    # spec.shareProcessNamespace: the pod's containers share one PID namespace whose PID 1 is pause
+    share_process_namespace: bool = False
 
     @property
     def profile(self) -> str | None:
@@ -284,6 +287,7 @@ def build_plan(
         annotations=annotations,
         os_name=os_name,
         warnings=tuple(warnings),
+        share_process_namespace=spec.get("shareProcessNamespace") is True,
     )
 
 
@@ -423,6 +427,26 @@ def classify(raw: bytes, error: str | None = None) -> str:
     if parsed.body is None or not body_complete(parsed.body):
         return "incomplete"
     return OK
+
+
+# What the servers write to their error logs (notice level) when a stop signal arrives: nginx "signal 3
+# (SIGQUIT) received from 12, shutting down", php-fpm "NOTICE: Finishing ..." (QUIT) / "NOTICE: Terminating
+# ..." (TERM), Apache "AH00492: caught SIGWINCH, shutting down gracefully".
+STOP_SIGNALS = ("SIGQUIT", "SIGTERM", "SIGINT", "SIGWINCH")
+_LOGGED_SIGNAL = re.compile(
+    r"signal \d+ \((SIG[A-Z]+)\) received|caught (SIG[A-Z]+)|NOTICE: (Finishing|Terminating) \.\.\."
+)
+_PHP_FPM_STATES = {"Finishing": "SIGQUIT", "Terminating": "SIGTERM"}
+
+
+def logged_stop_signals(log_text: str) -> list[str]:
+    """The stop signals a server's log says it received, in order (which signal really reached it)."""
+    out: list[str] = []
+    for found in _LOGGED_SIGNAL.finditer(log_text):
+        name = found[1] or found[2] or _PHP_FPM_STATES[found[3]]
+        if name in STOP_SIGNALS:
+            out.append(name)
+    return out
 
 
 def is_failure(outcome: str) -> bool:

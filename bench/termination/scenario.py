@@ -32,6 +32,7 @@ from bench.termination.kubelet import (
     LabError,
     port_open,
     start_container,
+    start_sandbox,
     terminate_container,
     wait_port,
 )
@@ -40,6 +41,7 @@ from bench.termination.plan import (
     OK,
     PodPlan,
     check_assumptions,
+    logged_stop_signals,
     plan_from_text,
     workers_needed,
 )
@@ -186,9 +188,14 @@ def run_scenario(
             with open(workdir / "upstream.out", "wb") as out:
                 up = REGISTRY.spawn(servers.upstream_argv(), "upstream", stdout=out, stderr=out)
             wait_port(UPSTREAM_PORT, 10, "upstream", lambda: up.poll() is None)
+        pause = servers.build_pause(workdir) if plan.share_process_namespace else None
         for i in range(params.replicas):
             specs = build_pod_specs(plan, i, workdir, params)
-            pods.append([start_container(s, c, workdir) for s, c in zip(specs, plan.containers, strict=True)])
+            # shareProcessNamespace: the pod's pause process first, the containers join its PID namespace
+            sandbox = start_sandbox(f"pod{i}", pause) if pause else 0
+            pods.append(
+                [start_container(s, c, workdir, sandbox) for s, c in zip(specs, plan.containers, strict=True)]
+            )
         for pod in pods:
             for c in pod:
                 wait_port(c.spec.port, 20, f"{c.spec.pod}/{c.spec.name}", lambda c=c: not c.exited.is_set())
@@ -243,6 +250,10 @@ def run_scenario(
         for t in threads:
             t.join(timeout=grace + 2 * max(0, grace) + 15)
         records = [out_records[c.spec.name] for c in pods[0] if c.spec.name in out_records]
+        for c in pods[0]:
+            if c.spec.name in out_records and c.spec.log is not None and c.spec.log.is_file():
+                log_text = c.spec.log.read_text(errors="replace")
+                out_records[c.spec.name].server_signals = logged_stop_signals(log_text)
         load.join(timeout=params.load_duration() + timeout_s + 15)
         # the other pods must still be up: otherwise failures would not be attributable
         survivors_ok = all(not c.exited.is_set() for pod in pods[1:] for c in pod)

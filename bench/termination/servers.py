@@ -6,6 +6,8 @@ pod, as in the article) on 14999.
 
 Every container runs as PID 1 of its own PID + mount namespace:
     unshare --pid --fork --mount-proc --kill-child -- /bin/sh -c '<mount tmpfs /run, bind configs>; exec "$@"'
+except in a pod with shareProcessNamespace: true, whose containers join the PID namespace of the pod's pause
+process (sandbox_argv, join_argv) with a mount namespace (and /proc) of their own.
 The config is bind-mounted over the server's standard path (/etc/nginx/nginx.conf, ...), /run is a private
 tmpfs, so hooks such as `nginx -s quit` find the config and pid file exactly as in a container image.
 """
@@ -13,6 +15,7 @@ tmpfs, so hooks such as `nginx -s quit` find the config and pid file exactly as 
 from __future__ import annotations
 
 import shlex
+import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +41,33 @@ def port_for(runtime: str, pod_index: int) -> int:
     return PORT_BASE[runtime] + pod_index
 
 
+@dataclass(frozen=True)
+class Site:
+    """Where a server's config points. The emulated lab: loopback ports of pod ``index`` and host paths
+    (``lab_site``); the real-node lab: a pod's ports, the ConfigMap-mounted app, logs to stderr."""
+
+    pod: str
+    listen: str  # nginx `listen`, Apache `Listen`: "127.0.0.1:18000" or "80"
+    php_fpm: str  # php-fpm's listen address, nginx's fastcgi_pass
+    upstream: str  # nginx's proxy_pass target when there is no php-fpm in the pod
+    app_dir: str
+    log_dir: str | None  # None: the container's stderr
+
+    def log(self, name: str) -> str:
+        return f"{self.log_dir}/{self.pod}-{name}.log" if self.log_dir else "/proc/self/fd/2"
+
+
+def lab_site(pod: str, index: int, workdir: Path, front: str) -> Site:
+    return Site(
+        pod=pod,
+        listen=f"127.0.0.1:{port_for(front, index)}",
+        php_fpm=f"127.0.0.1:{port_for('php-fpm', index)}",
+        upstream=f"127.0.0.1:{UPSTREAM_PORT}",
+        app_dir=str(APP_DIR),
+        log_dir=str(workdir),
+    )
+
+
 def front_runtime(runtimes: list[str]) -> str:
     for r in FRONT_ORDER:
         if r in runtimes:
@@ -56,44 +86,64 @@ class ContainerSpec:
     env: dict[str, str] = field(default_factory=dict)
     log: Path | None = None
 
-    def unshare_argv(self) -> list[str]:
-        steps = ["set -e", "mount -t tmpfs -o mode=0755 tmpfs /run", "mkdir -p /run/apache2 /run/lock"]
+    def _setup(self, mount_proc: bool) -> list[str]:
+        """`sh -c` script and its arguments: the container's mounts, then exec of the server."""
+        steps = ["set -e"]
+        if mount_proc:  # a container of a shared PID namespace sees that namespace's processes
+            steps.append("mount -t proc proc /proc")
+        steps += ["mount -t tmpfs -o mode=0755 tmpfs /run", "mkdir -p /run/apache2 /run/lock"]
         steps += [f"mount --bind {shlex.quote(src)} {shlex.quote(dst)}" for src, dst in self.binds]
         steps.append('exec "$@"')
-        return [
-            "unshare",
-            "--pid",
-            "--fork",
-            "--mount-proc",
-            "--kill-child",
-            "--",
-            "/bin/sh",
-            "-c",
-            "; ".join(steps),
-            f"{self.pod}-{self.name}",
-            *self.argv,
-        ]
+        return ["/bin/sh", "-c", "; ".join(steps), f"{self.pod}-{self.name}", *self.argv]
+
+    def unshare_argv(self) -> list[str]:
+        """The container in its own PID namespace: the server (or its init) is PID 1."""
+        return ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child", "--", *self._setup(False)]
+
+    def join_argv(self, sandbox_pid: int) -> list[str]:
+        """The container in the PID namespace of the pod's pause process (host PID `sandbox_pid`), with its
+        own mount namespace, as a runtime starts it for shareProcessNamespace: true. nsenter forks the
+        server into that namespace and waits for it, so the server's parent is outside the namespace
+        (its PPID reads 0 there, as under runc) and the nsenter process lives exactly as long as it."""
+        join = ["nsenter", "--target", str(sandbox_pid), "--pid", "--"]
+        return [*join, "unshare", "--mount", "--", *self._setup(True)]
+
+
+def sandbox_argv(pause_binary: Path) -> list[str]:
+    """The pod's sandbox for shareProcessNamespace: true: pause as PID 1 of a new PID namespace. When it
+    exits, the kernel kills every process of that namespace, every container of the pod."""
+    return ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child", "--", str(pause_binary)]
+
+
+def build_pause(workdir: Path) -> Path:
+    """Compile the lab's pause stand-in (app/pause.c) into the scenario's directory."""
+    out = workdir / "pause"
+    subprocess.run(
+        ["gcc", "-O2", "-Wall", "-Werror", "-o", str(out), str(APP_DIR / "pause.c")],
+        check=True, capture_output=True, timeout=120,
+    )  # fmt: skip
+    return out
 
 
 # ------------------------------------------------------------------------------------------------ nginx
 
 
-def nginx_conf(pod: str, index: int, workdir: Path, upstream: str) -> str:
+def nginx_conf(site: Site, upstream: str) -> str:
     """upstream: 'fastcgi' (php-fpm in the same pod) or 'proxy' (the shared slow backend)."""
-    port = port_for("nginx", index)
+    pod = site.pod
     if upstream == "fastcgi":
         location = f"""
         location ~ \\.php$ {{
             include /etc/nginx/fastcgi_params;
-            fastcgi_param SCRIPT_FILENAME {APP_DIR}/app.php;
+            fastcgi_param SCRIPT_FILENAME {site.app_dir}/app.php;
             fastcgi_param POD_NAME {pod};
-            fastcgi_pass 127.0.0.1:{port_for("php-fpm", index)};
+            fastcgi_pass {site.php_fpm};
             fastcgi_read_timeout 120s;
         }}"""
     else:
         location = f"""
         location / {{
-            proxy_pass http://127.0.0.1:{UPSTREAM_PORT};
+            proxy_pass http://{site.upstream};
             proxy_read_timeout 120s;
             proxy_set_header X-Pod {pod};
         }}"""
@@ -101,13 +151,13 @@ def nginx_conf(pod: str, index: int, workdir: Path, upstream: str) -> str:
 user www-data;
 worker_processes 2;
 pid /run/nginx.pid;
-error_log {workdir}/{pod}-nginx-error.log notice;
+error_log {site.log("nginx-error")} notice;
 events {{ worker_connections 2048; }}
 http {{
     access_log off;
     keepalive_timeout 5s;
     server {{
-        listen 127.0.0.1:{port} backlog=511;
+        listen {site.listen} backlog=511;
         server_name {pod};
         add_header X-Pod {pod} always;{location}
     }}
@@ -117,7 +167,7 @@ http {{
 
 def nginx_container(pod: str, name: str, index: int, workdir: Path, upstream: str) -> ContainerSpec:
     conf = workdir / f"{pod}-{name}-nginx.conf"
-    conf.write_text(nginx_conf(pod, index, workdir, upstream))
+    conf.write_text(nginx_conf(lab_site(pod, index, workdir, "nginx"), upstream))
     return ContainerSpec(
         pod,
         name,
@@ -132,7 +182,8 @@ def nginx_container(pod: str, name: str, index: int, workdir: Path, upstream: st
 # ------------------------------------------------------------------------------------------------ php-fpm
 
 
-def php_fpm_conf(pod: str, index: int, workdir: Path, workers: int, process_control_timeout: int) -> str:
+def php_fpm_conf(site: Site, workers: int, process_control_timeout: int) -> str:
+    pod = site.pod
     pct = (
         f"process_control_timeout = {process_control_timeout}\n"
         if process_control_timeout > 0
@@ -141,14 +192,14 @@ def php_fpm_conf(pod: str, index: int, workdir: Path, workers: int, process_cont
     return f"""; podgrace lab: php-fpm of {pod}
 [global]
 pid = /run/php-fpm.pid
-error_log = {workdir}/{pod}-php-fpm.log
+error_log = {site.log("php-fpm")}
 log_level = notice
 daemonize = no
 {pct}
 [www]
 user = www-data
 group = www-data
-listen = 127.0.0.1:{port_for("php-fpm", index)}
+listen = {site.php_fpm}
 listen.backlog = 511
 pm = static
 pm.max_children = {workers}
@@ -164,7 +215,8 @@ def php_fpm_container(
     pod: str, name: str, index: int, workdir: Path, workers: int, process_control_timeout: int
 ) -> ContainerSpec:
     conf = workdir / f"{pod}-{name}-php-fpm.conf"
-    conf.write_text(php_fpm_conf(pod, index, workdir, workers, process_control_timeout))
+    site = lab_site(pod, index, workdir, "php-fpm")
+    conf.write_text(php_fpm_conf(site, workers, process_control_timeout))
     return ContainerSpec(
         pod,
         name,
@@ -178,8 +230,20 @@ def php_fpm_container(
 
 # ------------------------------------------------------------------------------------------------ apache
 
+# what Debian's apache2ctl exports from /etc/apache2/envvars (APACHE_LOG_DIR is set per use)
+APACHE_ENV = {
+    "APACHE_RUN_USER": "www-data",
+    "APACHE_RUN_GROUP": "www-data",
+    "APACHE_RUN_DIR": "/run/apache2",
+    "APACHE_PID_FILE": "/run/apache2/apache2.pid",
+    "APACHE_LOCK_DIR": "/run/lock",
+    "APACHE_CONFDIR": "/etc/apache2",
+    "LANG": "C",
+}
 
-def apache_conf(pod: str, index: int, workdir: Path, workers: int) -> str:
+
+def apache_conf(site: Site, workers: int) -> str:
+    pod = site.pod
     mods = ["mpm_prefork", "authz_core", "mime", "dir", "env", "headers"]
     loads = "\n".join(f"LoadModule {m}_module {APACHE_MODULES}/mod_{m}.so" for m in mods)
     return f"""# podgrace lab: Apache (prefork + mod_php) of {pod}
@@ -192,9 +256,9 @@ Mutex file:/run/apache2 default
 LoadModule php_module {APACHE_MODULES}/libphp8.2.so
 User www-data
 Group www-data
-Listen 127.0.0.1:{port_for("apache", index)}
+Listen {site.listen}
 ListenBacklog 511
-ErrorLog {workdir}/{pod}-apache-error.log
+ErrorLog {site.log("apache-error")}
 LogLevel notice
 KeepAlive Off
 Timeout 120
@@ -205,13 +269,13 @@ ServerLimit {workers}
 MaxRequestWorkers {workers}
 MaxConnectionsPerChild 0
 TypesConfig /etc/mime.types
-DocumentRoot {APP_DIR}
+DocumentRoot {site.app_dir}
 SetEnv POD_NAME {pod}
 Header always set X-Pod {pod}
 <Directory />
     Require all denied
 </Directory>
-<Directory {APP_DIR}>
+<Directory {site.app_dir}>
     Require all granted
 </Directory>
 <FilesMatch "\\.php$">
@@ -222,18 +286,8 @@ Header always set X-Pod {pod}
 
 def apache_container(pod: str, name: str, index: int, workdir: Path, workers: int) -> ContainerSpec:
     conf = workdir / f"{pod}-{name}-apache2.conf"
-    conf.write_text(apache_conf(pod, index, workdir, workers))
-    env = {
-        # what Debian's apache2ctl exports from /etc/apache2/envvars
-        "APACHE_RUN_USER": "www-data",
-        "APACHE_RUN_GROUP": "www-data",
-        "APACHE_RUN_DIR": "/run/apache2",
-        "APACHE_PID_FILE": "/run/apache2/apache2.pid",
-        "APACHE_LOCK_DIR": "/run/lock",
-        "APACHE_LOG_DIR": str(workdir),
-        "APACHE_CONFDIR": "/etc/apache2",
-        "LANG": "C",
-    }
+    conf.write_text(apache_conf(lab_site(pod, index, workdir, "apache"), workers))
+    env = {**APACHE_ENV, "APACHE_LOG_DIR": str(workdir)}
     return ContainerSpec(
         pod,
         name,

@@ -15,7 +15,7 @@ from hack.chart import helmchart
 
 from podgrace.core import hook_intent
 from podgrace.core.constants import HOOK_MARKER
-from podgrace.core.signals import Signal
+from podgrace.core.signals import Role, Signal
 
 NS = helmchart.NAMESPACE
 VAP = "ValidatingAdmissionPolicy"
@@ -114,12 +114,24 @@ def test_hook_pattern_accepts_every_script_podgrace_writes(
 ) -> None:
     pattern = _hook_pattern(helmchart.one(policy_docs, VAP))
     intents = [hook_intent.ExecSleep(seconds)]
-    intents += [hook_intent.SignalAndWait(seconds, sig, 30 + seconds) for sig in Signal]
+    intents += [
+        hook_intent.SignalAndWait(seconds, sig, 30 + seconds, role) for sig in Signal for role in Role
+    ]
     scripts = [hook_intent.render(intent)["exec"]["command"] for intent in intents]
     for command in scripts:
         assert command[:2] == ["/bin/sh", "-c"]  # what the policy's expression requires besides the pattern
         assert _re2_match(pattern, command[2]), command[2]
 
+
+def test_hook_pattern_is_the_one_hook_intent_writes(policy_docs: list[dict[str, Any]]) -> None:
+    """The chart's copy of the pattern: on a change of hook_intent's scripts, paste admission_pattern()'s
+    output into podgrace.hookPattern (charts/podgrace/templates/_helpers.tpl)."""
+    assert _hook_pattern(helmchart.one(policy_docs, VAP)) == hook_intent.admission_pattern()
+
+
+_WORKERS_HOOK = hook_intent.render(hook_intent.SignalAndWait(1, Signal.SIGQUIT, 5, Role.NGINX))["exec"][
+    "command"
+][2]
 
 FORGED_SCRIPTS = {
     "no marker": "sleep 5",
@@ -134,6 +146,9 @@ FORGED_SCRIPTS = {
     "loop body replaced": f"{HOOK_MARKER}\nsleep 1\nkill -QUIT 1\ni=0\n"
     'while kill -0 1 2>/dev/null && [ "$i" -lt 5 ]; do wget evil; i=$((i+1)); done',
     "marker not first": f"echo pwned\n{HOOK_MARKER}\nsleep 5",
+    "workers' hook, another command after": _WORKERS_HOOK + "\nrm -rf /data",
+    "workers' hook, SIGKILL to the workers": _WORKERS_HOOK.replace("kill -QUIT $w", "kill -KILL $w"),
+    "workers' hook with Apache's names": _WORKERS_HOOK.replace("in nginx)", "in apache2|httpd)"),
 }
 
 

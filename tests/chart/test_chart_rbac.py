@@ -15,9 +15,13 @@ from hack.chart import helmchart
 # (apiGroup, resource) -> verbs: the operator's whole API usage (see the chart's podgrace.rules.* helpers).
 ALLOWED: dict[tuple[str, str], frozenset[str]] = {
     ("apps", "deployments"): frozenset({"get", "list", "watch", "patch"}),
+    ("apps", "statefulsets"): frozenset({"get", "list", "watch", "patch"}),
+    ("apps", "daemonsets"): frozenset({"get", "list", "watch", "patch"}),
     ("podgrace.dev", "shutdownprofiles"): frozenset({"get", "list", "watch"}),
     ("podgrace.dev", "shutdownprofiles/status"): frozenset({"get", "patch"}),
     ("", "events"): frozenset({"create", "get"}),
+    # the Running pods of a Deployment podgrace gives a stopSignal: does the runtime honour it?
+    ("", "pods"): frozenset({"list"}),
 }
 CLUSTER_SCOPED = {("podgrace.dev", "shutdownprofiles"), ("podgrace.dev", "shutdownprofiles/status")}
 NAMESPACED = set(ALLOWED) - CLUSTER_SCOPED

@@ -404,7 +404,7 @@ def test_dashboard_shows_what_the_operator_of_a_cluster_needs() -> None:
     assert has("podgrace_reconcile_errors_total", "by (controller)")
     for q in ("0.5", "0.9", "0.99"):
         assert has(f"histogram_quantile({q},", "podgrace_reconcile_time_seconds_bucket", "le")
-    assert has("podgrace_managed_workloads", "by (profile)")
+    assert has("podgrace_managed_workloads", "by (profile, kind)")
     assert has("podgrace_workloads_at_risk", "by (finding)")
     assert has("podgrace_warnings_total", "by (reason)")
     assert has("podgrace_profile_ready")

@@ -448,6 +448,46 @@ def nginx_image() -> ImageSpec:
     )
 
 
+def web_servers_image() -> ImageSpec:
+    """Debian's nginx, php-fpm 8.2 and Apache with mod_php (prefork) in one image, no command: each
+    container names its server and a configuration (tests/node/test_fallback_hook.py mounts them from a
+    ConfigMap). No STOPSIGNAL: the container gets SIGTERM unless something else delivers a graceful one."""
+    return ImageSpec.make(
+        "podgrace.local/web-servers",
+        packages=["nginx", "php8.2-fpm", "apache2", "libapache2-mod-php8.2"],
+        exposed_ports=("80/tcp",),
+    )
+
+
+def php_fpm_image() -> ImageSpec:
+    """Debian's php-fpm 8.2 in the foreground. No image STOPSIGNAL (SIGTERM: php-fpm's fast stop). The
+    config (/etc/php/8.2/fpm/php-fpm.conf) and the app come from the pod (the real-node lab mounts them)."""
+    return ImageSpec.make(
+        "podgrace.local/php-fpm",
+        packages=["php8.2-fpm"],
+        cmd=["php-fpm8.2", "-F"],
+        exposed_ports=("9000/tcp",),
+    )
+
+
+def apache_image() -> ImageSpec:
+    """Debian's Apache 2.4 (prefork) with mod_php 8.2 in the foreground. No image STOPSIGNAL (SIGTERM:
+    Apache's immediate stop). The config (/etc/apache2/apache2.conf) and the APACHE_* environment that
+    Debian's apache2ctl would set come from the pod."""
+    return ImageSpec.make(
+        "podgrace.local/apache",
+        packages=["apache2", "libapache2-mod-php8.2"],
+        cmd=["apache2", "-DFOREGROUND"],
+        exposed_ports=("80/tcp",),
+        customize=('mkdir -p "$1"/run/apache2 "$1"/run/lock',),
+    )
+
+
+def python_image() -> ImageSpec:
+    """Debian's python3 (no server of its own: the pod gives the script, e.g. the lab's generic server)."""
+    return ImageSpec.make("podgrace.local/python", packages=["python3"], cmd=["python3"])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter

@@ -696,15 +696,25 @@ class LocalCluster:
     def restart_apiserver(self, down_seconds: float = 0.0, *, kill: bool = False) -> None:
         """Stop kube-apiserver (gracefully, or SIGKILL if ``kill``), stay down ``down_seconds``,
         start it again on the same port and etcd, and wait for /readyz. Takes ~4-6 s."""
+        self._restart("kube-apiserver", down_seconds, kill=kill)
+
+    def restart_etcd(self, down_seconds: float = 0.0, *, kill: bool = False) -> None:
+        """Stop etcd (gracefully, or SIGKILL if ``kill``), stay down ``down_seconds``, start it again on
+        the same ports and data directory, and wait until kube-apiserver is ready again (it reconnects by
+        itself; meanwhile it answers with errors and its watches end)."""
+        self._restart("etcd", down_seconds, kill=kill)  # /readyz includes kube-apiserver's etcd check
+
+    def _restart(self, name: str, down_seconds: float, *, kill: bool) -> None:
         with self._lock:
-            proc = self._procs["kube-apiserver"]
+            proc = self._procs[name]
             if kill:
                 proc.signal(signal.SIGKILL)
             _stop_procs([proc])
             if down_seconds:
                 time.sleep(down_seconds)
-            self._start_proc("kube-apiserver", proc.argv)
-            self._wait("kube-apiserver /readyz", self._apiserver_ready, 60.0)
+            self._start_proc(name, proc.argv)
+            # 60 s is plenty on an idle machine; a loaded 2-core one has taken 60 s for /readyz alone
+            self._wait("kube-apiserver /readyz", self._apiserver_ready, 180.0)
 
     def logs(self) -> dict[str, Path]:
         return {name: p.log for name, p in self._procs.items()} | {"audit": self.audit_log}
@@ -924,6 +934,8 @@ class LocalCluster:
         if not files:
             raise ClusterError("no kwok stage files found (did build.sh finish?)")
         docs = [p.read_text().strip() for p in files]
+        if self.feature_gates.get("ContainerStopSignals"):
+            docs = [_with_stop_signal_status(doc) for doc in docs]
         path = self.workdir / "kwok-stages.yaml"
         path.write_text("\n---\n".join(docs) + "\n")
         return path
@@ -1046,6 +1058,22 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return 1
         print("stopping ...", flush=True)
     return 0
+
+
+# A kubelet with ContainerStopSignals reports each running container's effective stop signal (its
+# lifecycle.stopSignal, else the image's: SIGTERM for the test images); kwok's ready stage does it too, so
+# that podgrace's check of it (controller/stop_signal_check.py) sees what a real node shows.
+_KWOK_NAME_LINE = "        name: {{ $item.name | Quote }}\n"
+_KWOK_STOP_SIGNAL = (
+    '        stopSignal: {{ with $item.lifecycle }}{{ with .stopSignal }}{{ . | Quote }}{{ else }}"SIGTERM"'
+    '{{ end }}{{ else }}"SIGTERM"{{ end }}\n'
+)
+
+
+def _with_stop_signal_status(stage: str) -> str:
+    if "name: pod-ready" not in stage or "containerStatuses:" not in stage:
+        return stage
+    return stage.replace(_KWOK_NAME_LINE, _KWOK_NAME_LINE + _KWOK_STOP_SIGNAL, 1)
 
 
 if __name__ == "__main__":

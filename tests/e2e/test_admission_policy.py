@@ -526,7 +526,7 @@ def test_the_operator_reconciles_and_reverts_without_a_refusal(
             assert spec["containers"][0]["lifecycle"]["stopSignal"] == "SIGQUIT"
             assert spec["os"] == {"name": "linux"}
         else:
-            assert "kill -QUIT \"$m\"" in spec["containers"][0]["lifecycle"]["preStop"]["exec"]["command"][2]
+            assert "kill -QUIT $w" in spec["containers"][0]["lifecycle"]["preStop"]["exec"]["command"][2]
         c.kubectl("annotate", "deployment", name, "-n", OP_NS, "podgrace.dev/profile-")
         wait_until("the revert", lambda: not injected(), timeout=60)
         assert op.metric("podgrace_reconcile_errors_total") == 0, op.log_tail()

@@ -67,16 +67,7 @@ def applied_event(cluster: Any, name: str, namespace: str) -> bool:
 
 def wait_idle(op: OperatorProcess, quiet_seconds: float = 3.0, timeout: float = 300.0) -> None:
     """Until podgrace's reconcile count has not moved for `quiet_seconds`."""
-    deadline = time.monotonic() + timeout
-    last, since = -1.0, time.monotonic()
-    while time.monotonic() < deadline:
-        now = op.metric("podgrace_reconcile_total", controller="deployment")
-        if now != last:
-            last, since = now, time.monotonic()
-        elif time.monotonic() - since >= quiet_seconds:
-            return
-        time.sleep(0.5)
-    raise AssertionError("podgrace did not become idle")
+    op.wait_quiet(quiet_seconds, timeout)
 
 
 @pytest.fixture

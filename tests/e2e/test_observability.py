@@ -121,10 +121,15 @@ def workload(
     annotations: dict[str, str],
     containers: list[dict[str, Any]] | None = None,
     labels: dict[str, str] | None = None,
+    kind: str = "Deployment",
 ) -> dict[str, Any]:
-    """A Deployment without replicas: podgrace works on the pod template; pods would only load the cluster."""
+    """A Deployment (or StatefulSet) without replicas: podgrace works on the pod template; pods would only
+    load the cluster."""
     obj = deployment(name, ns, annotations, containers)
     obj["spec"]["replicas"] = 0
+    if kind == "StatefulSet":
+        obj["kind"] = kind
+        obj["spec"]["serviceName"] = name
     if labels:
         obj["metadata"]["labels"] = labels
     return obj
@@ -218,15 +223,17 @@ def warnings(cluster: Any) -> set[tuple[str, str]]:
     return found
 
 
-def pre_stop_command(cluster: Any, ns: str, name: str) -> str:
-    obj = cluster.kubectl_json("get", "deployment", name, "-n", ns)
+def pre_stop_command(cluster: Any, ns: str, name: str, kind: str = "deployment") -> str:
+    obj = cluster.kubectl_json("get", kind, name, "-n", ns)
     lifecycle = obj["spec"]["template"]["spec"]["containers"][0].get("lifecycle") or {}
     return " ".join(((lifecycle.get("preStop") or {}).get("exec") or {}).get("command") or [])
 
 
-def wait_pre_stop(cluster: Any, ns: str, name: str, text: str) -> None:
-    """Wait until podgrace's preStop hook on the Deployment's first container contains `text`."""
-    wait_until(f"{ns}/{name}'s preStop with {text!r}", lambda: text in pre_stop_command(cluster, ns, name))
+def wait_pre_stop(cluster: Any, ns: str, name: str, text: str, kind: str = "deployment") -> None:
+    """Wait until podgrace's preStop hook on the workload's first container contains `text`."""
+    wait_until(
+        f"{ns}/{name}'s preStop with {text!r}", lambda: text in pre_stop_command(cluster, ns, name, kind)
+    )
 
 
 def opt_out(cluster: Any, name: str) -> None:
@@ -366,6 +373,8 @@ def run_scenario(obs: Observed) -> None:
         ),
         workload("cyclic", NS_SHOP, {"podgrace.dev/profile": "obs-cycle"}, nginx()),
         workload("ghost", NS_SHOP, {"podgrace.dev/profile": "obs-no-such-profile"}, nginx()),
+        # A StatefulSet: the workload metrics carry its kind, its controller counts its reconciles.
+        workload("edge", NS_SHOP, {"podgrace.dev/profile": "nginx"}, nginx(), kind="StatefulSet"),
     )
     cluster.kubectl("annotate", "deployment", "rejected", "-n", NS_SHOP, "podgrace.dev/profile=nginx")
     expected_a = {
@@ -378,6 +387,7 @@ def run_scenario(obs: Observed) -> None:
     wait_until("phase A's Warnings", lambda: expected_a <= warnings(cluster), timeout=60)
     for name in ("shop", "blog", "api", "static", "static-2"):
         wait_pre_stop(cluster, NS_SHOP, name, "sleep")
+    wait_pre_stop(cluster, NS_SHOP, "edge", "sleep", "statefulset")
     opt_out(cluster, "static")
     wait_until("obs-cycle Ready=False", lambda: profile_ready(cluster, "obs-cycle") == "False")
     wait_until("obs-web Ready=True", lambda: profile_ready(cluster, "obs-web") == "True")
@@ -438,7 +448,12 @@ def run_scenario(obs: Observed) -> None:
 
 
 def values(result: Result, label: str) -> dict[str, float]:
-    return {r["metric"].get(label, ""): float(r["value"][1]) for r in result}
+    """The result by one label, summed over the others (a panel may also split by kind)."""
+    got: dict[str, float] = {}
+    for r in result:
+        key = r["metric"].get(label, "")
+        got[key] = got.get(key, 0.0) + float(r["value"][1])
+    return got
 
 
 def single(result: Result) -> float:
@@ -487,6 +502,14 @@ def reconcile_results(result: Result) -> None:
     got = {(r["metric"].get("controller"), r["metric"].get("result")): float(r["value"][1]) for r in result}
     for controller in ("deployment", "shutdownprofile"):
         assert (controller, "success") in got and got.get((controller, "error"), 0) > 0, got
+    assert ("statefulset", "success") in got, got  # the StatefulSet "edge" (a rate: maybe 0 by now)
+
+
+def managed_by_profile_and_kind(result: Result) -> None:
+    has_at_least("profile", {"nginx-php-fpm": 2, "obs-web": 2, "nginx": 1})(result)
+    by_kind = {(r["metric"].get("profile"), r["metric"].get("kind")): float(r["value"][1]) for r in result}
+    assert by_kind.get(("nginx", "statefulset"), 0) >= 1, by_kind  # "edge", split out by its kind
+    assert {kind for _, kind in by_kind} <= {"deployment", "statefulset", "daemonset"}, by_kind
 
 
 def at_risk_by_finding(result: Result) -> None:
@@ -502,7 +525,7 @@ def version(result: Result) -> None:
 PANELS: dict[tuple[str, str], Callable[[Result], None]] = {
     ("Operator up", "A"): scalar(lambda v: v == 1, "1"),
     ("Version", "A"): version,
-    ("Managed workloads", "A"): scalar(lambda v: v >= 4, "≥ 4 (shop, blog, api, cms)"),
+    ("Managed workloads", "A"): scalar(lambda v: v >= 5, "≥ 5 (shop, blog, api, cms, edge)"),
     ("At-risk findings", "A"): scalar(lambda v: v >= 2, "≥ 2 (legacy, legacy-2)"),
     ("Profiles not Ready", "A"): scalar(lambda v: v >= 1, "≥ 1 (obs-cycle)"),
     ("Reconcile errors (1h)", "A"): scalar(lambda v: v > 0, "> 0"),
@@ -512,7 +535,7 @@ PANELS: dict[tuple[str, str], Callable[[Result], None]] = {
     ("Reconcile latency (p50 / p90 / p99)", "B"): finite("controller", {"deployment", "shutdownprofile"}),
     ("Reconcile latency (p50 / p90 / p99)", "C"): finite("controller", {"deployment", "shutdownprofile"}),
     ("API writes by kind", "A"): positive("kind", {"apply", "revert", "status", "event"}),
-    ("Managed workloads by profile", "A"): has_at_least("profile", {"nginx-php-fpm": 2, "obs-web": 2}),
+    ("Managed workloads by profile", "A"): managed_by_profile_and_kind,
     ("Workloads at risk by finding", "A"): at_risk_by_finding,
     ("ShutdownProfile Ready", "A"): equals(
         "profile", {"obs-cycle": 0, "obs-web": 1, "obs-frozen": 1, "nginx": 1}

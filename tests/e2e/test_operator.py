@@ -21,6 +21,7 @@ from tests.support.podgrace_env import (
     OPERATOR_USER,
     OperatorProcess,
     deployment,
+    nginx_profile,
     running_operator,
     wait_until,
 )
@@ -154,7 +155,7 @@ def test_opt_in_injects_once_and_rolls_out_once(cluster: Any, operator: Operator
     spec = pod_spec(obj)
     nginx, php = spec["containers"]
     # The plain API server (ContainerStopSignals off): the signal goes through the preStop fallback hook.
-    assert 'kill -QUIT "$m"' in nginx["lifecycle"]["preStop"]["exec"]["command"][2]
+    assert "kill -QUIT $w" in nginx["lifecycle"]["preStop"]["exec"]["command"][2]
     assert "sleep 35" in php["lifecycle"]["preStop"]["exec"]["command"][2]
     assert "stopSignal" not in nginx["lifecycle"]
     assert spec["terminationGracePeriodSeconds"] == 70
@@ -195,17 +196,7 @@ def test_restart_makes_zero_writes(cluster: Any, operator: OperatorProcess) -> N
 
 
 def test_profile_change_updates_exactly_its_users(cluster: Any, operator: OperatorProcess) -> None:
-    profile = {
-        "apiVersion": "podgrace.dev/v1alpha1",
-        "kind": "ShutdownProfile",
-        "metadata": {"name": "team-nginx"},
-        "spec": {
-            "containers": [
-                {"name": "nginx", "match": {"images": ["*nginx*"]}, "role": "nginx", "preStopSleepSeconds": 4}
-            ]
-        },
-    }
-    apply(cluster, profile)
+    apply(cluster, nginx_profile("team-nginx", 4))
     nginx_only = [{"name": "nginx", "image": "nginx:1.27"}]
     for name in ("team-a", "team-b"):
         apply(cluster, deployment(name, APP_NS, {"podgrace.dev/profile": "team-nginx"}, nginx_only))
@@ -218,8 +209,7 @@ def test_profile_change_updates_exactly_its_users(cluster: Any, operator: Operat
     )
     generation_other = get(cluster, "other")["metadata"]["generation"]
     t0 = time.time()
-    profile["spec"]["containers"][0]["preStopSleepSeconds"] = 6
-    apply(cluster, profile)
+    apply(cluster, nginx_profile("team-nginx", 6))
 
     def updated(name: str) -> bool:
         command = pod_spec(get(cluster, name))["containers"][0]["lifecycle"]["preStop"]["exec"]["command"]

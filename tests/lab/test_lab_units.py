@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from bench.termination import plan as P
 from bench.termination.matrix import CELLS, Row, full_rows, markdown, short_rows, verdict
-from bench.termination.servers import haproxy_conf, parse_haproxy_log
+from bench.termination.servers import ContainerSpec, haproxy_conf, parse_haproxy_log, sandbox_argv
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -347,8 +347,14 @@ def test_parse_haproxy_log() -> None:
 
 def test_matrix_rows() -> None:
     short = short_rows()
-    assert {r.profile for r in short} == {"nginx", "php-fpm", "nginx-php-fpm", "apache", "web", "nginx-tini"}
-    assert all(r.modes == ("original", "native", "fallback") for r in short)
+    assert {r.profile for r in short} == {
+        "nginx", "php-fpm", "nginx-php-fpm", "apache", "web", "nginx-tini",
+        "nginx-php-fpm-shared-pid", "nginx-php-fpm-shared-pid-hook-pid1",
+    }  # fmt: skip
+    pid1_hook = [r for r in short if r.profile.endswith("hook-pid1")]
+    assert [r.modes for r in pid1_hook] == [("original",)]
+    assert all(r.modes == ("original", "native", "fallback") for r in short if r not in pid1_hook)
+    assert len({r.key for r in short}) == len(short)
     full = full_rows()
     assert len({r.key for r in full}) == len(full)
     holds = [r for r in full if r.cell.endpoint_delay < 3 and r.cell.request_ms < 6000]
@@ -362,6 +368,56 @@ def test_a_command_starting_with_tini_runs_the_server_under_tini() -> None:
     assert container.init == ("/usr/bin/tini", "--") and container.runtime == "nginx"
     plain = (ROOT / "bench/termination/manifests/nginx.yaml").read_text()
     assert P.plan_from_text(plain).containers[0].init == ()
+
+
+SHARED_PID = MANIFESTS / "nginx-php-fpm-shared-pid.yaml"
+
+
+def test_a_pod_sharing_its_process_namespace_is_planned_as_such() -> None:
+    plan = P.plan_from_text(SHARED_PID.read_text())
+    assert plan.share_process_namespace
+    assert [(c.runtime, c.stop_signal, c.init) for c in plan.containers] == [
+        ("nginx", "SIGTERM", ()),
+        ("php-fpm", "SIGTERM", ()),
+    ]  # custom images: the kubelet's SIGTERM, no init (pause is the pod's, not the container's)
+    hooked = P.plan_from_text((MANIFESTS / "nginx-php-fpm-shared-pid-hook-pid1.yaml").read_text())
+    assert hooked.share_process_namespace
+    hooks = [" ".join(c.pre_stop.command) for c in hooked.containers if c.pre_stop]
+    assert len(hooks) == 2 and all("kill -QUIT 1" in h for h in hooks)
+    assert not P.plan_from_text((MANIFESTS / "nginx-php-fpm.yaml").read_text()).share_process_namespace
+
+
+def test_a_container_of_a_shared_pid_pod_joins_the_sandbox_with_its_own_mounts() -> None:
+    binds = [("/w/n.conf", "/etc/n")]
+    spec = ContainerSpec("pod0", "nginx", "nginx", 18000, ["/usr/sbin/nginx"], binds=binds)
+    own = spec.unshare_argv()
+    joined = spec.join_argv(4242)
+    assert own[:6] == ["unshare", "--pid", "--fork", "--mount-proc", "--kill-child", "--"]
+    # the PID namespace of pause (host PID 4242); a mount namespace and a /proc of its own
+    assert joined[:8] == ["nsenter", "--target", "4242", "--pid", "--", "unshare", "--mount", "--"]
+    assert joined[10].startswith("set -e; mount -t proc proc /proc; ") and "mount -t proc" not in own[8]
+    assert own[-2:] == joined[-2:] == ["pod0-nginx", "/usr/sbin/nginx"]
+    assert "mount --bind /w/n.conf /etc/n" in joined[10]
+    assert sandbox_argv(Path("/w/pause"))[-2:] == ["--", "/w/pause"]
+
+
+@pytest.mark.parametrize(
+    ("log", "signals"),
+    [
+        (
+            "2026/11/30 06:01:02 [notice] 7#7: signal 17 (SIGCHLD) received from 9\n"
+            "2026/11/30 06:01:03 [notice] 7#7: signal 3 (SIGQUIT) received from 31, shutting down\n"
+            "2026/11/30 06:01:09 [notice] 7#7: signal 15 (SIGTERM) received from 1, exiting\n",
+            ["SIGQUIT", "SIGTERM"],
+        ),
+        ("[30-Nov-2026 06:01:02] NOTICE: Terminating ...\n[...] NOTICE: exiting, bye-bye!", ["SIGTERM"]),
+        ("[30-Nov-2026 06:01:09] NOTICE: Finishing ...\n", ["SIGQUIT"]),
+        ("[mpm_prefork:notice] [pid 7] AH00492: caught SIGWINCH, shutting down gracefully", ["SIGWINCH"]),
+        ("[notice] 7#7: start worker process 9\n", []),
+    ],
+)  # fmt: skip
+def test_the_stop_signals_a_server_logged(log: str, signals: list[str]) -> None:
+    assert P.logged_stop_signals(log) == signals
 
 
 def _res(failed: int, hold: bool = True) -> dict[str, object]:
@@ -392,6 +448,22 @@ def test_verdicts() -> None:
     )
     assert verdict("original", zero, _res(0))[0] and not verdict("original", zero, _res(3))[0]
     assert not verdict("native", row, {"error": "boom"})[0]
+
+
+def _signalled(*first: str) -> dict[str, object]:
+    names = ("nginx", "php-fpm")[: len(first)]
+    containers = [{"container": n, "server_signals": [s]} for n, s in zip(names, first, strict=True)]
+    return {**_res(0), "containers": containers}
+
+
+def test_verdict_checks_which_signal_reached_the_servers() -> None:
+    row = Row("s", "s.yaml", CELLS["base"], expect_original="any", first_signals=("SIGTERM", "SIGQUIT"))
+    assert verdict("original", row, _signalled("SIGTERM", "SIGTERM"))[0]
+    assert verdict("fallback", row, _signalled("SIGQUIT", "SIGQUIT"))[0]
+    ok, text = verdict("fallback", row, _signalled("SIGQUIT", "SIGTERM"))
+    assert not ok and "'php-fpm': 'SIGTERM'" in text and "expected SIGQUIT" in text
+    assert not verdict("original", row, {**_res(0), "containers": [{"container": "nginx"}]})[0]  # none logged
+    assert not verdict("original", row, _res(0))[0]  # no container record at all
 
 
 def test_markdown_report() -> None:

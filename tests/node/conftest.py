@@ -29,6 +29,7 @@ from tests.cluster.node import (
     ensure_node_binaries,
     missing_prerequisites,
 )
+from tests.image.build import BuildError, BuiltImage, build_operator_image
 from tests.support.realnode_env import NodeCluster
 
 NODE_DIR = Path(__file__).resolve().parent
@@ -133,3 +134,12 @@ def node_cluster_stopsignals(
     request: pytest.FixtureRequest, node_binaries: tuple[Path, Path], nginx: Image
 ) -> Iterator[NodeCluster]:
     yield from _session_node_cluster(request, node_binaries, nginx, "realnode-ss", dict(STOP_SIGNALS_GATES))
+
+
+@pytest.fixture(scope="session")
+def operator_image() -> BuiltImage:
+    """podgrace's image (tests/image/build.py), for helm-installing podgrace as a pod on the node."""
+    try:
+        return build_operator_image()
+    except BuildError as err:
+        pytest.fail(f"the image build failed: {err}", pytrace=False)

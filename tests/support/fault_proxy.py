@@ -3,12 +3,16 @@
 podgrace is pointed at the proxy (its kubeconfig's server) instead of the API server; every request is
 passed through unchanged (the bearer token too, so authentication and RBAC stay the API server's) unless a
 rule matches it. Rules choose requests by method, path and query (regular expressions) and answer them
-with an HTTP status (503, 429: a Kubernetes Status body, as the API server's own), a reset connection, or
-pass them on after a delay. Streams (watches) are forwarded chunk by chunk; `drop_streams()` cuts them all,
-as an API server restart or a load balancer does.
+with an HTTP status (503, 429: a Kubernetes Status body, as the API server's own, with Retry-After if
+asked), a reset connection (before the request reaches the API server, or after it was served: the write
+happened, the client never hears of it), or pass them on after a delay; `share` makes a rule fire for that
+fraction of the requests it matches (a seeded random choice, so a soak is repeatable in kind). Streams
+(watches) are forwarded chunk by chunk; `drop_streams()` cuts them all, as an API server restart or a
+load balancer does.
 
 Why not Toxiproxy: it works on TCP (latency, resets, bandwidth), not on HTTP, so it cannot answer "503 for
-the PATCHes of this one Deployment" while everything else works; and it would be another Go build. This
+the PATCHes of this one Deployment" while everything else works, nor a 429 with Retry-After (the traffic
+is TLS: a TCP proxy sees no requests); and it would be another Go build. This
 one terminates TLS with the API server's own certificate (valid for 127.0.0.1, signed by the cluster CA
 podgrace already trusts) and runs on a thread of the test process.
 """
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import re
 import ssl
 import threading
@@ -50,15 +55,19 @@ REASONS = {429: "TooManyRequests", 500: "InternalError", 503: "ServiceUnavailabl
 @dataclass
 class Rule:
     """Requests matching method (exact, None: any), path and query (re.search; None: any) get `status`
-    (an HTTP error with a Status body), `reset` (the connection is closed without an answer) or, with
-    neither, are passed on after `delay` seconds. `times`: how many requests it applies to (None: all)."""
+    (an HTTP error with a Status body), `reset` (the connection is closed without an answer),
+    `reset_after` (passed on, then the connection is closed without the answer) or, with none of these,
+    are passed on after `delay` seconds. `times`: how many requests it applies to (None: all); `share`:
+    the fraction of matching requests it fires for (the others go on to the next rule)."""
 
     path: str = ""
     method: str | None = None
     query: str | None = None
     status: int | None = None
     reset: bool = False
+    reset_after: bool = False
     delay: float = 0.0
+    share: float = 1.0
     times: int | None = None
     retry_after: int | None = None
     hits: int = 0
@@ -87,8 +96,9 @@ class Seen:
 
 
 class FaultProxy:
-    def __init__(self, upstream: str, *, ca: Path, cert: Path, key: Path) -> None:
+    def __init__(self, upstream: str, *, ca: Path, cert: Path, key: Path, seed: int = 12) -> None:
         self.upstream = upstream.rstrip("/")
+        self._random = random.Random(seed)
         self._ca, self._cert, self._key = ca, cert, key
         self._rules: list[Rule] = []
         self._lock = threading.Lock()
@@ -230,7 +240,9 @@ class FaultProxy:
     def _match(self, method: str, path: str, query: str) -> Rule | None:
         with self._lock:
             for rule in self._rules:
-                if rule.matches(method, path, query):
+                if rule.matches(method, path, query) and (
+                    rule.share >= 1.0 or self._random.random() < rule.share
+                ):
                     rule.hits += 1
                     rule.hit_times.append(time.time())
                     return rule
@@ -251,6 +263,8 @@ class FaultProxy:
             assert request.transport is not None
             request.transport.abort()
             return web.Response(status=502)  # never sent: the connection is gone
+        if rule is not None and rule.reset_after:
+            return await self._forward(request, drop_answer=True)
         if rule is not None and rule.status is not None:
             self._record(request, rule.status, True)
             reason = REASONS.get(rule.status, "InternalError")
@@ -269,7 +283,7 @@ class FaultProxy:
             return web.Response(status=rule.status, body=orjson.dumps(body), headers=headers)
         return await self._forward(request)
 
-    async def _forward(self, request: web.Request) -> web.StreamResponse:
+    async def _forward(self, request: web.Request, *, drop_answer: bool = False) -> web.StreamResponse:
         assert self._session is not None
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
         headers.pop("Accept-Encoding", None)
@@ -288,9 +302,12 @@ class FaultProxy:
                 if key.lower() not in HOP_BY_HOP:
                     response.headers.add(key, value)
             streaming = "watch=true" in request.query_string or "watch=1" in request.query_string
-            if not streaming and upstream.content_length is not None:
+            if drop_answer or (not streaming and upstream.content_length is not None):
                 body = await upstream.read()
-                self._record(request, upstream.status, False)
+                self._record(request, upstream.status, drop_answer)
+                if drop_answer:  # served by the API server; the client never gets the answer
+                    assert request.transport is not None
+                    request.transport.abort()
                 out = web.Response(status=upstream.status, body=body)
                 for key, value in response.headers.items():
                     out.headers.add(key, value)

@@ -165,6 +165,22 @@ class OperatorProcess:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    def wait_quiet(self, quiet_seconds: float = 3.0, timeout: float = 300.0) -> None:
+        """Until podgrace's Deployment reconcile count has not moved for `quiet_seconds` (it must stay
+        alive meanwhile)."""
+        deadline = time.monotonic() + timeout
+        last, since = -1.0, time.monotonic()
+        while time.monotonic() < deadline:
+            if not self.alive():
+                raise AssertionError(f"podgrace exited:\n{self.log_tail()}")
+            now = self.metric("podgrace_reconcile_total", controller="deployment")
+            if now != last:
+                last, since = now, time.monotonic()
+            elif time.monotonic() - since >= quiet_seconds:
+                return
+            time.sleep(0.5)
+        raise AssertionError("podgrace did not become idle")
+
     def stop(self) -> None:
         if self.proc is None:
             return
@@ -186,6 +202,17 @@ class OperatorProcess:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return ""
+
+
+def nginx_profile(name: str, pre_stop_sleep: int) -> dict[str, Any]:
+    """A ShutdownProfile with one rule: nginx containers (by image) with this preStop sleep."""
+    rule = {"name": "nginx", "match": {"images": ["*nginx*"]}, "role": "nginx"}
+    return {
+        "apiVersion": "podgrace.dev/v1alpha1",
+        "kind": "ShutdownProfile",
+        "metadata": {"name": name},
+        "spec": {"containers": [{**rule, "preStopSleepSeconds": pre_stop_sleep}]},
+    }
 
 
 def deployment(

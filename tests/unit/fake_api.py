@@ -16,6 +16,7 @@ import json
 from typing import Any
 
 from podgrace.controller.kube_api import ApiError
+from podgrace.controller.workload_key import Key, kind_named
 from podgrace.core.constants import FIELD_MANAGER
 from podgrace.core.managed_fields import Path, _value_at, desired_leaves, manager_leaves
 
@@ -111,15 +112,19 @@ def _merge(target: dict[str, Any], patch: dict[str, Any], *, keep_stop_signal: b
 
 class FakeApi:
     def __init__(self) -> None:
-        self.deployments: dict[tuple[str, str], dict[str, Any]] = {}
+        self.workloads: dict[Key, dict[str, Any]] = {}  # Deployments, StatefulSets, DaemonSets
         self.events: list[dict[str, Any]] = []
         self.event_reads = 0
         self.statuses: dict[str, dict[str, Any]] = {}
         self.applies: list[tuple[str, str, dict[str, Any], bool, bool]] = []
+        self.written_kinds: list[str] = []  # the kind each write (not a dry run) was sent to, in order
         self.keep_stop_signal = True  # False models an API server without ContainerStopSignals
         self.fail_next: list[ApiError] = []
         self.version = (1, 35)  # what server_version() answers
         self.fail_next_status: ApiError | None = None
+        self.pods: dict[str, list[dict[str, Any]]] = {}  # namespace -> its pods (labels are not matched)
+        self.pod_lists: list[tuple[str, str]] = []
+        self.fail_pod_list: ApiError | None = None
 
     # --- test set-up ----------------------------------------------------------------------------------
 
@@ -134,27 +139,33 @@ class FakeApi:
         metadata["managedFields"] = [
             {"manager": manager, "operation": "Update", "fieldsType": "FieldsV1", "fieldsV1": _nest(leaves)}
         ]
-        self.deployments[(metadata["namespace"], metadata["name"])] = obj
+        obj.setdefault("apiVersion", "apps/v1")
+        kind = obj.setdefault("kind", "Deployment")
+        self.workloads[Key(kind, metadata["namespace"], metadata["name"])] = obj
         return copy.deepcopy(obj)
 
-    def get(self, namespace: str, name: str) -> dict[str, Any]:
-        return copy.deepcopy(self.deployments[(namespace, name)])
+    def get(self, namespace: str, name: str, kind: str = "Deployment") -> dict[str, Any]:
+        return copy.deepcopy(self.workloads[Key(kind, namespace, name)])
 
     # --- the Api protocol ------------------------------------------------------------------------------
 
-    async def get_deployment(self, namespace: str, name: str) -> dict[str, Any] | None:
-        obj = self.deployments.get((namespace, name))
+    async def get_workload(self, key: Key) -> dict[str, Any] | None:
+        obj = self.workloads.get(key)
         return copy.deepcopy(obj) if obj is not None else None
 
-    async def apply_deployment(
-        self, namespace: str, name: str, body: dict[str, Any], *, force: bool = False, dry_run: bool = False
+    async def apply_workload(
+        self, key: Key, body: dict[str, Any], *, force: bool = False, dry_run: bool = False
     ) -> dict[str, Any]:
         if self.fail_next:
             raise self.fail_next.pop(0)
+        namespace, name = key.namespace, key.name
+        assert body.get("kind") == key.kind, (body.get("kind"), key)  # the body names the kind it is sent to
         self.applies.append((namespace, name, copy.deepcopy(body), force, dry_run))
-        live = self.deployments.get((namespace, name))
+        if not dry_run:
+            self.written_kinds.append(key.kind)
+        live = self.workloads.get(key)
         if live is None:
-            raise ApiError(404, "NotFound", f"deployments.apps {name} not found")
+            raise ApiError(404, "NotFound", f"{kind_named(key.kind).plural}.apps {name} not found")
         obj = copy.deepcopy(live)
         entries = obj["metadata"]["managedFields"]
         want = {p: v for p, v in desired_leaves(body.get("spec") or {}, ("f:spec",)).items() if len(p) > 1}
@@ -189,18 +200,18 @@ class FakeApi:
         if obj != live:
             obj["metadata"]["resourceVersion"] = str(int(live["metadata"].get("resourceVersion", "1")) + 1)
         if not dry_run:
-            self.deployments[(namespace, name)] = obj
+            self.workloads[key] = obj
         return copy.deepcopy(obj)
 
-    async def patch_deployment_as(
-        self, namespace: str, name: str, patch: dict[str, Any], field_manager: str
-    ) -> dict[str, Any]:
+    async def patch_workload_as(self, key: Key, patch: dict[str, Any], field_manager: str) -> dict[str, Any]:
         if self.fail_next:
             raise self.fail_next.pop(0)
-        live = self.deployments.get((namespace, name))
+        namespace, name = key.namespace, key.name
+        live = self.workloads.get(key)
         if live is None:
-            raise ApiError(404, "NotFound", f"deployments.apps {name} not found")
+            raise ApiError(404, "NotFound", f"{kind_named(key.kind).plural}.apps {name} not found")
         self.applies.append((namespace, name, copy.deepcopy(patch), False, False))
+        self.written_kinds.append(key.kind)
         precondition = (patch.get("metadata") or {}).get("resourceVersion")
         if precondition is not None and precondition != live["metadata"]["resourceVersion"]:
             raise ApiError(409, "Conflict", "the object has been modified; please apply your changes")
@@ -236,11 +247,17 @@ class FakeApi:
             obj["metadata"]["generation"] += 1
         if obj != live:
             obj["metadata"]["resourceVersion"] = str(int(live["metadata"]["resourceVersion"]) + 1)
-        self.deployments[(namespace, name)] = obj
+        self.workloads[key] = obj
         return {"metadata": copy.deepcopy(obj["metadata"])}
 
     async def server_version(self) -> tuple[int, int]:
         return self.version
+
+    async def list_running_pods(self, namespace: str, label_selector: str) -> list[dict[str, Any]]:
+        self.pod_lists.append((namespace, label_selector))
+        if self.fail_pod_list is not None:
+            raise self.fail_pod_list
+        return copy.deepcopy(self.pods.get(namespace, []))
 
     async def patch_profile_status(self, name: str, status: dict[str, Any]) -> None:
         if self.fail_next_status is not None:

@@ -255,6 +255,8 @@ def test_every_code_is_a_risk_a_decision_a_notice_or_an_error() -> None:
         Code.GRACE_PINNED,
         Code.OWNER_RECLAIMED,
         Code.NO_MATCHING_CONTAINERS,
+        Code.NO_SHELL_FOR_FALLBACK,
+        Code.STOP_SIGNAL_IGNORED,
     }
     assert RISKS.isdisjoint(ERRORS) and RISKS.isdisjoint(decisions) and ERRORS.isdisjoint(decisions)
     assert NOTICES.isdisjoint(RISKS | ERRORS | decisions)

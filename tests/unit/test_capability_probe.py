@@ -89,10 +89,10 @@ async def test_a_reconcile_whose_probe_failed_fails_without_writing_and_says_why
     reconciler.capabilities = CapabilityCache(api, retry_delays=(0.0,))
     body = api.create(opted_in("web"))
     api.fail_next.append(ApiError(403, "Forbidden", "denied by policy no-dry-run"))
-    outcome = await reconciler.reconcile_deployment(body)
+    outcome = await reconciler.reconcile_workload(body)
     assert outcome.result.value == "failed"
     assert api.writes() == []
     assert "web/web" in caplog.text and "denied by policy no-dry-run" in caplog.text
-    outcome = await reconciler.reconcile_deployment(api.get("web", "web"))  # the retry probes again
+    outcome = await reconciler.reconcile_workload(api.get("web", "web"))  # the retry probes again
     assert outcome.result.value == "applied"
     assert api.get("web", "web")["spec"]["template"]["spec"]["containers"][0]["lifecycle"]["stopSignal"]

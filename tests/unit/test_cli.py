@@ -62,9 +62,9 @@ def test_render_example(run_cli: Any, example: str) -> None:
     nginx_script = nginx["lifecycle"]["preStop"]["exec"]["command"][2]
     php_script = php["lifecycle"]["preStop"]["exec"]["command"][2]
     assert nginx_script.startswith(f"{HOOK_MARKER}\nsleep 5\nm=1\n")
-    assert "case $c in nginx)" in nginx_script and '\nkill -QUIT "$m"\n' in nginx_script
+    assert "case $c in nginx)" in nginx_script and '\nkill -QUIT $w\n' in nginx_script
     assert php_script.startswith(f"{HOOK_MARKER}\nsleep 35\nm=1\n")
-    assert "case $c in php-fpm*)" in php_script and '\nkill -QUIT "$m"\n' in php_script
+    assert "case $c in php-fpm*)" in php_script and '\nkill -QUIT $w\n' in php_script
     assert "stopSignal" not in nginx["lifecycle"]
     # multi-line scripts are printed as YAML block scalars
     assert "- |-\n" in result.out
@@ -513,3 +513,50 @@ def test_non_utf8_file_is_a_clear_error(run_cli: Any, tmp_path: Path) -> None:
     path.write_bytes(b"\xff\xfe\x00kind: Deployment\n")
     result = run_cli("render", "-f", str(path))
     assert (result.code, result.out) == (2, "")
+
+
+# --- the termination lab's pod with shareProcessNamespace: true (pause is PID 1) -------------------------
+
+LAB_MANIFESTS = Path("bench/termination/manifests")
+
+
+def _audit(run_cli: Any, path: str) -> tuple[int, list[tuple[str, str | None]]]:
+    result = run_cli("audit", "-f", path, "-o", "json")
+    assert result.err == ""
+    (workload,) = json.loads(result.out)["workloads"]
+    return result.code, [(f["code"], f["container"]) for f in workload["findings"]]
+
+
+def _render(run_cli: Any, path: str, gate: str, out: Path) -> str:
+    result = run_cli("render", "-f", path, *CAPS_ARGS["1.35+gate"][:2], "--feature-gates", gate)
+    assert result.code == 0, result.err
+    out.write_text(result.out)
+    return str(out)
+
+
+@pytest.mark.parametrize("gate", ["ContainerStopSignals=true", "ContainerStopSignals=false"])
+def test_audit_of_the_lab_pods_that_share_their_pid_namespace(
+    run_cli: Any, repo_root: Path, tmp_path: Path, gate: str
+) -> None:
+    original = str(repo_root / LAB_MANIFESTS / "nginx-php-fpm-shared-pid.yaml")
+    pid1_hook = str(repo_root / LAB_MANIFESTS / "nginx-php-fpm-shared-pid-hook-pid1.yaml")
+    fast = [("FastStopSignal", "nginx"), ("FastStopSignal", "php-fpm")]
+    assert _audit(run_cli, original) == (1, [*fast, ("NoPreStop", "nginx"), ("NoPreStop", "php-fpm")])
+    pause = [("SignalHookHitsPause", "nginx"), ("SignalHookHitsPause", "php-fpm")]
+    assert _audit(run_cli, pid1_hook) == (1, [*fast, *pause])  # QUIT to pause: the kubelet's TERM stops them
+
+    rendered = _render(run_cli, original, gate, tmp_path / "rendered.yaml")
+    assert _audit(run_cli, rendered) == (0, [])
+    if gate.endswith("false"):  # the fallback hooks signal the workers of the master they find under /proc
+        text = Path(rendered).read_text()
+        assert text.count("kill -QUIT $w") == 2 and "kill -QUIT 1" not in text
+
+    # podgrace keeps a user's hook by default: the hook still hits pause and audit still says so
+    kept = _audit(run_cli, _render(run_cli, pid1_hook, gate, tmp_path / "kept.yaml"))
+    assert kept == (1, pause if gate.endswith("true") else [*fast, *pause])
+    # with existing-prestop: replace, podgrace's hooks replace them and the pod is safe
+    doc = yaml.safe_load(Path(pid1_hook).read_text())
+    doc["metadata"]["annotations"][ANN_EXISTING_PRESTOP] = "replace"
+    replace = tmp_path / "replace.yaml"
+    replace.write_text(yaml.safe_dump(doc))
+    assert _audit(run_cli, _render(run_cli, str(replace), gate, tmp_path / "replaced.yaml")) == (0, [])

@@ -148,3 +148,24 @@ def test_a_kubeconfig_token_file_is_followed(tmp_path: Path, monkeypatch: pytest
     creds = credentials_module.login()
     assert creds is not None and creds.token_file == token_file
     assert creds.headers() == {"Authorization": "Bearer from-file"}
+
+
+def test_podgrace_run_logs_in_with_the_service_account_token_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In a pod, `podgrace run` follows the projected token file. (Issue 12/14: the run command once built
+    its connection from Kopf's service-account login itself, so the token read at start was sent forever,
+    and a real kubelet's rotation ended in 401s; tests/node/test_operator_pod.py checks it on a node.)"""
+    from podgrace.controller import run
+
+    token_file = tmp_path / "token"
+    token_file.write_text("first\n")
+    monkeypatch.setattr(credentials_module, "SERVICE_ACCOUNT_TOKEN", str(token_file))
+    info = kopf.ConnectionInfo(server="https://kubernetes.default.svc", token="first")
+    monkeypatch.setattr(kopf, "login_with_service_account", lambda **_: info)
+    creds = run.login()
+    assert creds.token_file == token_file
+    assert creds.headers() == {"Authorization": "Bearer first"}
+    token_file.write_text("second\n")  # the kubelet's rotation (an atomic ..data swap in a real volume)
+    assert creds.reread() and creds.headers() == {"Authorization": "Bearer second"}
+    assert creds.connection().token == "second"  # what Kopf's login handler gets after its own 401

@@ -112,3 +112,23 @@ def test_streams_are_forwarded(proxy: FaultProxy, pki: Path) -> None:
     status, body = call(proxy, pki, "GET", "/apis/apps/v1/deployments?watch=true")
     assert status == 200
     assert body.splitlines() == [b'{"n": 0}', b'{"n": 1}', b'{"n": 2}']
+
+
+def test_a_reset_after_serves_the_request_but_drops_the_answer(
+    proxy: FaultProxy, pki: Path, upstream: str
+) -> None:
+    rule = proxy.add(Rule(method="PATCH", path="/written", reset_after=True, times=1))
+    with pytest.raises((ConnectionError, http.client.HTTPException, OSError)):
+        call(proxy, pki, "PATCH", "/written", b"x")
+    assert rule.hits == 1
+    # The upstream answered (the write happened): the proxy saw its 200, marked as injected.
+    assert [(s.status, s.injected) for s in proxy.requests("PATCH", "/written")] == [(200, True)]
+    assert call(proxy, pki, "PATCH", "/written", b"x")[0] == 200
+
+
+def test_a_share_fires_for_about_that_fraction_of_matching_requests(proxy: FaultProxy, pki: Path) -> None:
+    rule = proxy.add(Rule(path="/sometimes", status=429, retry_after=2, share=0.3))
+    statuses = [call(proxy, pki, "GET", "/sometimes")[0] for _ in range(200)]
+    assert set(statuses) == {200, 429}
+    assert statuses.count(429) == rule.hits
+    assert 30 <= rule.hits <= 90  # 60 expected; seeded, so the count is the same on every run

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from tests.unit.hook_texts import signal_wait_script
 
 from podgrace.core import hook_intent, hooks
 from podgrace.core.constants import HOOK_MARKER
@@ -42,33 +43,17 @@ def test_signal_and_wait_script() -> None:
     )
 
 
-def test_signal_and_wait_finds_the_master_of_a_known_server() -> None:
+def test_signal_and_wait_signals_apaches_parent() -> None:
     script = hook_intent.render(SignalAndWait(5, Signal.SIGWINCH, 33, Role.APACHE))["exec"]["command"][2]
-    assert script == (
-        "# podgrace graceful stop\n"
-        "sleep 5\n"
-        "m=1\n"
-        "for d in /proc/[0-9]*; do\n"
-        '  read -r c <"$d/comm" || continue\n'
-        "  case $c in apache2|httpd) ;; *) continue ;; esac\n"
-        '  read -r s <"$d/stat" || continue\n'
-        "  set -- ${s##*) }\n"
-        '  c=; read -r c <"/proc/$2/comm"\n'
-        "  case $c in apache2|httpd) ;; *) m=${d#/proc/}; break ;; esac\n"
-        "done 2>/dev/null\n"
-        'kill -WINCH "$m"\n'
-        "i=0\n"
-        'while kill -0 "$m" 2>/dev/null && [ "$i" -lt 33 ]; do\n'
-        "  k=\n"
-        "  for d in /proc/[0-9]*; do\n"
-        '    read -r s <"$d/stat" || continue\n'
-        "    set -- ${s##*) }\n"
-        '    [ "$2" = "$m" ] && k=1 && break\n'
-        "  done 2>/dev/null\n"
-        '  [ -n "$k" ] || break\n'
-        "  sleep 1; i=$((i+1))\n"
-        "done"
-    )
+    assert script == signal_wait_script(5, "WINCH", 33, "apache2|httpd")
+    assert 'kill -WINCH "$m"' in script and "w=" not in script
+
+
+@pytest.mark.parametrize(("role", "names"), [(Role.NGINX, "nginx"), (Role.PHP_FPM, "php-fpm*")])
+def test_signal_and_wait_signals_the_workers_of_nginx_and_php_fpm(role: Role, names: str) -> None:
+    script = hook_intent.render(SignalAndWait(5, Signal.SIGQUIT, 33, role))["exec"]["command"][2]
+    assert script == signal_wait_script(5, "QUIT", 33, names)
+    assert "kill -QUIT $w" in script and 'kill -QUIT "$m"' not in script
 
 
 def test_read_tells_the_roles_apart() -> None:

@@ -1,5 +1,6 @@
-"""The Deployment informer (operator/podgrace/controller/informer.py) against a scripted API: list in
-pages, watch from the list's resourceVersion, resume, relist on 410 Gone, retry on errors, never stop."""
+"""The workload informers (operator/podgrace/controller/informer.py) against a scripted API: list in
+pages, watch from the list's resourceVersion, resume, relist on 410 Gone, retry on errors, never stop; one
+informer per kind, each stamping its kind on what it delivers."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ from typing import Any
 
 import pytest
 
-from podgrace.controller.informer import DeploymentInformer, scope_paths
+from podgrace.controller.informer import Informers, WorkloadInformer, scope_paths
 from podgrace.controller.kube_api import ApiError
+from podgrace.controller.workload_key import DAEMONSET, DEPLOYMENT, KINDS, STATEFULSET, Kind
 
 ALL = "/apis/apps/v1/deployments"
 
@@ -52,6 +54,8 @@ class ScriptedSource:
         if isinstance(script, Exception):
             raise script
         for item in script:
+            if isinstance(item, Exception):  # the stream breaks after the events before it
+                raise item
             yield item
 
 
@@ -67,7 +71,8 @@ async def run_until(
     done: Any,
     namespaces: list[str] | None = None,
     fail_on: set[str] | None = None,
-) -> tuple[list[tuple[str, str, str]], DeploymentInformer]:
+    kind: Kind = DEPLOYMENT,
+) -> tuple[list[tuple[str, str, str]], WorkloadInformer]:
     seen: list[tuple[str, str, str]] = []
 
     async def on_event(kind: str, obj: Mapping[str, Any]) -> None:
@@ -76,7 +81,7 @@ async def run_until(
         if fail_on and meta["name"] in fail_on:
             raise RuntimeError("handler failed")
 
-    informer = DeploymentInformer(source, namespaces or [], on_event, page=2, retry_delays=(0.0,))
+    informer = WorkloadInformer(source, namespaces or [], on_event, kind=kind, page=2, retry_delays=(0.0,))
     task = asyncio.create_task(informer.run())
     try:
         for _ in range(500):
@@ -134,9 +139,34 @@ async def test_watch_events_are_delivered_and_a_stream_end_resumes_from_the_last
         ],
     )
     seen, _ = await run_until(source, lambda seen, s: len(s.watch_calls) == 3)
-    assert seen == [("ADDED", "web", "Deployment"), ("MODIFIED", "web", "Deployment"), ("DELETED", "web", "")]
+    assert seen == [
+        ("ADDED", "web", "Deployment"),
+        ("MODIFIED", "web", "Deployment"),
+        ("DELETED", "web", "Deployment"),
+    ]
     assert [c["resourceVersion"] for c in source.watch_calls] == ["5", "9", "10"]
     assert len(source.list_calls) == 1  # resumed, not relisted
+
+
+async def test_a_broken_watch_resumes_after_its_last_event_not_from_its_start() -> None:
+    """A stream cut mid-way (a proxy, an API server restart): before, the next watch started from the
+    broken one's own start version and every event of it was delivered again."""
+    source = ScriptedSource(
+        lists=[[page([], "5")]],
+        watches=[
+            [event("ADDED", dep("a", "web", "6")), event("MODIFIED", dep("a", "web", "7")), OSError("cut")],
+            [event("MODIFIED", dep("a", "web", "8"))],
+        ],
+    )
+    seen, _ = await run_until(source, lambda seen, s: len(s.watch_calls) == 3)
+    # rv 6, 7, then 8: nothing delivered twice
+    assert seen == [
+        ("ADDED", "web", "Deployment"),
+        ("MODIFIED", "web", "Deployment"),
+        ("MODIFIED", "web", "Deployment"),
+    ]
+    assert [c["resourceVersion"] for c in source.watch_calls] == ["5", "7", "8"]
+    assert len(source.list_calls) == 1
 
 
 async def test_410_gone_relists_and_reports_what_vanished_meanwhile() -> None:
@@ -183,8 +213,8 @@ async def test_errors_are_retried_and_a_failing_handler_does_not_stop_the_watch(
 
 
 async def test_namespaced_scopes_are_listed_before_listed_is_set() -> None:
-    assert scope_paths([]) == [ALL]
-    assert scope_paths(["shop", "blog"]) == [
+    assert scope_paths(DEPLOYMENT, []) == [ALL]
+    assert scope_paths(DEPLOYMENT, ["shop", "blog"]) == [
         "/apis/apps/v1/namespaces/shop/deployments",
         "/apis/apps/v1/namespaces/blog/deployments",
     ]
@@ -204,7 +234,7 @@ async def test_health_reports_the_informer_and_fails_once_it_has_stopped() -> No
     async def ignore(kind: str, obj: Mapping[str, Any]) -> None:
         pass
 
-    informer = DeploymentInformer(source, [], ignore)
+    informer = WorkloadInformer(source, [], ignore, kind=DEPLOYMENT)
     assert informer.health() == {"listed": False, "failing": []}  # not started yet: alive
     informer.start()
     try:
@@ -248,7 +278,7 @@ async def test_a_periodic_resync_lists_everything_again_as_resync_events() -> No
     async def on_event(kind: str, obj: Mapping[str, Any]) -> None:
         seen.append(kind)
 
-    informer = DeploymentInformer(Source(), [], on_event, resync_seconds=0.25)
+    informer = WorkloadInformer(Source(), [], on_event, kind=DEPLOYMENT, resync_seconds=0.25)
     task = asyncio.create_task(informer.run())
     try:
         for _ in range(300):
@@ -268,3 +298,70 @@ async def test_no_resync_by_default() -> None:
     seen, _ = await run_until(source, lambda seen, s: len(s.watch_calls) >= 2)
     assert [kind for kind, _, _ in seen] == ["ADDED"]
     assert source.watch_calls[-1]["timeoutSeconds"] == "600"
+
+
+@pytest.mark.parametrize("kind", [STATEFULSET, DAEMONSET], ids=lambda k: k.name)
+async def test_each_kind_lists_and_watches_its_own_resource_and_stamps_its_kind(kind: Kind) -> None:
+    assert scope_paths(kind, []) == [f"/apis/apps/v1/{kind.plural}"]
+    assert scope_paths(kind, ["shop"]) == [f"/apis/apps/v1/namespaces/shop/{kind.plural}"]
+    gone = dep("a", "old", "2")
+    source = ScriptedSource(
+        lists=[[page([dep("a", "web", "1"), gone], "10")], [page([dep("a", "web", "1")], "20")]],
+        watches=[
+            [
+                event("MODIFIED", dep("a", "web", "11")),  # without a kind: the informer's is stamped
+                event("ERROR", {"kind": "Status", "code": 410, "reason": "Expired"}),
+            ]
+        ],
+    )
+    seen, _ = await run_until(source, lambda seen, s: len(seen) >= 5, kind=kind)
+    # Listed, watched, relisted after 410: every delivery carries the informer's kind, also the DELETED
+    # stub of the object that vanished between the two lists.
+    assert seen == [
+        ("ADDED", "web", kind.name),
+        ("ADDED", "old", kind.name),
+        ("MODIFIED", "web", kind.name),
+        ("ADDED", "web", kind.name),
+        ("DELETED", "old", kind.name),
+    ]
+    assert {c["path"] for c in source.list_calls + source.watch_calls} == {f"/apis/apps/v1/{kind.plural}"}
+
+
+async def test_informers_of_every_kind_are_listed_and_healthy_only_together() -> None:
+    class Source:
+        """Lists every kind at once but DaemonSets, whose list fails until `ready` is set."""
+
+        def __init__(self) -> None:
+            self.ready = False
+
+        async def list_page(self, path: str, params: Mapping[str, str]) -> dict[str, Any]:
+            if path.endswith("/daemonsets") and not self.ready:
+                raise ApiError(403, "Forbidden", "daemonsets.apps is forbidden")
+            return page([], "1")
+
+        async def watch(self, path: str, params: Mapping[str, str]) -> AsyncIterator[dict[str, Any]]:
+            await asyncio.Event().wait()
+            yield {}
+
+    async def ignore(event_type: str, obj: Mapping[str, Any]) -> None:
+        pass
+
+    source = Source()
+    informers = Informers(
+        [WorkloadInformer(source, [], ignore, kind=kind, retry_delays=(0.01,)) for kind in KINDS]
+    )
+    informers.start()
+    try:
+        waiting = asyncio.create_task(informers.wait_listed())
+        await asyncio.sleep(0.1)
+        assert not waiting.done()  # the DaemonSets are not known yet: profile counts would be partial
+        assert informers.health() == {"listed": False, "failing": ["/apis/apps/v1/daemonsets"]}
+        source.ready = True
+        await asyncio.wait_for(waiting, 5)
+        assert informers.health() == {"listed": True, "failing": []}
+        informers.informers[1]._task.cancel()  # type: ignore[union-attr]  # one kind's informer ends
+        await asyncio.sleep(0.01)
+        with pytest.raises(RuntimeError, match="StatefulSet informer has stopped"):
+            informers.health()
+    finally:
+        await informers.stop()

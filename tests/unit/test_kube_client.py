@@ -13,6 +13,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from podgrace.controller.kube_api import APPLY, PARTIAL_METADATA, ApiError, KubeClient
+from podgrace.controller.workload_key import Key
 
 DEPLOYMENT = "/apis/apps/v1/namespaces/shop/deployments/web"
 
@@ -32,6 +33,7 @@ async def server() -> AsyncIterator[tuple[TestServer, list[dict[str, Any]]]]:
         seen.append(
             {
                 "method": request.method,
+                "path": request.path,
                 "query": dict(request.query),
                 "content_type": request.headers.get("Content-Type"),
                 "accept": request.headers.get("Accept"),
@@ -44,7 +46,7 @@ async def server() -> AsyncIterator[tuple[TestServer, list[dict[str, Any]]]]:
         return web.Response(status=status, body=body)
 
     app = web.Application()
-    app.router.add_route("*", "/apis/apps/v1/namespaces/{ns}/deployments/{name}", deployment)
+    app.router.add_route("*", "/apis/apps/v1/namespaces/{ns}/{plural}/{name}", deployment)
     async with TestServer(app) as test_server:
         yield test_server, seen
 
@@ -57,13 +59,15 @@ async def test_apply_sends_json_with_the_field_manager_and_returns_the_object(se
     test_server, seen = server
     client = client_for(test_server)
     try:
-        result = await client.apply_deployment("shop", "web", {"spec": {"x": "ü"}}, force=True)
+        key = Key("Deployment", "shop", "web")
+        result = await client.apply_workload(key, {"spec": {"x": "ü"}}, force=True)
     finally:
         await client.close()
     assert result == {"metadata": {"name": "web", "generation": 2}}
     assert seen == [
         {
             "method": "PATCH",
+            "path": DEPLOYMENT,
             "query": {"fieldManager": "podgrace", "force": "true"},
             "content_type": APPLY,
             "accept": PARTIAL_METADATA,  # the reconciler reads only the metadata of what it wrote
@@ -76,7 +80,7 @@ async def test_a_dry_run_apply_asks_for_the_whole_object(server: Any) -> None:
     test_server, seen = server
     client = client_for(test_server)
     try:
-        await client.apply_deployment("shop", "web", {"spec": {}}, dry_run=True)
+        await client.apply_workload(Key("Deployment", "shop", "web"), {"spec": {}}, dry_run=True)
     finally:
         await client.close()
     assert seen[0]["query"] == {"fieldManager": "podgrace", "dryRun": "All"}
@@ -99,7 +103,7 @@ async def test_errors_carry_status_reason_and_message(
     client = client_for(test_server)
     try:
         with pytest.raises(ApiError) as raised:
-            await client.get_deployment("shop", name)
+            await client.get_workload(Key("Deployment", "shop", name))
     finally:
         await client.close()
     assert (raised.value.status, raised.value.reason) == (status, reason)
@@ -110,7 +114,7 @@ async def test_a_missing_deployment_is_none(server: Any) -> None:
     test_server, _ = server
     client = client_for(test_server)
     try:
-        assert await client.get_deployment("shop", "gone") is None
+        assert await client.get_workload(Key("Deployment", "shop", "gone")) is None
     finally:
         await client.close()
 
@@ -184,10 +188,25 @@ async def test_open_watches_never_take_the_connections_requests_need() -> None:
         watches = [asyncio.create_task(drain(ns)) for ns in ("shop", "blog")]
         try:
             await asyncio.wait_for(opened.wait(), 5)
-            got = await asyncio.wait_for(client.get_deployment("shop", "web"), 5)
+            got = await asyncio.wait_for(client.get_workload(Key("Deployment", "shop", "web")), 5)
         finally:
             for task in watches:
                 task.cancel()
             await asyncio.gather(*watches, return_exceptions=True)
             await client.close()
     assert got == {"metadata": {"name": "web"}}
+
+
+@pytest.mark.parametrize("kind", ["Deployment", "StatefulSet", "DaemonSet"])
+async def test_every_workload_call_goes_to_its_kinds_resource(server: Any, kind: str) -> None:
+    test_server, seen = server
+    client = client_for(test_server)
+    plural = f"/apis/apps/v1/namespaces/shop/{kind.lower()}s/web"
+    try:
+        await client.get_workload(Key(kind, "shop", "web"))
+        await client.apply_workload(Key(kind, "shop", "web"), {"kind": kind, "spec": {}})
+        await client.patch_workload_as(Key(kind, "shop", "web"), {"spec": {}}, "helm")
+    finally:
+        await client.close()
+    assert [(r["method"], r["path"]) for r in seen] == [("GET", plural), ("PATCH", plural), ("PATCH", plural)]
+    assert seen[2]["query"] == {"fieldManager": "helm"}

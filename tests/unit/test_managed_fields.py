@@ -260,7 +260,7 @@ def test_exec_command_is_one_atomic_leaf() -> None:
     assert leaves == {("f:preStop", "f:exec", "f:command"): command}
 
 
-# --- apply_is_noop ------------------------------------------------------------------------------------------
+# --- write_patch (the zero-write skip, was apply_is_noop) -----------------------------------------------
 
 SLEEP_5 = {"preStop": {"sleep": {"seconds": 5}}}
 WEB_BODY = {  # what podgrace applies for a generic container named nginx (profile web, 1.34)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from tests.unit.hook_texts import signal_wait
 
 from podgrace.core import apply_body, assess, planner, timing, workload_parser
 from podgrace.core.capabilities import STOP_SIGNALS_GATE, Capabilities, from_description
@@ -38,48 +39,6 @@ def test_capability_matrix_is_what_the_tables_assume() -> None:
 
 
 # --- the hooks podgrace writes, spelled out ---------------------------------------------------------------
-
-
-def signal_wait(delay: int, signal: str, wait: int, names: str | None) -> dict[str, Any]:
-    """podgrace's fallback hook; `wait` = max(drain, grace - delay - 2): it holds the kubelet's own stop
-    signal back until 2 s before the grace period ends. `names`: the server's process names (a `case`
-    pattern); the hook signals the master process of that name and waits while it has workers. None:
-    the form for a generic server (and of earlier podgrace versions): signal PID 1, wait until it exits."""
-    if names is None:
-        script = (
-            f"{HOOK_MARKER}\n"
-            f"sleep {delay}\n"
-            f"kill -{signal} 1\n"
-            "i=0\n"
-            f'while kill -0 1 2>/dev/null && [ "$i" -lt {wait} ]; do sleep 1; i=$((i+1)); done'
-        )
-    else:
-        script = (
-            f"{HOOK_MARKER}\n"
-            f"sleep {delay}\n"
-            "m=1\n"
-            "for d in /proc/[0-9]*; do\n"
-            '  read -r c <"$d/comm" || continue\n'
-            f"  case $c in {names}) ;; *) continue ;; esac\n"
-            '  read -r s <"$d/stat" || continue\n'
-            "  set -- ${s##*) }\n"
-            '  c=; read -r c <"/proc/$2/comm"\n'
-            f"  case $c in {names}) ;; *) m=${{d#/proc/}}; break ;; esac\n"
-            "done 2>/dev/null\n"
-            f'kill -{signal} "$m"\n'
-            "i=0\n"
-            f'while kill -0 "$m" 2>/dev/null && [ "$i" -lt {wait} ]; do\n'
-            "  k=\n"
-            "  for d in /proc/[0-9]*; do\n"
-            '    read -r s <"$d/stat" || continue\n'
-            "    set -- ${s##*) }\n"
-            '    [ "$2" = "$m" ] && k=1 && break\n'
-            "  done 2>/dev/null\n"
-            '  [ -n "$k" ] || break\n'
-            "  sleep 1; i=$((i+1))\n"
-            "done"
-        )
-    return {"exec": {"command": ["/bin/sh", "-c", script]}}
 
 
 def exec_sleep(seconds: int) -> dict[str, Any]:

@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 from fake_api import FakeApi
+from fake_clock import Clock
 from prometheus_client import CollectorRegistry
 
 from podgrace.controller.capability_probe import CapabilityCache
-from podgrace.controller.deployment_events import DeploymentEvents
 from podgrace.controller.event_recorder import EventRecorder
 from podgrace.controller.kube_api import ApiError
 from podgrace.controller.metrics import Metrics
@@ -23,8 +23,10 @@ from podgrace.controller.profile_index import ProfileIndex
 from podgrace.controller.reconciler import Reconciler, Result, summary
 from podgrace.controller.skip_record import SkipRecord
 from podgrace.controller.status_flusher import StatusFlusher
-from podgrace.controller.work_queue import DeploymentQueue
+from podgrace.controller.work_queue import WorkQueue
+from podgrace.controller.workload_events import WorkloadEvents
 from podgrace.controller.workload_gauges import WorkloadGauges
+from podgrace.controller.workload_key import Key
 from podgrace.core import capabilities, profiles, workload_parser
 from podgrace.core.planner import plan
 from podgrace.core.profile_store import ProfileStore
@@ -79,16 +81,16 @@ def make(
 
 @dataclass
 class Pipeline:
-    """Deployment events as the informer delivers them, through the work queue to the reconciler."""
+    """Workload events as the informers deliver them, through the work queue to the reconciler."""
 
     reconciler: Reconciler
     index: ProfileIndex
-    queue: DeploymentQueue
-    deployments: DeploymentEvents
+    queue: WorkQueue
+    workloads: WorkloadEvents
 
     async def deliver(self, event_type: str, body: dict[str, Any]) -> None:
         """Deliver one event and wait until it has been handled."""
-        await self.deployments.on_event(event_type, body)
+        await self.workloads.on_event(event_type, body)
         await asyncio.wait_for(self.queue.wait_idle(), 2)
 
 
@@ -96,15 +98,26 @@ class Pipeline:
 async def pipeline(api: FakeApi, *, workers: int = 2) -> AsyncIterator[Pipeline]:
     index = ProfileIndex()
     reconciler = make(api, index=index)
-    queue = DeploymentQueue(workers)
-    deployments = DeploymentEvents(index, reconciler.record, reconciler.gauges, queue, reconciler)
+    queue = WorkQueue(workers)
+    workloads = WorkloadEvents(reconciler, index, queue)
     reconciler.retry = queue.retry  # as controller.wiring
-    queue.on_retry = reconciler.metrics.retries.labels("deployment").inc
-    queue.start(deployments.handle)
+    reconciler.held = queue.held
+    queue.on_retry = lambda key: reconciler.metrics.retries.labels(key.kind.lower()).inc()
+    queue.start(workloads.handle)
     try:
-        yield Pipeline(reconciler, index, queue, deployments)
+        yield Pipeline(reconciler, index, queue, workloads)
     finally:
         await queue.stop()
+
+
+def dkey(name: str) -> Key:
+    """The key of the Deployment `deployment(name)` makes."""
+    return Key("Deployment", "web", name)
+
+
+def deps(**labels: str) -> dict[str, str]:
+    """Metric labels of a series about Deployments."""
+    return {**labels, "kind": "deployment"}
 
 
 def reasons(api: FakeApi) -> list[str]:
@@ -120,12 +133,12 @@ async def test_first_reconcile_writes_once_then_nothing() -> None:
     api = FakeApi()
     live = api.create(deployment())
     reconciler = make(api)
-    assert (await reconciler.reconcile_deployment(live)).result is Result.APPLIED
+    assert (await reconciler.reconcile_workload(live)).result is Result.APPLIED
     assert len(api.writes()) == 1
     assert reasons(api) == ["Applied"]
     after = api.get("web", "shop")
     assert pod_spec(after)["terminationGracePeriodSeconds"] == 70
-    assert (await reconciler.reconcile_deployment(after)).result is Result.UNCHANGED
+    assert (await reconciler.reconcile_workload(after)).result is Result.UNCHANGED
     assert len(api.writes()) == 1
     assert reasons(api) == ["Applied"]
 
@@ -135,11 +148,11 @@ async def test_restart_makes_no_write_and_repeats_no_event() -> None:
     api.create(deployment(containers=[{"name": "nginx", "image": "nginx", "lifecycle": {"preStop": {
         "exec": {"command": ["nginx", "-s", "quit"]}}}}]))  # fmt: skip
     first = make(api)
-    await first.reconcile_deployment(api.get("web", "shop"))
+    await first.reconcile_workload(api.get("web", "shop"))
     writes, events = len(api.writes()), len(api.events)
     assert "UserHookKept" in reasons(api)
     restarted = make(api)  # a new process: empty caches
-    assert (await restarted.reconcile_deployment(api.get("web", "shop"))).result is Result.UNCHANGED
+    assert (await restarted.reconcile_workload(api.get("web", "shop"))).result is Result.UNCHANGED
     assert len(api.writes()) == writes
     assert len(api.events) == events
 
@@ -148,7 +161,7 @@ async def test_stop_signal_detected_by_dry_run_and_cached() -> None:
     api = FakeApi()
     reconciler = make(api)
     for name in ("a", "b"):
-        await reconciler.reconcile_deployment(api.create(deployment(name)))
+        await reconciler.reconcile_workload(api.create(deployment(name)))
     dry_runs = [a for a in api.applies if a[4]]
     assert len(dry_runs) == 1
     containers = pod_spec(api.get("web", "a"))["containers"]
@@ -160,17 +173,17 @@ async def test_server_that_drops_stop_signal_gets_the_fallback_hook() -> None:
     api = FakeApi()
     api.keep_stop_signal = False
     reconciler = make(api)
-    await reconciler.reconcile_deployment(api.create(deployment()))
+    await reconciler.reconcile_workload(api.create(deployment()))
     nginx = pod_spec(api.get("web", "shop"))["containers"][0]
     assert "stopSignal" not in nginx["lifecycle"]
-    assert 'kill -QUIT "$m"' in nginx["lifecycle"]["preStop"]["exec"]["command"][2]
+    assert "kill -QUIT $w" in nginx["lifecycle"]["preStop"]["exec"]["command"][2]
     assert "os" not in pod_spec(api.get("web", "shop"))
 
 
 async def test_old_server_is_not_probed() -> None:
     api = FakeApi()
     reconciler = make(api, version=(1, 29))
-    await reconciler.reconcile_deployment(api.create(deployment()))
+    await reconciler.reconcile_workload(api.create(deployment()))
     assert not [a for a in api.applies if a[4]]
     nginx = pod_spec(api.get("web", "shop"))["containers"][0]
     assert nginx["lifecycle"]["preStop"]["exec"]["command"][0] == "/bin/sh"
@@ -188,16 +201,16 @@ async def test_opt_out_reverts_exactly_what_podgrace_injected() -> None:
         terminationGracePeriodSeconds=90,
     )
     reconciler = make(api)
-    await reconciler.reconcile_deployment(api.create(original))
+    await reconciler.reconcile_workload(api.create(original))
     applied = api.get("web", "shop")
     assert pod_spec(applied)["terminationGracePeriodSeconds"] == 90  # the user's longer value survives
     applied["metadata"]["annotations"] = {}
-    api.deployments[("web", "shop")] = copy.deepcopy(applied)
-    assert (await reconciler.reconcile_deployment(applied)).result is Result.REVERTED
+    api.workloads[dkey("shop")] = copy.deepcopy(applied)
+    assert (await reconciler.reconcile_workload(applied)).result is Result.REVERTED
     reverted = api.get("web", "shop")
     assert reverted["spec"] == original["spec"]
     assert "Reverted" in reasons(api)
-    assert (await reconciler.reconcile_deployment(reverted)).result is Result.UNCHANGED
+    assert (await reconciler.reconcile_workload(reverted)).result is Result.UNCHANGED
 
 
 @pytest.mark.parametrize(
@@ -214,7 +227,7 @@ async def test_bad_input_warns_and_changes_nothing(annotations: dict[str, str], 
     api = FakeApi()
     live = api.create(deployment(annotations=annotations))
     reconciler = make(api)
-    assert (await reconciler.reconcile_deployment(live)).result is Result.INVALID
+    assert (await reconciler.reconcile_workload(live)).result is Result.INVALID
     assert api.writes() == []
     assert api.get("web", "shop")["spec"] == live["spec"]
     assert [(e["type"], e["reason"]) for e in api.events] == [("Warning", reason)]
@@ -223,10 +236,10 @@ async def test_bad_input_warns_and_changes_nothing(annotations: dict[str, str], 
 async def test_bad_input_after_opt_in_keeps_the_applied_settings() -> None:
     api = FakeApi()
     reconciler = make(api)
-    await reconciler.reconcile_deployment(api.create(deployment()))
+    await reconciler.reconcile_workload(api.create(deployment()))
     applied = api.get("web", "shop")
     applied["metadata"]["annotations"]["podgrace.dev/prestop-sleep-seconds"] = "-1"
-    assert (await reconciler.reconcile_deployment(applied)).result is Result.INVALID
+    assert (await reconciler.reconcile_workload(applied)).result is Result.INVALID
     assert len(api.writes()) == 1
     assert api.get("web", "shop")["spec"] == applied["spec"]
 
@@ -241,7 +254,7 @@ async def test_invalid_profile_is_reported_on_its_users() -> None:
     assert api.statuses["broken"]["conditions"][0]["status"] == "False"
     assert "missing" in api.statuses["broken"]["conditions"][0]["message"]
     live = api.create(deployment(annotations={"podgrace.dev/profile": "broken"}))
-    assert (await reconciler.reconcile_deployment(live)).result is Result.INVALID
+    assert (await reconciler.reconcile_workload(live)).result is Result.INVALID
     assert reasons(api) == ["InvalidProfile"]
     assert api.writes() == []
 
@@ -251,16 +264,16 @@ async def test_profile_change_reconciles_exactly_its_users() -> None:
     reconciler = make(api)
     for name, profile in (("a", "nginx"), ("b", "nginx"), ("c", "apache")):
         containers = [{"name": "web", "image": "nginx" if profile == "nginx" else "httpd:2.4"}]
-        await reconciler.reconcile_deployment(
+        await reconciler.reconcile_workload(
             api.create(deployment(name, {"podgrace.dev/profile": profile}, containers=containers))
         )
     before = len(api.writes())
     nginx = next(b for b in builtin_bodies() if b["metadata"]["name"] == "nginx")
-    await reconciler.reconcile_profile(nginx, [("web", "a"), ("web", "b")])  # unchanged spec: no fan-out
+    await reconciler.reconcile_profile(nginx, [dkey("a"), dkey("b")])  # unchanged spec: no fan-out
     assert len(api.writes()) == before
     nginx["spec"]["containers"][0]["preStopSleepSeconds"] = 9
     nginx["metadata"]["generation"] = 2
-    await reconciler.reconcile_profile(nginx, [("web", "a"), ("web", "b")])
+    await reconciler.reconcile_profile(nginx, [dkey("a"), dkey("b")])
     touched = sorted(a[1] for a in api.writes()[before:])
     assert touched == ["a", "b"]
     assert pod_spec(api.get("web", "a"))["containers"][0]["lifecycle"]["preStop"] == {"sleep": {"seconds": 9}}
@@ -272,13 +285,13 @@ async def test_profile_status_written_only_when_it_changes() -> None:
     api = FakeApi()
     reconciler = make(api)
     body = builtin_bodies()[0]
-    await reconciler.reconcile_profile(body, [("web", "a")])
+    await reconciler.reconcile_profile(body, [dkey("a")])
     status = api.statuses[body["metadata"]["name"]]
     assert status["conditions"][0]["type"] == "Ready"
     assert status["conditions"][0]["observedGeneration"] == 1
     body["status"] = status
     api.statuses.clear()
-    await reconciler.reconcile_profile(body, [("web", "a")])
+    await reconciler.reconcile_profile(body, [dkey("a")])
     assert api.statuses == {}
 
 
@@ -299,16 +312,16 @@ async def test_transient_errors_are_retried_by_the_queue_with_backoff_and_withou
         assert registry.get_sample_value("podgrace_workqueue_retries_total", {"name": "deployment"}) == 3
         await asyncio.wait_for(p.queue.wait_idle(), 2)
         assert "ApplyFailed" not in reasons(api)  # a passing 503 is no news
-        assert p.queue.failures(("web", "shop")) == 0  # the success reset the backoff
+        assert p.queue.failures(dkey("shop")) == 0  # the success reset the backoff
 
 
 async def test_conflict_is_deferred_not_forced() -> None:
     api = FakeApi()
     reconciler = make(api, version=(1, 29))
     api.fail_next = [ApiError(409, "Conflict", "the object has been modified")] * 4
-    outcome = await reconciler.reconcile_deployment(api.create(deployment()))
+    outcome = await reconciler.reconcile_workload(api.create(deployment()))
     assert outcome.result is Result.REQUEUE  # after three plans on fresh reads, in place
-    assert api.fail_next == [] and api.deployments[("web", "shop")]["metadata"]["generation"] == 1
+    assert api.fail_next == [] and api.get("web", "shop")["metadata"]["generation"] == 1
     assert not any(a[3] for a in api.applies)  # never forced
 
 
@@ -316,9 +329,9 @@ async def test_a_conflict_is_planned_again_at_once_on_a_fresh_read() -> None:
     api = FakeApi()
     reconciler = make(api, version=(1, 29))
     api.fail_next = [ApiError(409, "Conflict", "the object has been modified")]
-    outcome = await reconciler.reconcile_deployment(api.create(deployment()))
+    outcome = await reconciler.reconcile_workload(api.create(deployment()))
     assert outcome.result is Result.APPLIED
-    assert api.deployments[("web", "shop")]["metadata"]["generation"] == 2
+    assert api.workloads[Key("Deployment", "web", "shop")]["metadata"]["generation"] == 2
 
 
 async def test_metrics_count_managed_and_at_risk_workloads() -> None:
@@ -327,8 +340,8 @@ async def test_metrics_count_managed_and_at_risk_workloads() -> None:
         await p.deliver("ADDED", api.create(deployment("a")))
         await p.deliver("ADDED", api.create(deployment("b", annotations={})))  # not opted in, risky
         registry = p.reconciler.metrics.registry
-        assert registry.get_sample_value("podgrace_managed_workloads", {"profile": "nginx-php-fpm"}) == 1
-        assert registry.get_sample_value("podgrace_workloads_at_risk", {"finding": "NoPreStop"}) == 1
+        assert registry.get_sample_value("podgrace_managed_workloads", deps(profile="nginx-php-fpm")) == 1
+        assert registry.get_sample_value("podgrace_workloads_at_risk", deps(finding="NoPreStop")) == 1
         assert registry.get_sample_value("podgrace_writes_total", {"kind": "apply"}) == 1
         assert (
             registry.get_sample_value(
@@ -337,8 +350,8 @@ async def test_metrics_count_managed_and_at_risk_workloads() -> None:
             == 2
         )
         await p.deliver("DELETED", api.get("web", "b"))
-        assert registry.get_sample_value("podgrace_workloads_at_risk", {"finding": "NoPreStop"}) == 0
-        assert registry.get_sample_value("podgrace_managed_workloads", {"profile": "nginx-php-fpm"}) == 1
+        assert registry.get_sample_value("podgrace_workloads_at_risk", deps(finding="NoPreStop")) == 0
+        assert registry.get_sample_value("podgrace_managed_workloads", deps(profile="nginx-php-fpm")) == 1
 
 
 async def test_a_reconcile_counts_as_managed_only_under_the_profile_the_deployment_names_now() -> None:
@@ -347,17 +360,17 @@ async def test_a_reconcile_counts_as_managed_only_under_the_profile_the_deployme
     reconciler = make(api, index=index)
     registry = reconciler.metrics.registry
     live = api.create(deployment())
-    index.set_profile(("web", "shop"), "nginx-php-fpm")  # as the informer's event does
-    await reconciler.reconcile_deployment(live)
-    assert registry.get_sample_value("podgrace_managed_workloads", {"profile": "nginx-php-fpm"}) == 1
+    index.set_profile(dkey("shop"), "nginx-php-fpm")  # as the informer's event does
+    await reconciler.reconcile_workload(live)
+    assert registry.get_sample_value("podgrace_managed_workloads", deps(profile="nginx-php-fpm")) == 1
     # The Deployment names another profile now; a reconcile of its older state still finishing says
     # nginx-php-fpm, and must count it nowhere until its newer state is reconciled.
-    reconciler.gauges.profile_changed(("web", "shop"))
-    index.set_profile(("web", "shop"), "nginx")
-    assert registry.get_sample_value("podgrace_managed_workloads", {"profile": "nginx-php-fpm"}) == 0
-    await reconciler.reconcile_deployment(api.get("web", "shop"))
-    assert registry.get_sample_value("podgrace_managed_workloads", {"profile": "nginx-php-fpm"}) == 0
-    assert registry.get_sample_value("podgrace_managed_workloads", {"profile": "nginx"}) is None
+    reconciler.gauges.profile_changed(dkey("shop"))
+    index.set_profile(dkey("shop"), "nginx")
+    assert registry.get_sample_value("podgrace_managed_workloads", deps(profile="nginx-php-fpm")) == 0
+    await reconciler.reconcile_workload(api.get("web", "shop"))
+    assert registry.get_sample_value("podgrace_managed_workloads", deps(profile="nginx-php-fpm")) == 0
+    assert registry.get_sample_value("podgrace_managed_workloads", deps(profile="nginx")) is None
 
 
 async def test_deployment_events_reach_the_reconciler_through_the_queue() -> None:
@@ -365,14 +378,14 @@ async def test_deployment_events_reach_the_reconciler_through_the_queue() -> Non
     async with pipeline(api, workers=4) as p:
         await p.deliver("ADDED", api.create(deployment()))
         assert len(api.writes()) == 1
-        assert p.index.users_of("nginx-php-fpm") == [("web", "shop")]
+        assert p.index.users_of("nginx-php-fpm") == [dkey("shop")]
         assert p.index.take_recount() == {"nginx-php-fpm"}
         await p.deliver("DELETED", api.get("web", "shop"))
         assert p.index.users_of("nginx-php-fpm") == []
         assert p.index.take_recount() == {"nginx-php-fpm"}
         assert (
             p.reconciler.metrics.registry.get_sample_value(
-                "podgrace_managed_workloads", {"profile": "nginx-php-fpm"}
+                "podgrace_managed_workloads", deps(profile="nginx-php-fpm")
             )
             == 0
         )
@@ -382,10 +395,10 @@ async def test_a_watch_event_older_than_podgraces_write_is_skipped() -> None:
     api = FakeApi()
     stale = api.create(deployment())
     reconciler = make(api)
-    await reconciler.reconcile_deployment(stale)
+    await reconciler.reconcile_workload(stale)
     assert len(api.writes()) == 1
     # The watch can still deliver an event from before podgrace's write (e.g. a status update).
-    assert (await reconciler.reconcile_deployment(stale)).result is Result.UNCHANGED
+    assert (await reconciler.reconcile_workload(stale)).result is Result.UNCHANGED
     assert len(api.writes()) == 1
 
 
@@ -393,9 +406,9 @@ async def test_refused_deployments_add_no_profile_label() -> None:
     api = FakeApi()
     async with pipeline(api) as p:
         await p.deliver("ADDED", api.create(deployment(annotations={"podgrace.dev/profile": "typo"})))
-        assert p.index.users_of("typo") == [("web", "shop")]  # counted as a user, for the status
+        assert p.index.users_of("typo") == [dkey("shop")]  # counted as a user, for the status
         registry = p.reconciler.metrics.registry
-        assert registry.get_sample_value("podgrace_managed_workloads", {"profile": "typo"}) is None
+        assert registry.get_sample_value("podgrace_managed_workloads", deps(profile="typo")) is None
 
 
 async def test_deleted_profile_series_go_away() -> None:
@@ -437,16 +450,15 @@ async def test_the_echo_of_podgraces_own_write_is_not_reconciled_even_if_it_arri
 ):
     api = FakeApi()
     async with pipeline(api) as p:
-        real_apply = api.apply_deployment
+        real_write = api.patch_workload_as  # podgrace's writes (strategic merge patches)
 
-        async def apply_then_echo(*args: Any, **kwargs: Any) -> dict[str, Any]:
-            result = await real_apply(*args, **kwargs)
-            if not kwargs.get("dry_run"):
-                # The watch delivers the written object before the reconcile has finished.
-                await p.deployments.on_event("MODIFIED", api.get("web", "shop"))
+        async def write_then_echo(*args: Any, **kwargs: Any) -> dict[str, Any]:
+            result = await real_write(*args, **kwargs)
+            # The watch delivers the written object before the reconcile has finished.
+            await p.workloads.on_event("MODIFIED", api.get("web", "shop"))
             return result
 
-        api.apply_deployment = apply_then_echo  # type: ignore[method-assign]
+        api.patch_workload_as = write_then_echo  # type: ignore[method-assign]
         await p.deliver("ADDED", api.create(deployment()))
         await p.deliver("MODIFIED", api.get("web", "shop"))  # and once more, after it settled
     assert len(api.writes()) == 1
@@ -483,8 +495,7 @@ def profile_events(p: Pipeline, flusher: StatusFlusher) -> ProfileEvents:
     async def listed() -> None:
         pass
 
-    r = p.reconciler
-    return ProfileEvents(r.store, p.index, r.record, flusher, r, listed)
+    return ProfileEvents(p.reconciler, p.index, flusher, listed)
 
 
 async def test_only_a_new_profile_generation_or_a_deletion_unsettles_its_deployments() -> None:
@@ -521,8 +532,9 @@ async def test_only_a_new_profile_generation_or_a_deletion_unsettles_its_deploym
 
 async def test_statuses_are_recounted_when_users_change_and_retried_when_the_write_fails() -> None:
     api = FakeApi()
+    clock = Clock()
     async with pipeline(api) as p:
-        flusher = StatusFlusher(p.reconciler, p.index, p.queue.wait_idle)
+        flusher = StatusFlusher(p.reconciler, p.index, p.queue.wait_idle, clock=clock)
         body = next(b for b in builtin_bodies() if b["metadata"]["name"] == "nginx-php-fpm")
         flusher.track(body)
         await p.deliver("ADDED", api.create(deployment("a")))
@@ -530,6 +542,7 @@ async def test_statuses_are_recounted_when_users_change_and_retried_when_the_wri
         api.fail_next_status = ApiError(403, "Forbidden", "RBAC")
         await flusher.flush()
         assert "nginx-php-fpm" not in api.statuses
+        clock.now += 1.0  # the first retry's backoff (status_flusher's own test has the steps)
         await flusher.flush()  # marked again after the failure
         assert api.statuses["nginx-php-fpm"]["workloads"] == 2
         api.statuses.clear()
@@ -555,7 +568,7 @@ async def test_every_failed_apply_is_logged_with_its_object_and_cause(
     api = FakeApi()
     reconciler = make(api, version=(1, 29))
     api.fail_next = [error] * 4  # (a 409 is planned again at once three times: the fourth is logged)
-    outcome = await reconciler.reconcile_deployment(api.create(deployment()))
+    outcome = await reconciler.reconcile_workload(api.create(deployment()))
     assert outcome.result in (Result.FAILED, Result.REQUEUE)
     logged = [r for r in caplog.records if r.levelname in ("WARNING", "ERROR")]
     assert any("web/shop" in r.getMessage() and error.message in r.getMessage() for r in logged), caplog.text
@@ -569,7 +582,7 @@ async def test_a_replace_that_drops_every_podgrace_field_is_taken_back_once_with
     metric counts exactly the fields the Warnings name."""
     api = FakeApi()
     reconciler = make(api)
-    await reconciler.reconcile_deployment(api.create(deployment(), manager="kubectl-create"))
+    await reconciler.reconcile_workload(api.create(deployment(), manager="kubectl-create"))
     spec = pod_spec(api.get("web", "shop"))
     assert spec["os"] == {"name": "linux"}
     assert [c["lifecycle"]["stopSignal"] for c in spec["containers"]] == ["SIGQUIT", "SIGQUIT"]
@@ -577,10 +590,11 @@ async def test_a_replace_that_drops_every_podgrace_field_is_taken_back_once_with
         "os": None, "terminationGracePeriodSeconds": 30,
         "containers": [{"name": "nginx", "lifecycle": None}, {"name": "php-fpm", "lifecycle": None}],
     }}}}  # fmt: skip
-    await api.patch_deployment_as("web", "shop", drop, "kubectl-replace")  # an Update, as a replace is
+    # an Update, as a replace is
+    await api.patch_workload_as(Key("Deployment", "web", "shop"), drop, "kubectl-replace")
     writes = len(api.writes())
     for _ in range(3):
-        outcome = await reconciler.reconcile_deployment(api.get("web", "shop"))
+        outcome = await reconciler.reconcile_workload(api.get("web", "shop"))
         assert outcome.result is Result.UNCHANGED
     assert len(api.writes()) == writes  # backed off from every field: nothing written
     warnings = [e["message"] for e in api.events if e["reason"] == "OwnerReclaimed"]
@@ -604,9 +618,43 @@ async def test_a_write_is_planned_on_a_fresh_read_not_on_an_older_event_body() -
     api = FakeApi()
     reconciler = make(api)
     stale = api.create(deployment())
-    live = api.deployments[("web", "shop")]
+    live = api.workloads[Key("Deployment", "web", "shop")]
     live["status"] = {"observedGeneration": 1}  # the deployment controller wrote meanwhile
     live["metadata"]["resourceVersion"] = "2"
-    outcome = await reconciler.reconcile_deployment(stale)
+    outcome = await reconciler.reconcile_workload(stale)
     assert outcome.result is Result.APPLIED
     assert [w[2]["metadata"]["resourceVersion"] for w in api.writes()] == ["2"]
+
+
+@pytest.mark.parametrize("background", [0, 2])
+async def test_a_plan_notice_is_one_normal_event_over_resyncs_and_restarts(background: int) -> None:
+    """SoleRuleApplied: a Deployment naming the one-rule `apache` profile for an image no rule knows. The
+    notice is a Normal Event posted once: not again on a resync, nor by a restarted process (found by name
+    with one read), also when the recorder's other Normal Events go through the background lane."""
+    api = FakeApi()
+    live = api.create(deployment(
+        annotations={"podgrace.dev/profile": "apache"}, containers=[{"name": "app", "image": "acme/shop:1.4"}]
+    ))  # fmt: skip
+    first = make(api)
+    first.events = EventRecorder(api, first.metrics, background=background)
+    assert (await first.reconcile_workload(live)).result is Result.APPLIED
+    assert (await first.reconcile_workload(api.get("web", "shop"))).result is Result.UNCHANGED  # resync
+    await first.events.close()
+    assert sorted(reasons(api)) == ["Applied", "SoleRuleApplied"]
+    [notice] = [e for e in api.events if e["reason"] == "SoleRuleApplied"]
+    assert notice["type"] == "Normal"
+    assert notice["message"].startswith("container app: image 'acme/shop:1.4' matches no rule")
+    writes = len(api.writes())
+    restarted = make(api)
+    assert (await restarted.reconcile_workload(api.get("web", "shop"))).result is Result.UNCHANGED
+    assert sorted(reasons(api)) == ["Applied", "SoleRuleApplied"]
+    assert len(api.writes()) == writes
+
+
+async def test_a_notice_is_posted_in_audit_mode_too() -> None:
+    api = FakeApi()
+    annotations = {"podgrace.dev/profile": "apache", "podgrace.dev/mode": "audit"}
+    live = api.create(deployment(annotations=annotations, containers=[{"name": "app", "image": "acme/shop"}]))
+    assert (await make(api).reconcile_workload(live)).result is Result.UNCHANGED
+    assert reasons(api) == ["SoleRuleApplied"]
+    assert api.writes() == []

@@ -5,17 +5,20 @@ follows what the Deployments are after an opt-out."""
 from __future__ import annotations
 
 import asyncio
+import copy
 import itertools
 from typing import Any
 
+import aiohttp
 from fake_api import FakeApi
-from test_reconciler import builtin_bodies, deployment, pipeline, profile_events, reasons
+from test_reconciler import builtin_bodies, deployment, deps, dkey, pipeline, profile_events, reasons
 
-from podgrace.controller.deployment_events import DeploymentEvents
 from podgrace.controller.kube_api import ApiError
 from podgrace.controller.rate_limit import ItemBackoff, RateLimiter
 from podgrace.controller.status_flusher import StatusFlusher
-from podgrace.controller.work_queue import RETRY, DeploymentQueue, Item
+from podgrace.controller.work_queue import RETRY, Item, WorkQueue
+from podgrace.controller.workload_events import WorkloadEvents
+from podgrace.controller.workload_key import Key
 from podgrace.core import profiles
 from podgrace.core.capabilities import Capabilities
 from podgrace.core.findings import RISKS
@@ -44,7 +47,7 @@ async def test_a_failing_reconcile_is_retried_with_growing_backoff_until_it_succ
             raise ConnectionResetError("reset by peer")  # or a False answer: the same
         return True
 
-    queue = DeploymentQueue(1, RateLimiter(ItemBackoff(base=0.02)))
+    queue = WorkQueue(1, RateLimiter(ItemBackoff(base=0.02)))
     queue.start(handle)
     try:
         queue.put(("shop", "web"), Item("ADDED", {}))
@@ -65,7 +68,7 @@ async def test_retries_waiting_for_their_time_leave_the_queue_idle_and_a_new_eve
         handled.append(item.event_type)
         return item.event_type != "ADDED"  # the first fails
 
-    queue = DeploymentQueue(1, RateLimiter(ItemBackoff(base=60.0)))
+    queue = WorkQueue(1, RateLimiter(ItemBackoff(base=60.0)))
     queue.start(handle)
     try:
         queue.put(("shop", "web"), Item("ADDED", {}))
@@ -94,20 +97,18 @@ async def test_a_persisting_failure_gets_one_warning_and_a_passing_one_none() ->
     clock = Clock()
     async with pipeline(api) as p:
         api.version = (1, 29)
-        p.deployments = DeploymentEvents(
-            p.index, p.reconciler.record, p.reconciler.gauges, p.queue, p.reconciler, clock=clock
-        )
+        p.workloads = WorkloadEvents(p.reconciler, p.index, p.queue, clock=clock)
         await p.queue.stop()
-        p.queue.start(p.deployments.handle)
+        p.queue.start(p.workloads.handle)
         outage = ApiError(503, "ServiceUnavailable", "etcd leader changed")
         body = api.create(deployment())
         api.fail_next = [outage] * 1000
         await p.deliver("ADDED", body)
-        await eventually(lambda: p.queue.failures(("web", "shop")) >= 3)
+        await eventually(lambda: p.queue.failures(dkey("shop")) >= 3)
         assert "ApplyFailed" not in reasons(api)  # seconds of 503s: retried quietly
         clock.now += 20  # ... for longer than PERSISTING_SECONDS
         await eventually(lambda: "ApplyFailed" in reasons(api))
-        await eventually(lambda: p.queue.failures(("web", "shop")) >= 6)
+        await eventually(lambda: p.queue.failures(dkey("shop")) >= 6)
         warnings = [e for e in api.events if e["reason"] == "ApplyFailed"]
         assert len(warnings) == 1
         assert "etcd leader changed" in warnings[0]["message"]
@@ -151,7 +152,7 @@ async def test_a_deleted_profile_tells_its_deployments_and_the_metrics_show_it()
         registry = p.reconciler.metrics.registry
         for name in ("a", "b"):
             await p.deliver("ADDED", api.create(deployment(name)))
-        managed = {"profile": "nginx-php-fpm"}
+        managed = deps(profile="nginx-php-fpm")
         assert registry.get_sample_value("podgrace_managed_workloads", managed) == 2
         writes = len(api.writes())
         body = next(b for b in builtin_bodies() if b["metadata"]["name"] == "nginx-php-fpm")
@@ -171,7 +172,7 @@ def audit_risks(api: FakeApi) -> dict[str, int]:
     """What `podgrace audit` finds in the fake API's live Deployments, per risk."""
     counts: dict[str, int] = {}
     known = profiles.builtin()
-    for obj in api.deployments.values():
+    for obj in api.workloads.values():
         result = plan(from_object(obj, with_ownership=False), known, Capabilities(True, True))
         for code in {f.code for f in (*result.errors, *result.findings_before) if f.code in RISKS}:
             counts[code.value] = counts.get(code.value, 0) + 1
@@ -180,7 +181,7 @@ def audit_risks(api: FakeApi) -> dict[str, int]:
 
 def gauge_risks(p: Any) -> dict[str, int]:
     registry = p.reconciler.metrics.registry
-    values = {code.value: registry.get_sample_value("podgrace_workloads_at_risk", {"finding": code.value})
+    values = {code.value: registry.get_sample_value("podgrace_workloads_at_risk", deps(finding=code.value))
               for code in RISKS}  # fmt: skip
     return {code: int(v) for code, v in values.items() if v}
 
@@ -193,7 +194,7 @@ async def test_the_at_risk_gauge_equals_audit_right_after_an_opt_out() -> None:
         for name in ("kept", "leaving"):
             await p.deliver("MODIFIED", api.get("web", name))  # the echoes of podgrace's applies
         assert gauge_risks(p) == audit_risks(api) == {}
-        api.deployments[("web", "leaving")]["metadata"]["annotations"] = {}  # kubectl annotate ...-
+        api.workloads[dkey("leaving")]["metadata"]["annotations"] = {}  # kubectl annotate ...-
         await p.deliver("MODIFIED", api.get("web", "leaving"))
         assert "Reverted" in reasons(api)
         await p.deliver("MODIFIED", api.get("web", "leaving"))  # the echo of the revert
@@ -230,3 +231,37 @@ def test_the_profile_index_keeps_no_value_too_long_to_be_a_profile_name() -> Non
     assert profile_annotation({"podgrace.dev/profile": "a" * 253}) == "a" * 253
     assert profile_annotation({"podgrace.dev/profile": "a" * 254}) is None
     assert profile_annotation({"podgrace.dev/profile": "a" * 250_000}) is None
+
+
+async def test_a_write_whose_answer_was_lost_is_not_repeated_for_a_lagging_event() -> None:
+    """The soak's finding (bench/soak, 2026-11-30): podgrace's write is served but its answer lost; the
+    retry reads the Deployment, finds the write done; then the watch, lagging, delivers the user's edit
+    that came before the write. Before, that event was planned again and applied a second time (9 of 10
+    writes above the minimum in the 500-Deployment soak)."""
+    api = FakeApi()
+    async with pipeline(api) as p:
+        await p.deliver("ADDED", api.create(deployment("first")))  # the probe answered and cached
+        await p.deliver("ADDED", api.create(deployment("web")))
+        edited = api.get("web", "web")
+        edited["metadata"]["annotations"]["podgrace.dev/prestop-sleep-seconds"] = "6"
+        api.workloads[Key("Deployment", "web", "web")] = copy.deepcopy(edited)
+        write = api.patch_workload_as  # podgrace's writes (strategic merge patches)
+        lost = [True]
+
+        async def answer_lost(*args: Any, **kwargs: Any) -> dict[str, Any]:
+            written = await write(*args, **kwargs)
+            if lost:
+                lost.pop()
+                raise aiohttp.ServerDisconnectedError()
+            return written
+
+        api.patch_workload_as = answer_lost  # type: ignore[method-assign]
+        writes = len(api.writes())
+        await p.deliver("MODIFIED", copy.deepcopy(edited))
+        for _ in range(100):  # the retry (a fresh read) after the failure's short backoff
+            await asyncio.sleep(0.01)
+        await asyncio.wait_for(p.queue.wait_idle(), 2)
+        assert len(api.writes()) == writes + 1  # the write that was served
+        await p.deliver("MODIFIED", copy.deepcopy(edited))  # the user's edit again, from a lagging watch
+        assert len(api.writes()) == writes + 1
+        assert api.get("web", "web")["spec"]["template"]["spec"]["containers"][0]["lifecycle"]

@@ -96,3 +96,26 @@ def test_sarif_from_stdin(
         r["locations"][0]["physicalLocation"]["artifactLocation"]["uri"] for r in sarif["runs"][0]["results"]
     }
     assert uris == {"stdin"}
+
+
+def test_every_code_audit_can_report_has_a_rule() -> None:
+    """audit reports risks and errors; a code without a rule made `-o sarif` fail (exit 3) for
+    SignalHookHitsPause and would for ExecHookWithoutShell."""
+    from podgrace.cli.sarif import RULES
+    from podgrace.core.findings import ERRORS, RISKS
+
+    assert set(RISKS | ERRORS) <= set(RULES)
+
+
+def test_sarif_of_an_exec_hook_in_a_shellless_image(
+    run_cli: Any, yaml_file: Any, deployment: Any, validator: jsonschema.Draft4Validator
+) -> None:
+    hook = {"exec": {"command": ["/bin/sh", "-c", "sleep 5"]}}
+    pod = deployment([{"name": "nginx", "image": "cgr.dev/chainguard/nginx", "lifecycle": {"preStop": hook}}])
+    result = run_cli("audit", "-f", yaml_file(pod), "-o", "sarif")
+    assert (result.code, result.err) == (1, "")
+    sarif = json.loads(result.out)
+    assert not list(validator.iter_errors(sarif))
+    results = sarif["runs"][0]["results"]
+    assert {r["ruleId"] for r in results} >= {"ExecHookWithoutShell"}
+    assert {r["level"] for r in results if r["ruleId"] == "ExecHookWithoutShell"} == {"error"}

@@ -39,7 +39,8 @@ async def server() -> AsyncIterator[TestServer]:
     app = web.Application()
     app.router.add_get("/version", version)
     app.router.add_get(f"/apis/{GROUP}/{VERSION}/{PROFILE_PLURAL}", profiles)
-    app.router.add_get("/apis/apps/v1/deployments", deployments)
+    for plural in ("deployments", "statefulsets", "daemonsets"):  # one informer per kind
+        app.router.add_get(f"/apis/apps/v1/{plural}", deployments)
     async with TestServer(app) as test_server:
         yield test_server
 
@@ -55,7 +56,7 @@ async def test_the_handlers_start_and_stop_the_operator_through_a_copy_of_the_me
     assert kopf_handlers.login(memo=memo) == operator.credentials.info
     await kopf_handlers.startup(settings=kopf.OperatorSettings(), memo=memo)
     try:
-        await asyncio.wait_for(operator.informer.listed.wait(), 5)
+        await asyncio.wait_for(operator.informers.wait_listed(), 5)
         assert await kopf_handlers.deployments_probe(memo=memo) == {"listed": True, "failing": []}
         assert operator.store.names() == ["nginx"]
         assert await operator.capabilities.server_version() == (1, 35)

@@ -1,4 +1,4 @@
-"""The Deployment work queue (work_queue.DeploymentQueue) and the Normal-Event lane that waits for it."""
+"""The Deployment work queue (work_queue.WorkQueue) and the Normal-Event lane that waits for it."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ from fake_api import FakeApi
 from prometheus_client import CollectorRegistry
 
 from podgrace.controller import event_recorder as events_mod
-from podgrace.controller.deployment_key import Key
 from podgrace.controller.event_recorder import NORMAL, EventRecorder
 from podgrace.controller.metrics import Metrics
-from podgrace.controller.work_queue import DeploymentQueue, Item
+from podgrace.controller.work_queue import Item, WorkQueue
+from podgrace.controller.workload_key import Key
 
 
 async def settle() -> None:
@@ -29,7 +29,7 @@ async def test_events_of_a_waiting_deployment_are_coalesced_and_idle_follows_the
         handled.append((key, str(item.body["v"])))
         await release.wait()
 
-    queue = DeploymentQueue(workers=1)
+    queue = WorkQueue(workers=1)
     await asyncio.wait_for(queue.wait_idle(), 1)  # idle before any work
     queue.start(handle)
     try:

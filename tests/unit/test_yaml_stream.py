@@ -175,3 +175,67 @@ def test_libyaml_writes_the_same_bytes_for_the_example(repo_root: Path) -> None:
 )
 def test_what_libyaml_would_write_differently_falls_back(document: dict[str, Any]) -> None:
     assert dumps([document]) == dumps([document], pure=True)
+
+
+# --- the fast reader: it takes only plain manifests, and reads them as the checked reader does ------------
+
+
+def _read_both(text: str) -> tuple[list[yaml_stream.Document] | None, list[yaml_stream.Document]]:
+    plain = yaml_stream._read_plain(text, "f.yaml", "f.yaml")
+    return plain, yaml_stream._read_checked(text, "f.yaml", "f.yaml")
+
+
+def _same(plain: list[yaml_stream.Document], checked: list[yaml_stream.Document]) -> None:
+    # repr: 1, 1.0 and True are equal but not the same value
+    assert repr([d.obj for d in plain]) == repr([d.obj for d in checked])
+    assert [d.source.describe() for d in plain] == [d.source.describe() for d in checked]
+
+
+def test_the_fast_reader_reads_the_example_as_the_checked_one(repo_root: Path) -> None:
+    plain, checked = _read_both((repo_root / "examples" / "php-fpm-deployment.yaml").read_text())
+    assert plain is not None
+    _same(plain, checked)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.lists(st.dictionaries(st.text(max_size=20), documents, max_size=6) | st.none(), max_size=3),
+    st.booleans(),
+)
+def test_the_fast_reader_reads_what_the_checked_one_reads(stream: list[Any], flow: bool) -> None:
+    plain, checked = _read_both(yaml.safe_dump_all(stream, default_flow_style=flow))
+    assert plain is not None  # safe_dump writes no tags, anchors or aliases here
+    _same(plain, checked)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "a: &x 1\nb: *x\n",
+        "a: &x 1\n",
+        "a: !!str 1\n",
+        "a: 2024-01-01\n",
+        "<<: {a: 1}\nb: 2\n",
+        "a: =\n",
+        "? [a]\n: 1\n",
+        "- 1\n",
+        "a: " + "[" * yaml_stream.MAX_DEPTH + "]" * yaml_stream.MAX_DEPTH,
+        "a: " + "1" * 80,
+        "a: [1,\n",
+    ],
+    ids=[
+        "alias",
+        "anchor",
+        "tag",
+        "timestamp",
+        "merge-key",
+        "value-key",
+        "collection-key",
+        "list-document",
+        "too-deep",
+        "int-too-long",
+        "unclosed",
+    ],
+)
+def test_the_fast_reader_leaves_the_rest_to_the_checked_one(text: str) -> None:
+    assert yaml_stream._read_plain(text, "f.yaml", "f.yaml") is None

@@ -104,11 +104,14 @@ app.kubernetes.io/part-of: podgrace
 
 {{- define "podgrace.rules.namespaced" -}}
 - apiGroups: ["apps"]
-  resources: ["deployments"]
+  resources: ["deployments", "statefulsets", "daemonsets"]
   verbs: ["get", "list", "watch", "patch"]
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create", "get"]
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["list"]
 {{- end -}}
 
 {{- define "podgrace.rules.profiles" -}}
@@ -128,9 +131,10 @@ app.kubernetes.io/part-of: podgrace
 {{- end -}}
 
 {{- /* podgrace's exec preStop scripts (operator/podgrace/core/hook_intent.py ExecSleep and SignalAndWait), as a CEL
-raw string holding an RE2 pattern; tests/chart/test_chart_admission.py matches it against those functions. */ -}}
+raw string holding the RE2 pattern hook_intent.admission_pattern() writes (tests/chart/test_chart_admission.py
+checks it is that one, and matches it against the scripts). */ -}}
 {{- define "podgrace.hookPattern" -}}
-r'^# podgrace graceful stop\nsleep [0-9]+(\nkill -(TERM|QUIT|WINCH|INT|HUP|USR1|USR2) 1\ni=0\nwhile kill -0 1 2>/dev/null && \[ "\$i" -lt [0-9]+ \]; do sleep 1; i=\$\(\(i\+1\)\); done|\nm=1\nfor d in \/proc\/\[0-9\]\*; do\n  read -r c <"\$d\/comm" \|\| continue\n  case \$c in (nginx|php-fpm\*|apache2\|httpd)\) ;; \*\) continue ;; esac\n  read -r s <"\$d\/stat" \|\| continue\n  set -- \$\{s##\*\) \}\n  c=; read -r c <"\/proc\/\$2\/comm"\n  case \$c in (nginx|php-fpm\*|apache2\|httpd)\) ;; \*\) m=\$\{d#\/proc\/\}; break ;; esac\ndone 2>\/dev\/null\nkill -(TERM|QUIT|WINCH|INT|HUP|USR1|USR2) "\$m"\ni=0\nwhile kill -0 "\$m" 2>\/dev\/null && \[ "\$i" -lt [0-9]+ \]; do\n  k=\n  for d in \/proc\/\[0-9\]\*; do\n    read -r s <"\$d\/stat" \|\| continue\n    set -- \$\{s##\*\) \}\n    \[ "\$2" = "\$m" \] && k=1 && break\n  done 2>\/dev\/null\n  \[ -n "\$k" \] \|\| break\n  sleep 1; i=\$\(\(i\+1\)\)\ndone)?$'
+r'^# podgrace graceful stop\nsleep [0-9]+(\nm=1\nfor d in /proc/\[0-9\]\*; do\n  read -r c <"\$d/comm" \|\| continue\n  case \$c in nginx\) ;; \*\) continue ;; esac\n  read -r s <"\$d/stat" \|\| continue\n  set -- \$\{s##\*\) \}\n  c=; read -r c <"/proc/\$2/comm"\n  case \$c in nginx\) ;; \*\) m=\$\{d#/proc/\}; break ;; esac\ndone 2>/dev/null\nw=\nfor d in /proc/\[0-9\]\*; do\n  read -r s <"\$d/stat" \|\| continue\n  set -- \$\{s##\*\) \}\n  \[ "\$2" = "\$m" \] && w="\$w \$\{d#/proc/\}"\ndone 2>/dev/null\n\[ -n "\$w" \] \|\| exit 0\nkill -(TERM|QUIT|WINCH|INT|HUP|USR1|USR2) \$w\ni=0\nwhile \[ "\$i" -lt [0-9]+ \]; do\n  k=\n  for p in \$w; do\n    kill -0 "\$p" 2>/dev/null \|\| continue\n    read -r s <"/proc/\$p/stat" \|\| continue\n    set -- \$\{s##\*\) \}\n    \[ "\$1" != Z \] && \[ "\$2" = "\$m" \] && k=1 && break\n  done 2>/dev/null\n  \[ -n "\$k" \] \|\| break\n  sleep 1; i=\$\(\(i\+1\)\)\ndone|\nm=1\nfor d in /proc/\[0-9\]\*; do\n  read -r c <"\$d/comm" \|\| continue\n  case \$c in php-fpm\*\) ;; \*\) continue ;; esac\n  read -r s <"\$d/stat" \|\| continue\n  set -- \$\{s##\*\) \}\n  c=; read -r c <"/proc/\$2/comm"\n  case \$c in php-fpm\*\) ;; \*\) m=\$\{d#/proc/\}; break ;; esac\ndone 2>/dev/null\nw=\nfor d in /proc/\[0-9\]\*; do\n  read -r s <"\$d/stat" \|\| continue\n  set -- \$\{s##\*\) \}\n  \[ "\$2" = "\$m" \] && w="\$w \$\{d#/proc/\}"\ndone 2>/dev/null\n\[ -n "\$w" \] \|\| exit 0\nkill -(TERM|QUIT|WINCH|INT|HUP|USR1|USR2) \$w\ni=0\nwhile \[ "\$i" -lt [0-9]+ \]; do\n  k=\n  for p in \$w; do\n    kill -0 "\$p" 2>/dev/null \|\| continue\n    read -r s <"/proc/\$p/stat" \|\| continue\n    set -- \$\{s##\*\) \}\n    \[ "\$1" != Z \] && \[ "\$2" = "\$m" \] && k=1 && break\n  done 2>/dev/null\n  \[ -n "\$k" \] \|\| break\n  sleep 1; i=\$\(\(i\+1\)\)\ndone|\nm=1\nfor d in /proc/\[0-9\]\*; do\n  read -r c <"\$d/comm" \|\| continue\n  case \$c in apache2\|httpd\) ;; \*\) continue ;; esac\n  read -r s <"\$d/stat" \|\| continue\n  set -- \$\{s##\*\) \}\n  c=; read -r c <"/proc/\$2/comm"\n  case \$c in apache2\|httpd\) ;; \*\) m=\$\{d#/proc/\}; break ;; esac\ndone 2>/dev/null\nkill -(TERM|QUIT|WINCH|INT|HUP|USR1|USR2) "\$m"\ni=0\nwhile kill -0 "\$m" 2>/dev/null && \[ "\$i" -lt [0-9]+ \]; do\n  k=\n  for d in /proc/\[0-9\]\*; do\n    read -r s <"\$d/stat" \|\| continue\n    set -- \$\{s##\*\) \}\n    \[ "\$1" != Z \] && \[ "\$2" = "\$m" \] && k=1 && break\n  done 2>/dev/null\n  \[ -n "\$k" \] \|\| break\n  sleep 1; i=\$\(\(i\+1\)\)\ndone|\nkill -(TERM|QUIT|WINCH|INT|HUP|USR1|USR2) 1\ni=0\nwhile kill -0 1 2>/dev/null && \[ "\$i" -lt [0-9]+ \]; do sleep 1; i=\$\(\(i\+1\)\); done)?$'
 {{- end -}}
 
 {{/* Monitoring --------------------------------------------------------------------------------------- */}}

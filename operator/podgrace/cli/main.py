@@ -7,9 +7,9 @@ import gc
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from podgrace import __version__
 from podgrace.cli import sarif
@@ -35,6 +35,8 @@ EXIT_FINDINGS = 1  # audit: workloads at risk
 EXIT_USAGE = 2  # bad input or usage: one line per problem on stderr, nothing on stdout
 EXIT_INTERNAL = 3  # a bug in podgrace: one line on stderr (no traceback)
 EXIT_BROKEN_PIPE = 141  # the reader closed stdout early (`render | head`), as for a tool killed by SIGPIPE
+
+N = TypeVar("N", int, float)
 
 
 class CliError(Exception):
@@ -128,24 +130,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _resync(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not 0 <= value <= 86400:
-        raise argparse.ArgumentTypeError(f"{value:g} is out of range 0..86400")
-    return value
+def _bounded(kind: Callable[[str], N], what: str, low: int, high: int) -> Callable[[str], N]:
+    """An argparse `type`: a number of `kind` from low to high, or argparse's exit 2 saying why not."""
+
+    def parse(text: str) -> N:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+        if not low <= value <= high:
+            shown = f"{value:g}" if isinstance(value, float) else str(value)
+            raise argparse.ArgumentTypeError(f"{shown} is out of range {low}..{high}")
+        return value
+
+    return parse
 
 
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
-    if not 1 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"{value} is out of range 1..65535")
-    return value
+_resync = _bounded(float, "a number of seconds", 0, 86400)
+_port = _bounded(int, "a port number", 1, 65535)
 
 
 @dataclass

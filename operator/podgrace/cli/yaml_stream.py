@@ -5,11 +5,17 @@ limited (an input over a limit is a clear `InputError`, never a crash), and the 
 parser events by a loop, not by recursion (libyaml's own composer recurses in C and overflows the stack on
 deep nesting). libyaml's C parser and emitter are used when PyYAML has them; the output is the same bytes
 as PyYAML's pure-Python emitter (tests/unit/test_yaml_stream.py).
+
+For speed (bench/render), plain manifests take a short way in and out: objects built straight from the
+parser's events (_read_plain, which takes only what is within every bound and leaves the rest to the
+checked reader), and emitter events made here rather than by PyYAML's representer (_EventWriter).
 """
 
 from __future__ import annotations
 
+import contextlib
 import gc
+import io
 import re
 import sys
 from collections.abc import Iterable, Iterator, Sequence
@@ -50,16 +56,24 @@ class InputError(ValueError):
 
 @dataclass(frozen=True)
 class Source:
-    """Where an object comes from: file, document (1-based), a List's item (0-based) and its node."""
+    """Where an object comes from: file, document (1-based), a List's item (0-based), and its node."""
 
     path: str
     document: int
-    node: Node = field(repr=False, compare=False)
+    nodes: _Nodes = field(repr=False, compare=False)
     item: int | None = None
 
     @property
     def file(self) -> str:
         return "<stdin>" if self.path == "-" else self.path
+
+    @property
+    def node(self) -> Node:
+        node = self.nodes.document(self.document)
+        if self.item is None:
+            return node
+        items = _child(node, "items")
+        return (_child(items, self.item) if items is not None else None) or node
 
     @property
     def line(self) -> int:
@@ -71,9 +85,7 @@ class Source:
 
     def for_item(self, index: int) -> Source:
         """The source of item `index` of this document's `items` (a `kind: List`)."""
-        items = _child(self.node, "items")
-        node = _child(items, index) if items is not None else None
-        return Source(self.path, self.document, node or self.node, item=index)
+        return Source(self.path, self.document, self.nodes, item=index)
 
     def line_of(self, path: Sequence[str | int]) -> int:
         """The line of the deepest node found along `path` (keys and list indexes) below this object."""
@@ -85,6 +97,24 @@ class Source:
             marker, node = found
             line = int(marker.start_mark.line) + 1  # a key's line, or a list item's
         return line
+
+
+class _Nodes:
+    """The node graphs of a stream's documents (they give the lines of messages). The fast reader makes
+    none: they are composed, bounded, from the text when a line is first asked for."""
+
+    def __init__(self, text: str, where: str, composed: list[Node] | None = None) -> None:
+        self._text, self._where, self._composed = text, where, composed
+
+    def document(self, number: int) -> Node:
+        if self._composed is None:
+            loader = _Loader(self._text)
+            try:
+                with _no_cyclic_gc():
+                    self._composed = list(_compose(loader, self._where))
+            finally:
+                loader.dispose()
+        return self._composed[number - 1]
 
 
 def _entry(node: Node, step: str | int) -> tuple[Node, Node] | None:
@@ -108,6 +138,10 @@ class Document:
 
 
 class _Loader(_BaseLoader):  # type: ignore[misc]
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.plain_scalars: dict[tuple[str, Any], Any] = {}  # the fast reader's: (value, implicit) -> object
+
     def construct_yaml_int(self, node: ScalarNode) -> int:
         if len(node.value) > MAX_INT_CHARS:
             raise yaml.constructor.ConstructorError(
@@ -264,15 +298,34 @@ def read_text(path: str) -> str:
 def parse_documents(text: str, path: str) -> list[Document]:
     """The stream's non-empty documents, each a mapping (a Kubernetes object), with where it came from."""
     name = "<stdin>" if path == "-" else path
-    loader = _Loader(text)
-    documents: list[Document] = []
-    # The node graphs and objects built here hold no cycles (recursive aliases are refused): the cyclic
-    # garbage collector's passes over the growing heap would only cost time (half of it, measured).
+    with _no_cyclic_gc():
+        plain = _read_plain(text, path, name)
+        return plain if plain is not None else _read_checked(text, path, name)
+
+
+@contextlib.contextmanager
+def _no_cyclic_gc() -> Iterator[None]:
+    """The node graphs and objects built here hold no cycles (recursive aliases are refused): the cyclic
+    garbage collector's passes over the growing heap would only cost time (half of it, measured)."""
     collecting = gc.isenabled()
     gc.disable()
     try:
+        yield
+    finally:
+        if collecting:
+            gc.enable()
+
+
+def _read_checked(text: str, path: str, name: str) -> list[Document]:
+    """Any stream: composed by the bounded loop, constructed by PyYAML's (safe) constructor."""
+    loader = _Loader(text)
+    composed: list[Node] = []
+    nodes = _Nodes(text, name, composed)
+    documents: list[Document] = []
+    try:
         for number, node in enumerate(_compose(loader, name), start=1):
-            source = Source(path, number, node)
+            composed.append(node)
+            source = Source(path, number, nodes)
             try:
                 obj = loader.construct_document(node)
             except yaml.YAMLError as error:
@@ -290,9 +343,92 @@ def parse_documents(text: str, path: str) -> list[Document]:
         raise InputError(f"{name}: not valid YAML: {_yaml_problem(error)}") from error
     finally:
         loader.dispose()
-        if collecting:
-            gc.enable()
     return documents
+
+
+class _NotPlain(Exception):
+    """Something the fast reader leaves to the checked one."""
+
+
+# The scalars of plain manifests, constructed by the checked reader's own constructors (the bounded int).
+_PLAIN_SCALARS = {
+    tag: _Loader.yaml_constructors[tag]
+    for tag in (f"tag:yaml.org,2002:{name}" for name in ("str", "int", "float", "bool", "null"))
+}
+_MISSING = object()
+
+
+def _read_plain(text: str, path: str, name: str) -> list[Document] | None:
+    """The fast reader, for streams of plain manifests: no tags, anchors or aliases, nesting within
+    MAX_DEPTH, only string, number, boolean and null scalars, every document a mapping or empty. It builds
+    the objects straight from the parser's events (no node graph), constructing each distinct scalar once.
+    None for any other stream (and any error), which the checked reader then reads, or refuses with its
+    specific message: no bound is skipped, the fast reader only takes what is within all of them."""
+    loader = _Loader(text)
+    nodes = _Nodes(text, name)
+    documents: list[Document] = []
+    try:
+        loader.get_event()  # StreamStartEvent
+        number = 0
+        while type(loader.get_event()) is DocumentStartEvent:
+            number += 1
+            obj = _build_plain(loader)
+            loader.get_event()  # DocumentEndEvent
+            if obj is None:
+                continue
+            if type(obj) is not dict:
+                return None
+            documents.append(Document(obj, Source(path, number, nodes)))
+    except (_NotPlain, yaml.YAMLError, ValueError, OverflowError):
+        return None
+    finally:
+        loader.dispose()
+    return documents
+
+
+def _build_plain(loader: Any) -> Any:
+    """One document's object from the parser's events (see _read_plain)."""
+    get_event, resolve, scalars = loader.get_event, loader.resolve, loader.plain_scalars
+    stack: list[Any] = []  # the collections being filled, innermost last
+    keys: list[Any] = []  # per collection: a mapping's key waiting for its value, else _MISSING
+    while True:
+        event = get_event()
+        kind = type(event)
+        if kind is ScalarEvent:
+            if event.anchor is not None or event.tag is not None:
+                raise _NotPlain
+            cached = (event.value, event.implicit)
+            value = scalars.get(cached, _MISSING)
+            if value is _MISSING:
+                tag = resolve(ScalarNode, event.value, event.implicit)
+                construct = _PLAIN_SCALARS.get(tag)
+                if construct is None:
+                    raise _NotPlain  # a timestamp, a merge key, ...
+                node = ScalarNode(tag, event.value, event.start_mark, event.end_mark, style=event.style)
+                value = scalars[cached] = construct(loader, node)
+        elif kind is MappingStartEvent or kind is SequenceStartEvent:
+            if event.anchor is not None or event.tag is not None or len(stack) >= MAX_DEPTH:
+                raise _NotPlain
+            stack.append({} if kind is MappingStartEvent else [])
+            keys.append(_MISSING)
+            continue
+        elif kind is MappingEndEvent or kind is SequenceEndEvent:
+            value = stack.pop()
+            keys.pop()
+        else:  # an alias
+            raise _NotPlain
+        if not stack:
+            return value
+        top = stack[-1]
+        if type(top) is list:
+            top.append(value)
+        elif keys[-1] is _MISSING:
+            if type(value) is dict or type(value) is list:
+                raise _NotPlain  # an unhashable key
+            keys[-1] = value
+        else:
+            top[keys[-1]] = value
+            keys[-1] = _MISSING
 
 
 def _yaml_problem(error: yaml.YAMLError) -> str:
@@ -337,47 +473,133 @@ _TAME = re.compile(r"[\x20-\x7e\n]*")
 _TAME_KEY = re.compile(r"[\x20-\x7e]{1,127}")
 
 
-def _libyaml_writes_it_alike(document: Any) -> bool:
-    stack = [document]
-    while stack:
-        value = stack.pop()
+class _EventWriter:
+    """Documents as emitter events, made here rather than by PyYAML's representer and serializer (most of
+    the writing time): the very events they make, so the emitter writes the same bytes. Each distinct
+    scalar is represented (by _Dumper's representers), resolved and checked once."""
+
+    def __init__(self) -> None:
+        self._representer = _Dumper(io.StringIO())
+        self._resolve = self._representer.resolve
+        self._values: dict[tuple[type, Any], ScalarEvent | None] = {}
+        self._keys: dict[tuple[type, Any], ScalarEvent | None] = {}
+
+    def events(self, document: Any) -> list[Any] | None:
+        """The document's events; None when it holds a string libyaml writes differently, a value that is
+        not JSON-like, or one collection twice (PyYAML writes that as an anchor and an alias)."""
+        out: list[Any] = [_DOCUMENT_START]
+        if not self._add(document, out, set()):
+            return None
+        out.append(_DOCUMENT_END)
+        return out
+
+    def _add(self, value: Any, out: list[Any], seen: set[int]) -> bool:
+        kind = type(value)
+        if kind is not dict and kind is not list:
+            event = self._scalar(value, key=False)
+            out.append(event)
+            return event is not None
+        if id(value) in seen:
+            return False
+        seen.add(id(value))
+        if kind is list:
+            out.append(_SEQUENCE_START)
+            for item in value:
+                if not self._add(item, out, seen):
+                    return False
+            out.append(_SEQUENCE_END)
+            return True
+        out.append(_MAPPING_START)
+        for key, item in value.items():
+            event = self._scalar(key, key=True)
+            out.append(event)
+            if event is None or not self._add(item, out, seen):
+                return False
+        out.append(_MAPPING_END)
+        return True
+
+    def _scalar(self, value: Any, *, key: bool) -> ScalarEvent | None:
+        cache = self._keys if key else self._values
+        cached = (type(value), value)  # the type too: 1, 1.0 and True are equal
+        try:
+            return cache[cached]
+        except KeyError:
+            event = cache[cached] = self._make(value, key=key)
+            return event
+        except TypeError:  # unhashable: not a scalar
+            return None
+
+    def _make(self, value: Any, *, key: bool) -> ScalarEvent | None:
         kind = type(value)
         if kind is str:
-            if not _TAME.fullmatch(value) or (
-                value.endswith("\n") and (len(value) == 1 or value[-2] == "\n")
-            ):
-                return False
-        elif kind is dict:
-            for key, item in value.items():
-                if type(key) is str:
-                    if not _TAME_KEY.fullmatch(key):
-                        return False
-                elif key is not None and type(key) not in (int, float, bool):
-                    return False
-                stack.append(item)
-        elif kind is list:
-            stack.extend(value)
+            if key:
+                tame = bool(_TAME_KEY.fullmatch(value))
+            else:
+                kept_breaks = value.endswith("\n") and (len(value) == 1 or value[-2] == "\n")
+                tame = bool(_TAME.fullmatch(value)) and not kept_breaks
+            if not tame:
+                return None
         elif value is not None and kind not in (int, float, bool):
-            return False
-    return True
+            return None
+        node = self._representer.represent_data(value)
+        tag = node.tag
+        # As the serializer does: may the emitter write it plain, or quoted, without its tag?
+        implicit = (
+            self._resolve(ScalarNode, node.value, (True, False)) == tag,
+            self._resolve(ScalarNode, node.value, (False, True)) == tag,
+        )
+        return ScalarEvent(None, tag, implicit, node.value, style=node.style)
+
+
+_DOCUMENT_START = DocumentStartEvent(explicit=True)
+_DOCUMENT_END = DocumentEndEvent(explicit=False)
+# Collections in block style with their implicit tags: the representer's nodes (default_flow_style False)
+# as the serializer turns them into events.
+_MAPPING_START = MappingStartEvent(None, "tag:yaml.org,2002:map", True, flow_style=False)
+_MAPPING_END = MappingEndEvent()
+_SEQUENCE_START = SequenceStartEvent(None, "tag:yaml.org,2002:seq", True, flow_style=False)
+_SEQUENCE_END = SequenceEndEvent()
+# libyaml's emitter (the C half of CDumper; the stubs do not re-export it from yaml.cyaml), else PyYAML's.
+_Emitter: type[Any] = yaml.cyaml.CEmitter if HAVE_LIBYAML else yaml.emitter.Emitter  # type: ignore[attr-defined]
+
+
+class _Run:
+    """One emitter for a run of documents: one YAML stream, each document starting with `---`."""
+
+    def __init__(self) -> None:
+        self._text = io.StringIO()
+        self._emit = _Emitter(self._text).emit
+        self._emit(StreamStartEvent())
+
+    def write(self, events: list[Any]) -> None:
+        for event in events:
+            self._emit(event)
+
+    def close(self) -> str:
+        self._emit(StreamEndEvent())
+        return self._text.getvalue()
 
 
 def dumps(documents: Iterable[Any], *, pure: bool = False) -> str:
     """The documents as one YAML stream, in PyYAML's bytes (`pure`: PyYAML's Python emitter only).
-    Runs of documents that libyaml writes alike go through one libyaml emitter, the rest through PyYAML's
-    (each document starts with `---` and ends open: the stream is the concatenation of its documents)."""
+    Runs of documents that libyaml writes alike go to one libyaml emitter as events made here, the rest
+    through PyYAML's representer and emitter (each document starts with `---` and ends open: the stream
+    is the concatenation of its documents)."""
     parts: list[str] = []
-    run: list[Any] = []
+    writer = _EventWriter()
+    run: _Run | None = None
     for document in documents:
-        if not pure and _libyaml_writes_it_alike(document):
-            run.append(document)
+        events = None if pure else writer.events(document)
+        if events is not None:
+            run = run or _Run()
+            run.write(events)
             continue
-        if run:
-            parts.append(_dump(run, _Dumper))
-            run = []
+        if run is not None:
+            parts.append(run.close())
+            run = None
         parts.append(_dump([document], _PureDumper))
-    if run:
-        parts.append(_dump(run, _Dumper))
+    if run is not None:
+        parts.append(run.close())
     return "".join(parts)
 
 

@@ -1,14 +1,15 @@
 """Detecting what the API server supports, for real, once per operator process.
 
 `lifecycle.stopSignal` is dropped silently by an API server whose ContainerStopSignals gate is off, so
-the only honest test is to send it: a server-side dry-run apply on a Deployment podgrace is reconciling
-(a verb it already has; nothing is persisted) and a look at whether the field came back.
+the only honest test is to send it: a server-side dry-run apply on a workload (Deployment, StatefulSet or
+DaemonSet) podgrace is reconciling (a verb it already has; nothing is persisted) and a look at whether the
+field came back.
 
 Only a definitive answer is cached: the dry run succeeded, and the field was kept or dropped. Any failure
-(a 404 or 409 on that Deployment, a 5xx or 429, a timeout, a lost connection, an admission webhook or
+(a 404 or 409 on that workload, a 5xx or 429, a timeout, a lost connection, an admission webhook or
 policy denying the request) says nothing about the API server's features: the reconcile that needed the
 answer fails (and is retried), and the next one probes again, at most once per `retry_delays` step, so
-that thousands of waiting Deployments do not each send a probe into an outage.
+that thousands of waiting workloads do not each send a probe into an outage.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from typing import Any
 
 import aiohttp
 
-from podgrace.controller.kube_api import Api, ApiError
+from podgrace.controller.kube_api import Api, ApiError, retry_after
+from podgrace.controller.workload_key import key_of
 from podgrace.core.capabilities import NATIVE_SLEEP_SINCE, STOP_SIGNAL_SINCE, Capabilities
 
 log = logging.getLogger(__name__)
@@ -58,7 +60,7 @@ class CapabilityCache:
             self._version = await self._api.server_version()
         return self._version
 
-    async def get(self, deployment: Mapping[str, Any]) -> Capabilities:
+    async def get(self, workload: Mapping[str, Any]) -> Capabilities:
         if self._known is not None:
             return self._known
         async with self._lock:
@@ -70,30 +72,30 @@ class CapabilityCache:
                 elif version < STOP_SIGNAL_SINCE:
                     stop_signal = False
                 else:
-                    stop_signal = await self._probe_or_raise(deployment)
+                    stop_signal = await self._probe_or_raise(workload)
                 self._known = Capabilities(native_sleep=native_sleep, stop_signal=stop_signal)
                 log.info("API server %s.%s: %s", *version, self._known.describe())
             return self._known
 
-    async def _probe_or_raise(self, deployment: Mapping[str, Any]) -> bool:
+    async def _probe_or_raise(self, workload: Mapping[str, Any]) -> bool:
         now = asyncio.get_running_loop().time()
         if now < self._next_probe:
             raise ProbeFailed(
                 f"lifecycle.stopSignal support is not known yet: {self._last_failure}; "
                 f"probing again in {self._next_probe - now:.0f} s"
             )
-        metadata = deployment.get("metadata") or {}
-        where = f"{metadata.get('namespace')}/{metadata.get('name')}"
+        where = str(key_of(workload))
         try:
-            answer = await self._probe_stop_signal(deployment)
+            answer = await self._probe_stop_signal(workload)
         except (ApiError, aiohttp.ClientError, TimeoutError, KeyError, IndexError, TypeError) as error:
             delay = self._retry_delays[min(self._failures, len(self._retry_delays) - 1)]
+            delay = max(delay, retry_after(error) or 0.0)  # no sooner than the API server asked
             self._failures += 1
             self._next_probe = now + delay
             cause = _describe(error)
-            self._last_failure = f"the dry-run probe on Deployment {where} failed ({cause})"
+            self._last_failure = f"the dry-run probe on {where} failed ({cause})"
             log.warning(
-                "lifecycle.stopSignal probe on Deployment %s failed (%s): not cached, probing again on a "
+                "lifecycle.stopSignal probe on %s failed (%s): not cached, probing again on a "
                 "reconcile after %.0f s",
                 where,
                 cause,
@@ -103,12 +105,13 @@ class CapabilityCache:
         self._failures = 0
         return answer
 
-    async def _probe_stop_signal(self, deployment: Mapping[str, Any]) -> bool:
-        metadata = deployment["metadata"]
-        container = deployment["spec"]["template"]["spec"]["containers"][0]["name"]
+    async def _probe_stop_signal(self, workload: Mapping[str, Any]) -> bool:
+        metadata = workload["metadata"]
+        container = workload["spec"]["template"]["spec"]["containers"][0]["name"]
+        key = key_of(workload)
         probe = {
             "apiVersion": "apps/v1",
-            "kind": "Deployment",
+            "kind": key.kind,
             "metadata": {"name": metadata["name"], "namespace": metadata["namespace"]},
             "spec": {
                 "template": {
@@ -119,9 +122,7 @@ class CapabilityCache:
                 }
             },
         }
-        result = await self._api.apply_deployment(
-            metadata["namespace"], metadata["name"], probe, force=True, dry_run=True
-        )
+        result = await self._api.apply_workload(key, probe, force=True, dry_run=True)
         containers = result.get("spec", {}).get("template", {}).get("spec", {}).get("containers", [])
         kept = any((c.get("lifecycle") or {}).get("stopSignal") == "SIGTERM" for c in containers)
         return kept
@@ -135,5 +136,5 @@ def _describe(error: BaseException) -> str:
     elif isinstance(error, aiohttp.ClientError):
         text = f"{type(error).__name__}: {error}"
     else:
-        text = f"the Deployment has no container to probe with ({type(error).__name__}: {error})"
+        text = f"the workload has no container to probe with ({type(error).__name__}: {error})"
     return text if len(text) <= 500 else text[:500] + "..."

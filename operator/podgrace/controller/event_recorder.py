@@ -9,6 +9,11 @@ distinct message a user caused: O(n^2) over many edits), and no write request at
 (a restart over unchanged objects makes zero writes, failed ones included). A create that still meets
 409 AlreadyExists (another replica posted it meanwhile) is the same answer.
 
+A Normal Event posted with `once=True` (the planner's notices, e.g. SoleRuleApplied: said on every
+reconcile of the Deployment, not only alongside a write) is named and checked the same way, so a resync
+or a restart does not repeat it either. Other Normal Events (Applied, Reverted) follow a write, are named
+with generateName and may go through the background lane.
+
 Memory is bounded whatever users write: the process remembers those digests, at most SEEN_LIMIT of them,
 never the message itself.
 """
@@ -65,7 +70,12 @@ class EventRecorder:
         self._pending: PendingEvents | None = None
         self._posters: list[asyncio.Task[None]] = []
 
-    async def post(self, obj: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
+    async def post(
+        self, obj: Mapping[str, Any], type_: str, reason: str, message: str, *, once: bool = False
+    ) -> None:
+        """Post an Event once per distinct message in this process; a Warning, or any Event with `once`,
+        also only when the API server does not have it yet (see the module's docstring)."""
+        once = once or type_ == WARNING
         metadata = obj.get("metadata") or {}
         uid = str(metadata.get("uid") or "")
         namespace = str(metadata.get("namespace") or "default")
@@ -74,18 +84,18 @@ class EventRecorder:
         if key in self._seen:
             self._seen.move_to_end(key)
             return
-        if type_ == NORMAL and self._background:
+        if not once and self._background:
             self._remember(key)  # forgotten again if the post fails
             self._lane().put_nowait((namespace, self._event(obj, type_, reason, message), key))
             return
-        event = self._event(obj, type_, reason, message, key)
+        event = self._event(obj, type_, reason, message, key if once else None)
         try:
-            if type_ == WARNING and await self._api.get_event(namespace, event["metadata"]["name"]):
+            if once and await self._api.get_event(namespace, event["metadata"]["name"]):
                 self._remember(key)  # posted before (by an earlier process): nothing new to say
                 return
             await self._api.create_event(namespace, event)
         except ApiError as error:
-            if error.status == 409 and type_ == WARNING:
+            if error.status == 409 and once:
                 self._remember(key)  # posted before (by an earlier process): nothing new to say
                 return
             # Events are best effort: failing to post one must not fail the reconcile.
@@ -156,10 +166,8 @@ class EventRecorder:
         metadata = obj.get("metadata") or {}
         now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         prefix = str(metadata.get("name", "podgrace"))[:200]
-        # A Warning is named by what it says (see the module's docstring); a Normal Event is named afresh.
-        name = (
-            {"name": f"{prefix}.{key.hex()}"} if type_ == WARNING and key else {"generateName": f"{prefix}."}
-        )
+        # An Event posted once is named by what it says (see the module's docstring); others afresh.
+        name = {"name": f"{prefix}.{key.hex()}"} if key else {"generateName": f"{prefix}."}
         return {
             "apiVersion": "v1",
             "kind": "Event",

@@ -1,8 +1,8 @@
-"""The take-once memory: per Deployment and contested field, what podgrace wrote and whether it backed off.
+"""The take-once memory: per workload and contested field, what podgrace wrote and whether it backed off.
 
 The one owner of this state (the decision is core/take_once.py). It lives in the operator's memory: after a
 restart podgrace may take a field it had backed off from once more (then backs off again: at most one
-extra rollout per restart), which is the price of writing nothing but the Deployment's spec.
+extra rollout per restart), which is the price of writing nothing but the workload's spec.
 """
 
 from __future__ import annotations
@@ -10,13 +10,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from podgrace.controller.deployment_key import Key
+from podgrace.controller.workload_key import Key
 from podgrace.core.take_once import Taken, Verdict, decide
 
 
 class FieldMemory:
     def __init__(self) -> None:
-        self._taken: dict[Key, tuple[str, dict[str, Taken]]] = {}  # Deployment -> (uid, field -> Taken)
+        self._taken: dict[Key, tuple[str, dict[str, Taken]]] = {}  # workload -> (uid, field -> Taken)
 
     def verdicts(
         self, key: Key, uid: str, live: Mapping[str, Any], owned: set[str], inputs: str
@@ -52,5 +52,5 @@ class FieldMemory:
         self._taken[key] = (uid, fields)
 
     def forget(self, key: Key) -> None:
-        """Opted out, reverted or deleted: nothing is remembered about the Deployment."""
+        """Opted out, reverted or deleted: nothing is remembered about the workload."""
         self._taken.pop(key, None)

@@ -17,6 +17,8 @@ import kopf
 import orjson
 
 from podgrace.controller.credentials import Credentials
+from podgrace.controller.rate_limit import retry_after_seconds
+from podgrace.controller.workload_key import Key, object_path
 from podgrace.core.constants import FIELD_MANAGER, GROUP, PROFILE_PLURAL, VERSION
 
 log = logging.getLogger(__name__)
@@ -28,26 +30,29 @@ PARTIAL_METADATA = "application/json;as=PartialObjectMetadata;v=v1;g=meta.k8s.io
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, reason: str, message: str) -> None:
+    def __init__(self, status: int, reason: str, message: str, retry_after: float | None = None) -> None:
         super().__init__(f"{status} {reason}: {message}")
         self.status = status
         self.reason = reason
         self.message = message
+        # Seconds the API server asked podgrace to wait before this request again (a 429's or 5xx's
+        # Retry-After, capped: rate_limit.retry_after_seconds); None: it said nothing.
+        self.retry_after = retry_after
 
 
 class Api(Protocol):
     """What the reconcilers need from the API server (a fake implements it in the unit tests)."""
 
-    async def get_deployment(self, namespace: str, name: str) -> dict[str, Any] | None: ...
+    async def get_workload(self, key: Key) -> dict[str, Any] | None: ...
 
-    async def apply_deployment(
-        self, namespace: str, name: str, body: dict[str, Any], *, force: bool = False, dry_run: bool = False
+    async def apply_workload(
+        self, key: Key, body: dict[str, Any], *, force: bool = False, dry_run: bool = False
     ) -> dict[str, Any]: ...
 
     async def patch_profile_status(self, name: str, status: dict[str, Any]) -> None: ...
 
-    async def patch_deployment_as(
-        self, namespace: str, name: str, patch: dict[str, Any], field_manager: str
+    async def patch_workload_as(
+        self, key: Key, patch: dict[str, Any], field_manager: str
     ) -> dict[str, Any]: ...
 
     async def create_event(self, namespace: str, event: dict[str, Any]) -> None: ...
@@ -55,6 +60,8 @@ class Api(Protocol):
     async def get_event(self, namespace: str, name: str) -> dict[str, Any] | None: ...
 
     async def server_version(self) -> tuple[int, int]: ...
+
+    async def list_running_pods(self, namespace: str, label_selector: str) -> list[dict[str, Any]]: ...
 
 
 class KubeClient:
@@ -134,7 +141,7 @@ class KubeClient:
         except orjson.JSONDecodeError:
             payload = None
         if response.status >= 400:
-            raise _error(response.status, raw)
+            raise _error(response.status, raw, response.headers.get("Retry-After"))
         if not isinstance(payload, dict):
             raise ApiError(response.status, "BadResponse", f"not a JSON object: {raw[:200]!r}")
         return payload
@@ -180,8 +187,8 @@ class KubeClient:
         except (aiohttp.ClientError, TimeoutError) as error:
             log.debug("credentials check: no answer: %s", error)
 
-    async def get_deployment(self, namespace: str, name: str) -> dict[str, Any] | None:
-        return await self._get_or_none(f"/apis/apps/v1/namespaces/{namespace}/deployments/{name}")
+    async def get_workload(self, key: Key) -> dict[str, Any] | None:
+        return await self._get_or_none(object_path(key))
 
     async def get_event(self, namespace: str, name: str) -> dict[str, Any] | None:
         return await self._get_or_none(f"/api/v1/namespaces/{namespace}/events/{name}")
@@ -195,63 +202,63 @@ class KubeClient:
                 return None
             raise
 
-    async def apply_deployment(
-        self, namespace: str, name: str, body: dict[str, Any], *, force: bool = False, dry_run: bool = False
+    async def apply_workload(
+        self, key: Key, body: dict[str, Any], *, force: bool = False, dry_run: bool = False
     ) -> dict[str, Any]:
         """Server-side apply under podgrace's field manager. A dry run returns the whole object (the
         capability probe reads its spec); a real apply returns only the object's metadata, which is all the
         reconciler reads (the API server then neither encodes nor sends the spec and status)."""
-        params = {"fieldManager": FIELD_MANAGER}
-        if force:
-            params["force"] = "true"
+        flags = {"force": "true"} if force else {}
         if dry_run:
-            params["dryRun"] = "All"
-        return await self._request(
-            "PATCH",
-            f"/apis/apps/v1/namespaces/{namespace}/deployments/{name}",
-            params=params,
-            body=body,
-            content_type=APPLY,
-            accept=None if dry_run else PARTIAL_METADATA,
-        )
+            flags["dryRun"] = "All"
+        accept = None if dry_run else PARTIAL_METADATA
+        return await self._write("PATCH", object_path(key), body, APPLY, accept=accept, **flags)
 
-    async def patch_deployment_as(
-        self, namespace: str, name: str, patch: dict[str, Any], field_manager: str
-    ) -> dict[str, Any]:
+    async def patch_workload_as(self, key: Key, patch: dict[str, Any], field_manager: str) -> dict[str, Any]:
         """A strategic merge patch (an Update operation) under a field manager's name: podgrace's own
         writes (core/write_patch.py), and a hook podgrace replaced given back to the manager that wrote it
         (the opt-out's restore). Returns only the object's metadata, all the reconciler reads."""
-        return await self._request(
-            "PATCH",
-            f"/apis/apps/v1/namespaces/{namespace}/deployments/{name}",
-            params={"fieldManager": field_manager},
-            body=patch,
-            content_type=STRATEGIC,
-            accept=PARTIAL_METADATA,
+        return await self._write(
+            "PATCH", object_path(key), patch, STRATEGIC, manager=field_manager, accept=PARTIAL_METADATA
         )
 
     async def patch_profile_status(self, name: str, status: dict[str, Any]) -> None:
-        await self._request(
-            "PATCH",
-            f"/apis/{GROUP}/{VERSION}/{PROFILE_PLURAL}/{name}/status",
-            params={"fieldManager": FIELD_MANAGER},
-            body={"status": status},
-            content_type=MERGE,
-        )
+        path = f"/apis/{GROUP}/{VERSION}/{PROFILE_PLURAL}/{name}/status"
+        await self._write("PATCH", path, {"status": status}, MERGE)
 
     async def create_event(self, namespace: str, event: dict[str, Any]) -> None:
-        await self._request(
-            "POST",
-            f"/api/v1/namespaces/{namespace}/events",
-            params={"fieldManager": FIELD_MANAGER},
-            body=event,
-            content_type="application/json",
+        await self._write("POST", f"/api/v1/namespaces/{namespace}/events", event, "application/json")
+
+    async def _write(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any],
+        content_type: str,
+        *,
+        manager: str = FIELD_MANAGER,
+        accept: str | None = None,
+        **flags: str,
+    ) -> dict[str, Any]:
+        """Every write names its field manager: managedFields then say who wrote what."""
+        params = {"fieldManager": manager, **flags}
+        return await self._request(
+            method, path, params=params, body=body, content_type=content_type, accept=accept
         )
 
     async def server_version(self) -> tuple[int, int]:
         info = await self._request("GET", "/version")
         minor = "".join(ch for ch in str(info.get("minor", "0")) if ch.isdigit()) or "0"
         return int(info.get("major", "1")), int(minor)
+
+    async def list_running_pods(self, namespace: str, label_selector: str) -> list[dict[str, Any]]:
+        """The Running pods a selector selects, from the API server's cache (resourceVersion=0): podgrace
+        only reads their status (stop_signal_check.py), so a slightly old view does."""
+        params = {"labelSelector": label_selector, "fieldSelector": "status.phase=Running"}
+        params["resourceVersion"] = "0"
+        result = await self._request("GET", f"/api/v1/namespaces/{namespace}/pods", params=params)
+        items: list[dict[str, Any]] = result.get("items") or []
+        return items
 
     async def list_profiles(self) -> list[dict[str, Any]]:
         result = await self._request("GET", f"/apis/{GROUP}/{VERSION}/{PROFILE_PLURAL}")
@@ -277,7 +284,7 @@ class KubeClient:
             self._authenticated(response.status, "WATCH", path, retry=False)
         async with response:
             if response.status >= 400:
-                raise _error(response.status, await response.read())
+                raise _error(response.status, await response.read(), response.headers.get("Retry-After"))
             pending = bytearray()
             async for chunk in response.content.iter_any():
                 pending += chunk
@@ -290,12 +297,19 @@ class KubeClient:
                 del pending[:start]
 
 
-def _error(status: int, raw: bytes) -> ApiError:
-    """An ApiError from an error response: a Status object's reason and message, else the text."""
+def retry_after(error: BaseException) -> float | None:
+    """The Retry-After an API error carried (None: none, or not an API error)."""
+    return error.retry_after if isinstance(error, ApiError) else None
+
+
+def _error(status: int, raw: bytes, retry_after: str | None = None) -> ApiError:
+    """An ApiError from an error response: a Status object's reason and message, else the text; and
+    the Retry-After of a 429 or 5xx (what the API server's priority and fairness, or a proxy, asks)."""
     try:
         payload = orjson.loads(raw) if raw else {}
     except orjson.JSONDecodeError:
         payload = None
     details = payload if isinstance(payload, dict) else {}
     text = raw.decode(errors="replace")
-    return ApiError(status, str(details.get("reason", "")), str(details.get("message", text)))
+    wait = retry_after_seconds(retry_after) if status == 429 or status >= 500 else None
+    return ApiError(status, str(details.get("reason", "")), str(details.get("message", text)), wait)

@@ -1,11 +1,13 @@
 """Prometheus metrics, with controller-runtime's meanings under a `podgrace_` prefix.
 
-Label values are bounded: controller and result are fixed sets, findings and reasons are `findings.Code`,
-and profiles are the cluster's ShutdownProfiles (a handful).
+Label values are bounded: controller and result are fixed sets (a controller per workload kind, and the
+ShutdownProfiles'), `kind` is deployment, statefulset or daemonset, findings and reasons are
+`findings.Code`, and profiles are the cluster's ShutdownProfiles (a handful).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import platform
 
@@ -13,6 +15,7 @@ from prometheus_client import CollectorRegistry, Gauge, Histogram
 from prometheus_client import Counter as PromCounter
 
 from podgrace import __version__
+from podgrace.controller.workload_key import KINDS
 from podgrace.core.findings import RISKS, Code
 
 WRITE_KINDS = ("apply", "revert", "status", "event")
@@ -21,7 +24,8 @@ RECLAIMED_FIELDS = ("terminationGracePeriodSeconds", "os.name", "preStop", "stop
 # The reasons of the Warning Events podgrace posts (Code values that are not risks).
 WARNING_REASONS = frozenset(Code) - RISKS
 
-DEPLOYMENT = "deployment"
+# The workload controllers are named by their kind's label (deployment, statefulset, daemonset).
+WORKLOAD_LABELS = tuple(kind.label for kind in KINDS)
 PROFILE = "shutdownprofile"
 
 # controller-runtime's default reconcile-time buckets.
@@ -36,67 +40,69 @@ class Metrics:
         from prometheus_client import REGISTRY
 
         self.registry = registry if registry is not None else REGISTRY
-        r = self.registry
-        self.reconcile_total = PromCounter(
-            "podgrace_reconcile_total", "Reconciliations by controller and result.", ["controller", "result"],
-            registry=r,
-        )  # fmt: skip
-        self.reconcile_errors = PromCounter(
-            "podgrace_reconcile_errors_total",
-            "Reconciliations that ended in an error.",
-            ["controller"],
-            registry=r,
+        self.reconcile_total = self._counter(
+            "podgrace_reconcile_total", "Reconciliations by controller and result.", "controller", "result"
+        )
+        self.reconcile_errors = self._counter(
+            "podgrace_reconcile_errors_total", "Reconciliations that ended in an error.", "controller"
         )
         self.reconcile_time = Histogram(
-            "podgrace_reconcile_time_seconds", "Time per reconciliation.", ["controller"],
-            buckets=RECONCILE_BUCKETS, registry=r,
-        )  # fmt: skip
-        self.reclaimed = PromCounter(
+            "podgrace_reconcile_time_seconds",
+            "Time per reconciliation.",
+            ["controller"],
+            buckets=RECONCILE_BUCKETS,
+            registry=self.registry,
+        )
+        self.reclaimed = self._counter(
             "podgrace_field_reclaimed_total",
             "Fields an owner took back after podgrace had taken them (podgrace backed off), by field "
             "(terminationGracePeriodSeconds, os.name, preStop or stopSignal).",
-            ["field"],
-            registry=r,
+            "field",
         )
-        self.writes = PromCounter(
-            "podgrace_writes_total", "API write requests podgrace made, by kind.", ["kind"], registry=r
+        self.writes = self._counter(
+            "podgrace_writes_total", "API write requests podgrace made, by kind.", "kind"
         )
-        self.managed = Gauge(
-            "podgrace_managed_workloads",
-            "Deployments opted in to each ShutdownProfile.",
-            ["profile"],
-            registry=r,
-        )
-        self.at_risk = Gauge(
-            "podgrace_workloads_at_risk", "Deployments that may drop requests, by finding.", ["finding"],
-            registry=r,
+        self.managed = self._gauge(
+            "podgrace_managed_workloads", "Workloads opted in to each ShutdownProfile, by kind.", "profile",
+            "kind",
         )  # fmt: skip
-        self.profile_ready = Gauge(
-            "podgrace_profile_ready",
-            "1 when the ShutdownProfile is valid and Ready.",
-            ["profile"],
-            registry=r,
+        self.at_risk = self._gauge(
+            "podgrace_workloads_at_risk", "Workloads that may drop requests, by finding and kind.", "finding",
+            "kind",
+        )  # fmt: skip
+        self.profile_ready = self._gauge(
+            "podgrace_profile_ready", "1 when the ShutdownProfile is valid and Ready.", "profile"
         )
-        self.warnings = PromCounter(
-            "podgrace_warnings_total", "Warning Events posted, by reason.", ["reason"], registry=r
+        self.stop_signal_ignored = self._gauge(
+            "podgrace_stop_signal_ignored_workloads",
+            "Workloads whose pods show that the container runtime ignores lifecycle.stopSignal (they get "
+            "the fallback preStop hook instead).",
         )
-        self.retries = PromCounter(
+        self.warnings = self._counter(
+            "podgrace_warnings_total", "Warning Events posted, by reason.", "reason"
+        )
+        self.retries = self._counter(
             "podgrace_workqueue_retries_total",
             "Reconciles tried again after a failure, with backoff.",
-            ["name"],
-            registry=r,
+            "name",
         )
-        self.retries.labels(DEPLOYMENT)
-        self.build_info = Gauge(
-            "podgrace_build_info", "podgrace's version.", ["version", "python_version"], registry=r
+        for label in WORKLOAD_LABELS:
+            self.retries.labels(label)
+        self.tasks = self._gauge(
+            "podgrace_asyncio_tasks",
+            "asyncio tasks alive in the operator's event loop: steady when idle; growth is a leak.",
+        )
+        self.build_info = self._gauge(
+            "podgrace_build_info", "podgrace's version.", "version", "python_version"
         )
         self.build_info.labels(__version__, platform.python_version()).set(1)
-        for controller in (DEPLOYMENT, PROFILE):
+        for controller in (*WORKLOAD_LABELS, PROFILE):
             for result in ("success", "error", "requeue"):
                 self.reconcile_total.labels(controller, result)
             self.reconcile_errors.labels(controller)
         for code in sorted(RISKS):
-            self.at_risk.labels(code.value).set(0)
+            for label in WORKLOAD_LABELS:
+                self.at_risk.labels(code.value, label).set(0)
         # Counters exist at 0 from the start, so the first increment after a start shows in increase().
         for code in sorted(WARNING_REASONS):
             self.warnings.labels(code.value)
@@ -105,8 +111,23 @@ class Metrics:
         for field in RECLAIMED_FIELDS:
             self.reclaimed.labels(field)
 
+    # A metric of this registry, from its name, help text and label names.
+
+    def _counter(self, name: str, documentation: str, *labels: str) -> PromCounter:
+        return PromCounter(name, documentation, labels, registry=self.registry)
+
+    def _gauge(self, name: str, documentation: str, *labels: str) -> Gauge:
+        return Gauge(name, documentation, labels, registry=self.registry)
+
+    def count_tasks(self, loop: asyncio.AbstractEventLoop) -> None:
+        """podgrace_asyncio_tasks counts `loop`'s unfinished tasks when scraped (all_tasks copes with
+        being called from the metrics server's thread: it retries a copy that raced a change)."""
+        self.tasks.set_function(lambda: len(asyncio.all_tasks(loop)))
+
     def forget_profile(self, name: str) -> None:
         """A deleted ShutdownProfile's series go away rather than report a profile that is not there."""
-        for gauge in (self.profile_ready, self.managed):
+        with contextlib.suppress(KeyError):
+            self.profile_ready.remove(name)
+        for label in WORKLOAD_LABELS:
             with contextlib.suppress(KeyError):
-                gauge.remove(name)
+                self.managed.remove(name, label)

@@ -7,41 +7,38 @@ from typing import Any
 
 from podgrace.controller.profile_index import ProfileIndex
 from podgrace.controller.reconciler import Reconciler
-from podgrace.controller.skip_record import SkipRecord
 from podgrace.controller.status_flusher import StatusFlusher
-from podgrace.core.profile_store import ProfileStore
 
 
 class ProfileEvents:
     def __init__(
         self,
-        store: ProfileStore,
-        index: ProfileIndex,
-        record: SkipRecord,
-        flusher: StatusFlusher,
         reconciler: Reconciler,
+        index: ProfileIndex,
+        flusher: StatusFlusher,
         listed: Callable[[], Awaitable[Any]],
     ) -> None:
-        self._store = store
-        self._index = index
-        self._record = record
-        self._flusher = flusher
         self._reconciler = reconciler
-        self._listed = listed  # until every Deployment is known
+        self._index = index
+        self._flusher = flusher
+        self._listed = listed  # until every workload is known
+        # The reconciler's own: the profiles it plans with, the record of what it settled on.
+        self._store = reconciler.store
+        self._record = reconciler.record
 
     async def on_event(self, event_type: str, body: Mapping[str, Any]) -> None:
         name = str(body["metadata"]["name"])
         generation = None if event_type == "DELETED" else body["metadata"].get("generation")
         known = self._store.entry(name)
         if generation is None or known is None or known.generation != generation:
-            # A new spec (generation) or a deletion changes what Deployments plan.
+            # A new spec (generation) or a deletion changes what workloads plan.
             self._record.profiles_changed()
         if event_type == "DELETED":
             self._flusher.forget(name)
             await self._listed()
-            # Its Deployments are told (UnknownProfile), keep what they have, and stop counting as managed.
+            # Its workloads are told (UnknownProfile), keep what they have, and stop counting as managed.
             await self._reconciler.profile_deleted(name, self._index.users_of(name))
             return
         self._flusher.track(body)
-        await self._listed()  # its status counts, and its fan-out reaches, every Deployment naming it
+        await self._listed()  # its status counts, and its fan-out reaches, every workload naming it
         await self._reconciler.reconcile_profile(body, self._index.users_of(name))

@@ -1,9 +1,9 @@
-"""Which Deployments name which ShutdownProfile: for a profile's fan-out, its status count and the
+"""Which workloads (any kind) name which ShutdownProfile: for a profile's fan-out, its status count and the
 managed-workloads gauge.
 
 podgrace keeps it itself rather than as a Kopf index: Kopf holds every handler until all objects are
 indexed, and that wait costs O(N^2) wake-ups (200 s of start-up at 5,000 Deployments). It is complete once
-the informer has listed every Deployment (`DeploymentInformer.listed`).
+the informers have listed every workload (`Informers.wait_listed`).
 """
 
 from __future__ import annotations
@@ -11,16 +11,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from podgrace.controller.deployment_key import Key
+from podgrace.controller.workload_key import Key
 from podgrace.core import overrides
 
 # A ShutdownProfile's name is at most 253 characters (a DNS subdomain): a longer value names none, and is
-# not kept (the index holds one value per Deployment, whatever size users write; the reconcile reports it).
+# not kept (the index holds one value per workload, whatever size users write; the reconcile reports it).
 MAX_PROFILE_NAME = 253
 
 
 def profile_annotation(annotations: Mapping[str, Any] | None) -> str | None:
-    """The profile a Deployment names (stripped; empty, or too long to be a name, is none)."""
+    """The profile a workload names (stripped; empty, or too long to be a name, is none)."""
     name = overrides.profile_name(annotations or {})
     return name if name and len(name) <= MAX_PROFILE_NAME else None
 

@@ -5,11 +5,15 @@ The delay before a Deployment's next attempt is the larger of
   1000 s (client-go's `ItemExponentialFailureRateLimiter(5ms, 1000s)`), reset when a reconcile of it
   succeeds or it is deleted, and
 - an overall token bucket shared by all retries: 10 per second, bursts of 100 (`BucketRateLimiter`), so
-  that thousands of Deployments failing at once (an API server outage) come back at a bounded rate.
+  that thousands of Deployments failing at once (an API server outage) come back at a bounded rate,
+
+and never earlier than a `Retry-After` the API server sent with its 429 or 5xx (`retry_after_seconds`).
 """
 
 from __future__ import annotations
 
+import datetime
+import email.utils
 import time
 from collections.abc import Callable, Hashable
 
@@ -17,6 +21,29 @@ BASE_DELAY = 0.005
 MAX_DELAY = 1000.0
 QPS = 10.0
 BURST = 100
+# The longest Retry-After podgrace obeys: the API server's priority and fairness sends 1 s, a load
+# balancer or a proxy in front of it may send anything (an HTTP date a day ahead); beyond this the
+# backoff's own doubling, which continues, takes over.
+MAX_RETRY_AFTER = 60.0
+
+
+def retry_after_seconds(value: str | None, now: Callable[[], float] = time.time) -> float | None:
+    """A Retry-After header (RFC 9110: delay-seconds or an HTTP date) as seconds to wait, capped at
+    MAX_RETRY_AFTER; None when absent or unreadable (then only the backoff applies)."""
+    if value is None or not value.strip():
+        return None
+    text = value.strip()
+    if text.isdigit():
+        seconds = float(int(text[:12]))  # twelve digits are far beyond the cap; no huge integers
+    else:
+        try:
+            when = email.utils.parsedate_to_datetime(text)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:  # "-0000": RFC 9110 dates are GMT, so taken as such
+            when = when.replace(tzinfo=datetime.UTC)
+        seconds = max(0.0, when.timestamp() - now())
+    return min(seconds, MAX_RETRY_AFTER)
 
 
 class ItemBackoff:

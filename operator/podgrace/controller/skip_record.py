@@ -1,13 +1,15 @@
-"""What podgrace last settled on and last wrote for each Deployment: the record that decides which
-Deployment events need no reconcile.
+"""What podgrace last settled on and last wrote for each workload: the record that decides which
+workload events need no reconcile.
 
-Two facts a Deployment, one entry:
+Two facts a workload, one entry:
 - settled: the signature (`work_queue.signature`) of the state whose reconcile had nothing to report (no
   Warning, nothing failed), with the profiles' version then. An event with the same signature under the
   same profiles (a status update, the echo of podgrace's own write) would plan the same and find the same
   no-op.
-- written: the uid and generation podgrace's last apply returned. A watch event of an older generation is
-  from before that write and must not trigger the same apply again.
+- written: the uid and the newest generation podgrace's own requests have shown it: what its last apply
+  returned, or a fresh read (a retry's GET). A watch event of an older generation is from before that and
+  must not trigger an apply again: a lagging watch can deliver a user's edit after a retry has read, and
+  found already done, the write that followed it (an apply whose answer was lost).
 
 Whether an apply would change anything is not decided here: that is `core.write_patch.write_patch`.
 """
@@ -17,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from podgrace.controller.deployment_key import Key
+from podgrace.controller.workload_key import Key
 
 
 class _Entry:
@@ -36,7 +38,7 @@ class _Entry:
 class SkipRecord:
     def __init__(self) -> None:
         self._entries: dict[Key, _Entry] = {}
-        # Bumped when a ShutdownProfile's spec changes or it is deleted: what Deployments settled on
+        # Bumped when a ShutdownProfile's spec changes or it is deleted: what workloads settled on
         # before may then plan differently.
         self._profiles_version = 0
 
@@ -85,8 +87,24 @@ class SkipRecord:
         entry.written_uid = str(metadata.get("uid"))
         entry.written_generation = generation
 
+    def read(self, key: Key, fresh: Mapping[str, Any]) -> None:
+        """podgrace read `fresh` from the API server (not from the watch): events older are stale."""
+        metadata = fresh.get("metadata") or {}
+        generation = metadata.get("generation")
+        if self.is_stale(key, metadata) or (
+            isinstance(generation, int) and self._known_generation(key, metadata) == generation
+        ):
+            return  # an answer older than (or as new as) what is known: the mark never goes down
+        self.wrote(key, fresh)
+
+    def _known_generation(self, key: Key, metadata: Mapping[str, Any]) -> int | None:
+        entry = self._entries.get(key)
+        if entry is None or entry.written_uid != str(metadata.get("uid")):
+            return None
+        return entry.written_generation
+
     def is_stale(self, key: Key, metadata: Mapping[str, Any]) -> bool:
-        """Whether a Deployment with this metadata is older than podgrace's last write of it."""
+        """Whether a workload with this metadata is older than podgrace's last write of it."""
         entry = self._entries.get(key)
         generation = metadata.get("generation")
         if entry is None or entry.written_uid != str(metadata.get("uid")) or not isinstance(generation, int):

@@ -3,6 +3,7 @@ Kopf handlers as Kopf's `memo`. Starting and stopping them is all this module do
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -11,24 +12,25 @@ import kopf
 
 from podgrace.controller.capability_probe import CapabilityCache
 from podgrace.controller.credentials import Credentials
-from podgrace.controller.deployment_events import DeploymentEvents
 from podgrace.controller.event_recorder import EventRecorder
-from podgrace.controller.informer import DeploymentInformer
+from podgrace.controller.informer import Informers, WorkloadInformer
 from podgrace.controller.kube_api import KubeClient
-from podgrace.controller.metrics import DEPLOYMENT, Metrics
+from podgrace.controller.metrics import Metrics
 from podgrace.controller.profile_events import ProfileEvents
 from podgrace.controller.profile_index import ProfileIndex
 from podgrace.controller.reconciler import Reconciler
 from podgrace.controller.skip_record import SkipRecord
 from podgrace.controller.status_flusher import StatusFlusher
-from podgrace.controller.work_queue import DeploymentQueue
+from podgrace.controller.work_queue import WorkQueue
+from podgrace.controller.workload_events import WorkloadEvents
 from podgrace.controller.workload_gauges import WorkloadGauges
+from podgrace.controller.workload_key import KINDS, Key, kind_named
 from podgrace.core.profile_store import ProfileStore
 
 log = logging.getLogger(__name__)
 
 # Tasks posting the Normal Events (Applied, Reverted) after the writes: few, so that during a sync over
-# thousands of Deployments the API server spends itself on the settings first.
+# thousands of workloads the API server spends itself on the settings first.
 EVENT_POSTERS = 2
 # The liveness probe fails once every API response has been a 401 for this long (the token read again in
 # between): credentials that stopped working do not come back by themselves, a restart reads them afresh.
@@ -51,39 +53,42 @@ class Operator:
     client: KubeClient
     store: ProfileStore
     capabilities: CapabilityCache
-    queue: DeploymentQueue
+    queue: WorkQueue
     events: EventRecorder
-    deployments: DeploymentEvents
-    informer: DeploymentInformer
+    workloads: WorkloadEvents
+    informers: Informers  # one per workload kind
     flusher: StatusFlusher
     profiles: ProfileEvents
+    metrics: Metrics | None = None
 
     async def start(self) -> None:
         """Learn the API server's version and the ShutdownProfiles, then start reconciling."""
         version = await self.capabilities.server_version()
+        if self.metrics is not None:
+            self.metrics.count_tasks(asyncio.get_running_loop())
         for body in await self.client.list_profiles():
             self.store.upsert(body)
-        self.queue.start(self.deployments.handle)
-        self.informer.start()
+        self.queue.start(self.workloads.handle)
+        self.informers.start()
         self.flusher.start()
         log.info("podgrace started: API server %s.%s, %d ShutdownProfiles", *version, len(self.store.names()))
 
     async def stop(self) -> None:
-        await self.informer.stop()
+        await self.informers.stop()
         await self.flusher.stop()
         await self.queue.stop()
         await self.events.close()
         await self.client.close()
 
     def health(self) -> dict[str, Any]:
-        """For the liveness probe: raises (fails it) when the informer has stopped or the API server has
+        """For the liveness probe: raises (fails it) when an informer has stopped or the API server has
         refused podgrace's credentials for UNAUTHORIZED_LIMIT seconds."""
         unauthorized = self.client.unauthorized_for()
         if unauthorized >= UNAUTHORIZED_LIMIT:
             raise RuntimeError(
                 f"the API server has refused podgrace's credentials (401) for {unauthorized:.0f} s"
             )
-        return self.informer.health()
+        return self.informers.health()
 
     def connection(self) -> kopf.ConnectionInfo:
         """For Kopf's login handler: the credentials as they are now (a rotated token read again)."""
@@ -98,19 +103,35 @@ def build(options: Options, connection: kopf.ConnectionInfo | Credentials, metri
     record = SkipRecord()
     gauges = WorkloadGauges(metrics, index)
     capabilities = CapabilityCache(client, stop_signal_override=options.stop_signals)
-    queue = DeploymentQueue(options.workers)
+    queue = WorkQueue(options.workers)
     events = EventRecorder(client, metrics, background=EVENT_POSTERS, idle=queue.wait_idle)
     reconciler = Reconciler(
         client, store, capabilities, events, metrics, gauges, record, concurrency=options.workers
     )
-    deployments = DeploymentEvents(index, record, gauges, queue, reconciler)
+    workloads = WorkloadEvents(reconciler, index, queue)
     reconciler.retry = queue.retry  # the fan-out's failures are retried by the queue, with its backoff
-    queue.on_retry = metrics.retries.labels(DEPLOYMENT).inc
-    informer = DeploymentInformer(
-        client, options.namespaces, deployments.on_event, resync_seconds=options.resync_seconds
+    reconciler.held = queue.held  # and it leaves alone a workload the API server asked to wait for
+
+    def count_retry(key: Key) -> None:
+        metrics.retries.labels(kind_named(key.kind).label).inc()
+
+    queue.on_retry = count_retry
+    # One informer per kind, into the same queue: one reconcile path for every kind.
+    informers = Informers(
+        [
+            WorkloadInformer(
+                client,
+                options.namespaces,
+                workloads.on_event,
+                kind=kind,
+                resync_seconds=options.resync_seconds,
+            )
+            for kind in KINDS
+        ]
     )
-    flusher = StatusFlusher(reconciler, index, informer.listed.wait)
-    profiles = ProfileEvents(store, index, record, flusher, reconciler, informer.listed.wait)
+    flusher = StatusFlusher(reconciler, index, informers.wait_listed)
+    profiles = ProfileEvents(reconciler, index, flusher, informers.wait_listed)
     return Operator(
-        credentials, client, store, capabilities, queue, events, deployments, informer, flusher, profiles
-    )
+        credentials, client, store, capabilities, queue, events, workloads, informers, flusher, profiles,
+        metrics,
+    )  # fmt: skip

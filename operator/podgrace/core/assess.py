@@ -8,6 +8,7 @@ from podgrace.core import hooks
 from podgrace.core.constants import KUBERNETES_DEFAULT_GRACE
 from podgrace.core.findings import Code, Finding
 from podgrace.core.models import PreStopKind, Workload
+from podgrace.core.shellless import no_shell_reason
 from podgrace.core.signals import Role
 from podgrace.core.timing import Expectation, required_grace, signal_delays
 
@@ -23,7 +24,19 @@ def assess(workload: Workload, expectations: Sequence[Expectation]) -> tuple[Fin
     for e in expectations:
         container = containers[e.container]
         effect = hooks.effect(container.pre_stop)
-        if container.pre_stop.kind is PreStopKind.NONE and needed[e.container] > 0:
+        no_shell = no_shell_reason(container, workload.overrides)
+        broken = no_shell is not None and hooks.needs_shell(container.pre_stop)
+        if broken:
+            effect = hooks.NO_EFFECT
+            findings.append(
+                Finding(
+                    Code.EXEC_HOOK_WITHOUT_SHELL,
+                    e.container,
+                    f"the preStop exec hook starts {container.pre_stop.command[0]!r}, but {no_shell}: "
+                    "it fails at once (FailedPreStopHook) and the stop signal follows immediately",
+                )
+            )
+        elif container.pre_stop.kind is PreStopKind.NONE and needed[e.container] > 0:
             findings.append(
                 Finding(
                     Code.NO_PRESTOP,
@@ -80,7 +93,12 @@ def assess(workload: Workload, expectations: Sequence[Expectation]) -> tuple[Fin
                     Code.FAST_STOP_SIGNAL,
                     e.container,
                     f"{e.role.value} stops on {delivered}, a fast shutdown; its graceful stop is "
-                    f"{e.signal.value}",
+                    f"{e.signal.value}"
+                    + (
+                        f" (only lifecycle.stopSignal can give it: {no_shell}, so no preStop hook can)"
+                        if no_shell
+                        else ""
+                    ),
                 )
             )
     grace = workload.termination_grace_period_seconds or KUBERNETES_DEFAULT_GRACE

@@ -14,6 +14,9 @@ ANN_DRAIN = ANNOTATION_PREFIX + "drain-seconds"
 ANN_GRACE = ANNOTATION_PREFIX + "termination-grace-period-seconds"
 ANN_CONTAINERS = ANNOTATION_PREFIX + "containers"
 ANN_EXISTING_PRESTOP = ANNOTATION_PREFIX + "existing-prestop"
+# "true": none of the containers podgrace touches has /bin/sh; "false": all may have one (overrides the
+# built-in knowledge of shell-less images); else the comma-separated names of those without a shell.
+ANN_NO_SHELL = ANNOTATION_PREFIX + "no-shell"
 # podgrace's own bookkeeping (written by the operator, in the same apply that replaces a user's hook): the
 # hooks it replaced and their field managers, JSON {container: {"manager": ..., "preStop": {...}}}, so an
 # opt-out restores them even after an operator restart. Not an input: users do not set it.
@@ -28,6 +31,7 @@ KNOWN_ANNOTATIONS = frozenset(
         ANN_GRACE,
         ANN_CONTAINERS,
         ANN_EXISTING_PRESTOP,
+        ANN_NO_SHELL,
         ANN_REPLACED_PRESTOP,
     }
 )

@@ -18,12 +18,16 @@ class Code(StrEnum):
     GRACE_TOO_SHORT = "GracePeriodTooShort"
     PHP_FPM_BEFORE_DRAIN = "PhpFpmStopsBeforeDrain"
     SIGNAL_HITS_PAUSE = "SignalHookHitsPause"
+    # an exec hook in an image without a shell: it fails at once (FailedPreStopHook)
+    EXEC_HOOK_WITHOUT_SHELL = "ExecHookWithoutShell"
     # Decisions: podgrace left something as the user had it.
     USER_HOOK_KEPT = "UserHookKept"
     STOP_SIGNAL_KEPT = "UserStopSignalKept"
     GRACE_PINNED = "GracePeriodPinned"
     OWNER_RECLAIMED = "OwnerReclaimed"  # an owner took back a field podgrace had taken: podgrace backs off
     NO_MATCHING_CONTAINERS = "NoMatchingContainers"
+    # podgrace wrote only the native forms: the image has no shell for its exec hooks.
+    NO_SHELL_FOR_FALLBACK = "NoShellForFallback"
     # Notices (a Normal Event): what podgrace assumed from an explicit statement.
     SOLE_RULE_APPLIED = "SoleRuleApplied"
     # Input errors: nothing is changed.
@@ -33,6 +37,8 @@ class Code(StrEnum):
     APPLY_FAILED = "ApplyFailed"
     # podgrace cannot deliver the graceful signal: nothing is changed.
     SIGNAL_UNREACHABLE = "SignalHookCannotReachServer"
+    # The container runtime ignores lifecycle.stopSignal: podgrace delivers the signal from its hook.
+    STOP_SIGNAL_IGNORED = "StopSignalIgnored"
 
 
 RISKS = frozenset(
@@ -44,6 +50,7 @@ RISKS = frozenset(
         Code.GRACE_TOO_SHORT,
         Code.PHP_FPM_BEFORE_DRAIN,
         Code.SIGNAL_HITS_PAUSE,
+        Code.EXEC_HOOK_WITHOUT_SHELL,
     }
 )
 ERRORS = frozenset(

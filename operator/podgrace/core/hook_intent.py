@@ -44,11 +44,11 @@ class SignalAndWait:
     A known server (nginx, php-fpm, Apache) is found by its process name under /proc: the process of that
     name whose parent is not of that name (the master), wherever it runs — PID 1, under an init (tini,
     dumb-init) or beside the pause process of a shared PID namespace; PID 1 when none is found. The hook
-    then waits while the master still has children (its workers draining) and returns once they are gone,
-    before the master exits: the kernel would kill a hook still running when PID 1 exits, which kubelets
-    report as FailedPreStopHook. The kubelet's stop signal then finds a master without workers or
-    connections. A generic server has no name to look for: the hook signals PID 1 and waits until it has
-    exited.
+    signals nginx's and php-fpm's workers, Apache's parent (_SIGNAL_WORKERS, _SIGNAL_MASTER say why) and
+    returns once the processes that drain have exited, before the master can exit: the kernel would kill a
+    hook still running when PID 1 exits, which kubelets report as FailedPreStopHook. The kubelet's stop
+    signal then finds nothing in flight. A generic server has no name to look for: the hook signals PID 1
+    and waits until it has exited (so it is still killed with PID 1: FailedPreStopHook remains there).
     """
 
     delay_seconds: int
@@ -60,6 +60,7 @@ class SignalAndWait:
 HookIntent = NativeSleep | ExecSleep | SignalAndWait
 
 _EXEC_SLEEP = "\n".join([HOOK_MARKER, "sleep {seconds}"])
+_EXEC_SLEEP_HEAD = f"{HOOK_MARKER}\nsleep {{delay}}"  # how every exec form starts
 _SIGNAL_AND_WAIT = "\n".join(
     [
         HOOK_MARKER,
@@ -78,41 +79,87 @@ PROCESS_NAMES: dict[Role, str] = {
 }
 
 # POSIX sh with only `sleep` and `kill` from the image: /proc is read with the `read` builtin. Field 4 of
-# /proc/PID/stat is the parent PID (after the command name in parentheses, which may hold spaces).
-_FIND_AND_SIGNAL = "\n".join(
+# /proc/PID/stat is the parent PID (after the command name in parentheses, which may hold spaces), field 3
+# the state (Z: exited, not yet reaped by its parent).
+_FIND_MASTER = [
+    HOOK_MARKER,
+    "sleep {delay}",
+    "m=1",
+    "for d in /proc/[0-9]*; do",
+    '  read -r c <"$d/comm" || continue',
+    "  case $c in {names}) ;; *) continue ;; esac",
+    '  read -r s <"$d/stat" || continue',
+    "  set -- ${{s##*) }}",
+    '  c=; read -r c <"/proc/$2/comm"',
+    "  case $c in {names}) ;; *) m=${{d#/proc/}}; break ;; esac",
+    "done 2>/dev/null",
+]
+
+# The end of a wait loop over processes: go on while one of them is the master's child and has not exited.
+_UNTIL_EXITED = [
+    "    set -- ${{s##*) }}",
+    '    [ "$1" != Z ] && [ "$2" = "$m" ] && k=1 && break',
+    "  done 2>/dev/null",
+    '  [ -n "$k" ] || break',
+    "  sleep 1; i=$((i+1))",
+    "done",
+]
+
+# nginx, php-fpm: the graceful signal goes to the master's workers, not to the master. Each worker
+# finishes its requests (nginx also closes its idle keep-alive connections) and exits; the master, not
+# quitting itself, starts fresh workers in their place. The hook returns once the workers it signalled
+# are gone. Signalled the master, the hook could not return in time: it exits microseconds after its last
+# worker, and the kernel kills a hook still running when PID 1 exits (exit 137: FailedPreStopHook); no
+# state a polling hook can see comes between "nothing in flight" and that exit. This way the master only
+# exits on the kubelet's stop signal, when the workers that held requests are gone (php-fpm's
+# process_control_timeout plays no part: the master never runs its own graceful stop).
+_SIGNAL_WORKERS = "\n".join(
     [
-        HOOK_MARKER,
-        "sleep {delay}",
-        "m=1",
+        *_FIND_MASTER,
+        "w=",
         "for d in /proc/[0-9]*; do",
-        '  read -r c <"$d/comm" || continue',
-        "  case $c in {names}) ;; *) continue ;; esac",
         '  read -r s <"$d/stat" || continue',
         "  set -- ${{s##*) }}",
-        '  c=; read -r c <"/proc/$2/comm"',
-        "  case $c in {names}) ;; *) m=${{d#/proc/}}; break ;; esac",
+        '  [ "$2" = "$m" ] && w="$w ${{d#/proc/}}"',
         "done 2>/dev/null",
+        '[ -n "$w" ] || exit 0',
+        "kill -{signal} $w",
+        "i=0",
+        'while [ "$i" -lt {wait_limit} ]; do',
+        "  k=",
+        "  for p in $w; do",
+        '    kill -0 "$p" 2>/dev/null || continue',
+        '    read -r s <"/proc/$p/stat" || continue',
+        *_UNTIL_EXITED,
+    ]
+)
+
+# Apache: its graceful stop (WINCH) goes to the parent, which closes the listening sockets and lets its
+# children finish (a child ignores WINCH, so it cannot be signalled as nginx's workers are). The hook
+# returns as soon as every child has exited (a zombie counts as exited). Still open: the parent reaps its
+# last child on its next once-a-second round, then signals its process group (the hook's too) and exits,
+# so the hook, polling once a second, returns in time only about half the time (FailedPreStopHook on a
+# real kubelet; the drain is complete either way).
+_SIGNAL_MASTER = "\n".join(
+    [
+        *_FIND_MASTER,
         'kill -{signal} "$m"',
         "i=0",
         'while kill -0 "$m" 2>/dev/null && [ "$i" -lt {wait_limit} ]; do',
         "  k=",
         "  for d in /proc/[0-9]*; do",
         '    read -r s <"$d/stat" || continue',
-        "    set -- ${{s##*) }}",
-        '    [ "$2" = "$m" ] && k=1 && break',
-        "  done 2>/dev/null",
-        '  [ -n "$k" ] || break',
-        "  sleep 1; i=$((i+1))",
-        "done",
+        *_UNTIL_EXITED,
     ]
 )
+_SIGNAL_TARGET = {Role.NGINX: _SIGNAL_WORKERS, Role.PHP_FPM: _SIGNAL_WORKERS, Role.APACHE: _SIGNAL_MASTER}
 
 
 def _template(role: Role) -> str:
     names = PROCESS_NAMES.get(role)
     if names is None:
         return _SIGNAL_AND_WAIT
-    return _FIND_AND_SIGNAL.replace("{names}", names)
+    return _SIGNAL_TARGET[role].replace("{names}", names)
 
 
 def render(hook: HookIntent) -> dict[str, Any]:
@@ -189,3 +236,28 @@ def _candidate(handler: Mapping[str, Any]) -> HookIntent | None:
             signal = Signal("SIG" + found["signal"])
             return SignalAndWait(int(found["delay"]), signal, int(found["wait_limit"]), role)
     return None
+
+
+def admission_pattern() -> str:
+    """An RE2 pattern (anchored, for the chart's admission policy) that matches exactly the scripts of
+    ExecSleep and SignalAndWait, any number in a number's place and any Signal in the signal's. The chart
+    holds a copy (tests/chart/test_chart_admission.py checks it is this one)."""
+    signals = "(" + "|".join(s.value.removeprefix("SIG") for s in Signal) + ")"
+    fields = {"delay": "[0-9]+", "wait_limit": "[0-9]+", "signal": signals}
+
+    def tail(template: str) -> str:
+        parts = []
+        for text, field, _, _ in string.Formatter().parse(template.removeprefix(_EXEC_SLEEP_HEAD)):
+            parts.append(_re2_literal(text))
+            if field is not None:
+                parts.append(fields[field])
+        return "".join(parts)
+
+    forms = dict.fromkeys(tail(_template(role)) for role in Role)  # one per distinct script, in Role order
+    head = _re2_literal(_EXEC_SLEEP_HEAD).replace("\\{delay\\}", "[0-9]+")
+    return f"^{head}({'|'.join(forms)})?$"
+
+
+def _re2_literal(text: str) -> str:
+    """Text as an RE2 pattern on one line: metacharacters escaped, a newline as \\n."""
+    return re.sub(r"[\\.+*?()|\[\]{}^$]", lambda m: "\\" + m.group(), text).replace("\n", "\\n")

@@ -33,6 +33,20 @@ _SERVER_SIGNAL = (
 )
 
 
+# Programs an exec hook may start that shell-less images (distroless, Chainguard, chiselled) do not have:
+# the shells and the coreutils/busybox tools preStop scripts use.
+_SHELL_TOOLS = frozenset({"sh", "bash", "ash", "dash", "ksh", "zsh", "busybox", "sleep", "kill", "env"})
+NO_EFFECT = HookEffect(0, None, False, False)
+
+
+def needs_shell(pre_stop: PreStop) -> bool:
+    """Whether an exec hook starts a shell or a shell tool (`/bin/sh -c ...`, `sleep 5`): it fails at once
+    in an image without them. A hook that starts the server's own binary (`/nginx -s quit`) may not."""
+    if pre_stop.kind is not PreStopKind.EXEC or not pre_stop.command:
+        return False
+    return pre_stop.command[0].rsplit("/", 1)[-1] in _SHELL_TOOLS
+
+
 def effect(pre_stop: PreStop) -> HookEffect:
     """What a container's current hook does: podgrace's own forms from their typed values."""
     hook = pre_stop.podgrace_hook
@@ -49,7 +63,7 @@ def analyze(pre_stop: PreStop) -> HookEffect:
     if pre_stop.kind is PreStopKind.SLEEP:
         return HookEffect(pre_stop.sleep_seconds or 0, None, False, False)
     if pre_stop.kind is not PreStopKind.EXEC:
-        return HookEffect(0, None, False, False)
+        return NO_EFFECT
     script = script_text(pre_stop.command)
     killed = _KILL_PID1.search(script)
     head = script[: killed.start()] if killed else script

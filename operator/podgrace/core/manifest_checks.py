@@ -27,9 +27,9 @@ def first_problem(obj: Mapping[str, Any]) -> str | None:
     if not isinstance(metadata, Mapping):
         return "metadata must be a mapping"
     for key in ("name", "namespace"):
-        value = metadata.get(key)
-        if value is not None and not isinstance(value, str):
-            return f"metadata.{key}: {_show(value)} is {_kind(value)}, not a string"
+        problem = _not_string(metadata.get(key), f"metadata.{key}")
+        if problem:
+            return problem
     annotations = metadata.get("annotations")
     if annotations is not None:
         if not isinstance(annotations, Mapping):
@@ -72,40 +72,51 @@ def _container(container: Any, where: str) -> str | None:
             f"{where}.name: {_show(name)} is not a DNS label (lower-case letters, digits and '-', "
             "at most 63, starting and ending with a letter or digit)"
         )
-    image = container.get("image")
-    if image is not None and not isinstance(image, str):
-        return f"{where}.image: {_show(image)} is {_kind(image)}, not a string"
-    lifecycle = container.get("lifecycle")
-    if lifecycle is None:
-        return None
-    if not isinstance(lifecycle, Mapping):
-        return f"{where}.lifecycle: must be a mapping, not {_kind(lifecycle)}"
-    signal = lifecycle.get("stopSignal")
-    if signal is not None and not isinstance(signal, str):
-        return f"{where}.lifecycle.stopSignal: {_show(signal)} is {_kind(signal)}, not a signal name"
+    lifecycle, at = container.get("lifecycle"), f"{where}.lifecycle"
+    problem = _not_string(container.get("image"), f"{where}.image") or _not_mapping(lifecycle, at)
+    if problem or lifecycle is None:
+        return problem
     pre_stop = lifecycle.get("preStop")
-    if pre_stop is None:
-        return None
-    if not isinstance(pre_stop, Mapping):
-        return f"{where}.lifecycle.preStop: must be a mapping, not {_kind(pre_stop)}"
+    bad_signal = _not_string(lifecycle.get("stopSignal"), f"{at}.stopSignal", "a signal name")
+    problem = bad_signal or _not_mapping(pre_stop, f"{at}.preStop")
+    if problem or pre_stop is None:
+        return problem
+    return _pre_stop(pre_stop, f"{at}.preStop")
+
+
+def _pre_stop(pre_stop: Mapping[str, Any], where: str) -> str | None:
     sleep = pre_stop.get("sleep")
     if sleep is not None:
-        if not isinstance(sleep, Mapping):
-            return f"{where}.lifecycle.preStop.sleep: must be a mapping, not {_kind(sleep)}"
+        problem = _not_mapping(sleep, f"{where}.sleep")
+        if problem:
+            return problem
         seconds = sleep.get("seconds")
         if seconds is None:
-            return f"{where}.lifecycle.preStop.sleep.seconds: required"
-        return _integer(seconds, f"{where}.lifecycle.preStop.sleep.seconds")
+            return f"{where}.sleep.seconds: required"
+        return _integer(seconds, f"{where}.sleep.seconds")
     exec_ = pre_stop.get("exec")
-    if exec_ is not None:
-        command = exec_.get("command") if isinstance(exec_, Mapping) else None
-        if command is not None and not (
-            isinstance(command, list) and all(isinstance(c, str) for c in command)
-        ):
-            return f"{where}.lifecycle.preStop.exec.command: must be a list of strings"
-        if not isinstance(exec_, Mapping):
-            return f"{where}.lifecycle.preStop.exec: must be a mapping, not {_kind(exec_)}"
+    problem = _not_mapping(exec_, f"{where}.exec")
+    if problem or exec_ is None:
+        return problem
+    command = exec_.get("command")
+    if command is not None and not (isinstance(command, list) and all(isinstance(c, str) for c in command)):
+        return f"{where}.exec.command: must be a list of strings"
     return None
+
+
+# The checks of an optional field (None: absent, nothing to check).
+
+
+def _not_mapping(value: Any, where: str) -> str | None:
+    if value is None or isinstance(value, Mapping):
+        return None
+    return f"{where}: must be a mapping, not {_kind(value)}"
+
+
+def _not_string(value: Any, where: str, expected: str = "a string") -> str | None:
+    if value is None or isinstance(value, str):
+        return None
+    return f"{where}: {_show(value)} is {_kind(value)}, not {expected}"
 
 
 def _integer(value: Any, where: str) -> str | None:

@@ -244,7 +244,7 @@ class PreStop(_Strict):
     @classmethod
     def of_podgrace_hook(cls, hook: HookIntent) -> PreStop:
         """The preStop a container has once podgrace's hook is applied."""
-        return cls._of_handler(hook_intent.render(hook), hook)
+        return _pre_stop_of_hook(hook)
 
     @classmethod
     def _of_handler(cls, handler: dict[str, Any], podgrace_hook: HookIntent | None) -> PreStop:
@@ -262,6 +262,13 @@ class PreStop(_Strict):
         if "httpGet" in handler:
             return cls(kind=PreStopKind.HTTP_GET)
         return cls(kind=PreStopKind.TCP_SOCKET)
+
+
+# Memoised: a hook and its PreStop are immutable, and thousands of Deployments share a handful of hooks
+# (rendering each anew was a tenth of planning).
+@functools.lru_cache(maxsize=4096)
+def _pre_stop_of_hook(hook: HookIntent) -> PreStop:
+    return PreStop._of_handler(hook_intent.render(hook), hook)
 
 
 class ContainerView(_Strict):
@@ -329,6 +336,9 @@ class Overrides:
     termination_grace_period_seconds: int | None = None
     containers: frozenset[str] | None = None
     existing_pre_stop: ExistingPreStop | None = None
+    # podgrace.dev/no-shell: True (every container), False (none: built-in image knowledge is overridden),
+    # the names of the containers without /bin/sh, or None (the built-in image knowledge decides)
+    no_shell: bool | frozenset[str] | None = None
     errors: tuple[str, ...] = ()
 
 

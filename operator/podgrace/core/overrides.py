@@ -13,6 +13,7 @@ from podgrace.core.constants import (
     ANN_EXISTING_PRESTOP,
     ANN_GRACE,
     ANN_MODE,
+    ANN_NO_SHELL,
     ANN_PRESTOP_SLEEP,
     ANN_PROFILE,
     ANNOTATION_PREFIX,
@@ -61,18 +62,8 @@ def parse(annotations: Mapping[str, str]) -> Overrides:
         errors.append(f"{ANN_PROFILE}: {quote(profile)} is not a valid ShutdownProfile name")
     mode = _choice(annotations, ANN_MODE, Mode, errors) or Mode.ENFORCE
     existing = _choice(annotations, ANN_EXISTING_PRESTOP, ExistingPreStop, errors)
-    containers = None
     raw_containers = annotations.get(ANN_CONTAINERS)
-    if raw_containers is not None:
-        names = [n.strip() for n in raw_containers.split(",") if n.strip()]
-        bad = [n for n in names if not _DNS_LABEL.match(n)]
-        if not names:
-            errors.append(f"{ANN_CONTAINERS}: expected a comma-separated list of container names")
-        elif bad:
-            named = ", ".join(quote(b) for b in bad[:MAX_NAMED_UNKNOWN])
-            more = f" and {len(bad) - MAX_NAMED_UNKNOWN} more" if len(bad) > MAX_NAMED_UNKNOWN else ""
-            errors.append(f"{ANN_CONTAINERS}: {named}{more} not valid container names")
-        containers = frozenset(names)
+    containers = None if raw_containers is None else _names(ANN_CONTAINERS, raw_containers, errors)
     unknown = sorted(k for k in annotations if k.startswith(ANNOTATION_PREFIX) and k not in KNOWN_ANNOTATIONS)
     errors.extend(f"{k}: unknown podgrace annotation" for k in unknown[:MAX_NAMED_UNKNOWN])
     if len(unknown) > MAX_NAMED_UNKNOWN:
@@ -85,8 +76,36 @@ def parse(annotations: Mapping[str, str]) -> Overrides:
         termination_grace_period_seconds=_seconds(annotations, ANN_GRACE, 1, MAX_GRACE_SECONDS, errors),
         containers=containers,
         existing_pre_stop=existing,
+        no_shell=_no_shell(annotations.get(ANN_NO_SHELL), errors),
         errors=tuple(errors),
     )
+
+
+def _names(key: str, raw: str, errors: list[str]) -> frozenset[str]:
+    """A comma-separated list of container names (DNS labels)."""
+    names = [n.strip() for n in raw.split(",") if n.strip()]
+    bad = [n for n in names if not _DNS_LABEL.match(n)]
+    if not names:
+        errors.append(f"{key}: expected a comma-separated list of container names")
+    elif bad:
+        named = ", ".join(quote(b) for b in bad[:MAX_NAMED_UNKNOWN])
+        more = f" and {len(bad) - MAX_NAMED_UNKNOWN} more" if len(bad) > MAX_NAMED_UNKNOWN else ""
+        errors.append(f"{key}: {named}{more} not valid container names")
+    return frozenset(names)
+
+
+def _no_shell(raw: str | None, errors: list[str]) -> bool | frozenset[str] | None:
+    """`true` / `false` (any case), else container names; `true` and `false` win over containers of those
+    names."""
+    if raw is None:
+        return None
+    flag = raw.strip().lower()
+    if flag in ("true", "false"):
+        return flag == "true"
+    names = _names(ANN_NO_SHELL, raw, errors)
+    if not names:  # say what the value may also be
+        errors[-1] = f"{ANN_NO_SHELL}: expected true, false or a comma-separated list of container names"
+    return names
 
 
 E = TypeVar("E", bound=StrEnum)

@@ -13,7 +13,7 @@ from enum import StrEnum
 from podgrace.core import hooks
 from podgrace.core.assess import assess
 from podgrace.core.capabilities import Capabilities
-from podgrace.core.constants import ANN_CONTAINERS, ANN_PROFILE, KUBERNETES_DEFAULT_GRACE
+from podgrace.core.constants import ANN_CONTAINERS, ANN_NO_SHELL, ANN_PROFILE, KUBERNETES_DEFAULT_GRACE
 from podgrace.core.findings import Code, Finding
 from podgrace.core.hook_intent import ExecSleep, HookIntent, NativeSleep, SignalAndWait
 from podgrace.core.models import (
@@ -33,6 +33,7 @@ from podgrace.core.models import (
     stop_signal_field,
 )
 from podgrace.core.profiles import builtin_names
+from podgrace.core.shellless import declared_missing, no_shell_reason
 from podgrace.core.signals import Role, Signal
 from podgrace.core.timing import (
     Expectation,
@@ -111,10 +112,13 @@ def plan(
         known = ", ".join(sorted(profiles)) or "none"
         message = f"{ANN_PROFILE}: ShutdownProfile {parsed.profile!r} does not exist (known: {known})"
         return _invalid(workload, parsed.profile, Finding(Code.UNKNOWN_PROFILE, None, message))
-    if parsed.containers is not None:
-        missing = sorted(parsed.containers - {c.name for c in workload.containers})
+    names = frozenset(c.name for c in workload.containers)
+    for key, missing in (
+        (ANN_CONTAINERS, sorted((parsed.containers or names) - names)),
+        (ANN_NO_SHELL, declared_missing(parsed, names)),
+    ):
         if missing:
-            message = f"{ANN_CONTAINERS}: the pod has no container named {', '.join(missing)}"
+            message = f"{key}: the pod has no container named {', '.join(missing)}"
             return _invalid(workload, profile.name, Finding(Code.INVALID_ANNOTATION, None, message))
     expectations = profile_expectations(workload, profile.spec, parsed)
     notices: tuple[Finding, ...] = ()
@@ -283,6 +287,7 @@ class _Matched:
     users_hook: bool  # its preStop is somebody else's: neither absent nor podgrace's own
     keeps_users_hook: bool  # ... and podgrace keeps it (existingPreStop: keep, or no in-place replacement)
     field_key: str = ""  # models.pre_stop_field of the container
+    no_shell: str | None = None  # why it has no /bin/sh (shellless.no_shell_reason): no exec hook then
 
     @property
     def kept_hook_wait(self) -> int:
@@ -326,15 +331,42 @@ def _match(
                 )
             )
     hook_signal = e.signal if stop_signal is None else None
+    no_shell = no_shell_reason(container, workload.overrides)
+    if no_shell is not None and hook_signal is not None:
+        decisions.append(_signal_lost(workload, container, e, capabilities, no_shell))
+        hook_signal = None  # no fallback hook: it would fail at once
     key = pre_stop_field(container.name)
     # an owner that removed or changed podgrace's hook took the field back: it is the owner's now
     users_hook = not _podgrace_may_rewrite(container, ownership) or ownership.reclaimed_by(key) is not None
-    replaceable = _replaceable(container.pre_stop, hook_signal is not None, delay, capabilities)
+    replaceable = _replaceable(
+        container.pre_stop, hook_signal is not None, delay, capabilities, shell=no_shell is None
+    )
     # never taken from a server-side-apply owner (it re-asserts with force, or its next apply conflicts),
     # nor again from an owner that took it back (take-once)
     protected = key in ownership.applied or ownership.reclaimed_by(key) is not None
     keeps = users_hook and not (policy is ExistingPreStop.REPLACE and replaceable and not protected)
-    return _Matched(container, e, delay, stop_signal, hook_signal, users_hook, keeps, key)
+    return _Matched(container, e, delay, stop_signal, hook_signal, users_hook, keeps, key, no_shell)
+
+
+def _signal_lost(
+    workload: Workload, container: ContainerView, e: Expectation, capabilities: Capabilities, no_shell: str
+) -> Finding:
+    """What a shell-less container gets instead of its graceful signal, and why."""
+    assert e.signal is not None
+    if not capabilities.stop_signal:
+        why = "the cluster has no lifecycle.stopSignal (feature gate ContainerStopSignals)"
+    elif workload.os_name not in (None, "linux"):
+        why = f"lifecycle.stopSignal needs spec.os.name linux, not {workload.os_name}"
+    else:
+        why = f"its lifecycle.stopSignal {container.stop_signal} is set by its owner"
+    delivered = container.stop_signal or "SIGTERM"
+    fast = " (a fast shutdown)" if delivered in ("SIGTERM", "SIGINT") and e.role is not Role.GENERIC else ""
+    return Finding(
+        Code.NO_SHELL_FOR_FALLBACK,
+        container.name,
+        f"{e.role.value} gets {delivered}{fast}, not its graceful {e.signal.value}: {why}, and podgrace's "
+        f"fallback hook that sends {e.signal.value} needs a shell ({no_shell})",
+    )
 
 
 def _fit_into_grace(matched: list[_Matched], grace: int, decisions: list[Finding]) -> list[_Matched]:
@@ -383,16 +415,27 @@ def _settle(
     """The container's settings once the grace period is known, and whether they replace a user's hook."""
     e, current = m.expectation, m.view.pre_stop
     wait = _hold_until_grace_ends(m.delay, e.drain_seconds, grace)
-    desired = _equivalent_current(
-        current.podgrace_hook,
-        _hook(m.hook_signal, e.role, m.delay, wait, native_sleep=capabilities.native_sleep),
-    )
+    shell = m.no_shell is None
+    desired = _hook(m.hook_signal, e.role, m.delay, wait, native_sleep=capabilities.native_sleep, shell=shell)
+    if shell:
+        desired = _equivalent_current(current.podgrace_hook, desired)
+    elif desired is None and m.delay > 0 and not m.keeps_users_hook:
+        decisions.append(
+            Finding(
+                Code.NO_SHELL_FOR_FALLBACK,
+                e.container,
+                f"no preStop wait of {m.delay}s: the cluster has no native preStop sleep (Kubernetes "
+                f"1.30+) and an exec sleep needs a shell ({m.no_shell}); the stop signal races endpoint "
+                "removal",
+            )
+        )
     pre_stop = desired
     # somebody else's hook, and not already the one podgrace wants
     conflict = m.users_hook and (desired is None or current.podgrace_hook != desired)
     replaces = conflict and not m.keeps_users_hook
     if replaces:  # with podgrace's hook in the user's handler type: see _replaceable
-        pre_stop = _hook(m.hook_signal, e.role, m.delay, wait, native_sleep=current.kind is PreStopKind.SLEEP)
+        native = current.kind is PreStopKind.SLEEP
+        pre_stop = _hook(m.hook_signal, e.role, m.delay, wait, native_sleep=native, shell=shell)
     elif conflict:
         pre_stop = None
         owner = ownership.owner_of(m.field_key)
@@ -416,6 +459,8 @@ def _settle(
             why = f"a {current.kind.value} hook cannot be replaced in place by podgrace's"
         by = f" (field manager {owner})" if owner and owner not in why else ""
         what = "own preStop hook" if current.kind is not PreStopKind.NONE else "lack of a preStop hook"
+        if m.no_shell is not None and hooks.needs_shell(current):
+            why += f"; it fails at once: {m.no_shell}"
         decisions.append(
             Finding(
                 code,
@@ -446,13 +491,16 @@ def _hold_until_grace_ends(delay: int, drain: int, grace: int) -> int:
 
 
 def _hook(
-    hook_signal: Signal | None, role: Role, delay: int, wait: int, *, native_sleep: bool
+    hook_signal: Signal | None, role: Role, delay: int, wait: int, *, native_sleep: bool, shell: bool
 ) -> HookIntent | None:
+    """podgrace's hook; never an exec form without a shell (`_match` then gives no hook_signal)."""
     if hook_signal is not None:
         return SignalAndWait(delay, hook_signal, wait, role)
     if delay == 0:
         return None
-    return NativeSleep(delay) if native_sleep else ExecSleep(delay)
+    if native_sleep:
+        return NativeSleep(delay)
+    return ExecSleep(delay) if shell else None
 
 
 def _equivalent_current(current: HookIntent | None, desired: HookIntent | None) -> HookIntent | None:
@@ -468,17 +516,19 @@ def _equivalent_current(current: HookIntent | None, desired: HookIntent | None) 
     return desired
 
 
-def _replaceable(current: PreStop, needs_signal_hook: bool, delay: int, capabilities: Capabilities) -> bool:
+def _replaceable(
+    current: PreStop, needs_signal_hook: bool, delay: int, capabilities: Capabilities, *, shell: bool
+) -> bool:
     """Whether podgrace's hook can take the user's hook over.
 
     A forced server-side apply takes over only the fields it sends: the user's other handler type would
     stay beside podgrace's, which the API server rejects. So an exec hook is replaced by podgrace's exec
     form and a native sleep by podgrace's native sleep (when no signal must go through the hook); an
-    httpGet or tcpSocket hook is kept."""
+    httpGet or tcpSocket hook is kept, and so is an exec hook in a container without a shell."""
     if delay == 0 and not needs_signal_hook:
         return False  # podgrace has no hook to put there
     if current.kind is PreStopKind.EXEC:
-        return True
+        return shell
     return current.kind is PreStopKind.SLEEP and not needs_signal_hook and capabilities.native_sleep
 
 

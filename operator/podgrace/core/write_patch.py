@@ -69,7 +69,8 @@ def _units(leaves: set[Path], containers: Mapping[str, Any]) -> set[Unit]:
 def write_patch(
     live: Mapping[str, Any], pod_spec: Mapping[str, Any], annotation: str | None
 ) -> dict[str, Any] | None:
-    """The strategic merge patch that makes the live Deployment carry podgrace's `pod_spec`
+    """The strategic merge patch that makes the live workload (any kind: the pod template is at
+    spec.template in all three) carry podgrace's `pod_spec`
     (apply_body.pod_spec_fields; empty: the revert) and bookkeeping annotation; None: nothing to change."""
     metadata = live.get("metadata") or {}
     pod = ((live.get("spec") or {}).get("template") or {}).get("spec") or {}

@@ -1,0 +1,3 @@
+from bench.soak.cli import main
+
+raise SystemExit(main())
