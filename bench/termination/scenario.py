@@ -45,8 +45,9 @@ from bench.termination.plan import (
     plan_from_text,
     workers_needed,
 )
+from bench.termination.ports import MAX_PODS, Ports, PortsExhausted, claim
 from bench.termination.procs import REGISTRY, install_handlers
-from bench.termination.servers import LB_PORT, UPSTREAM_PORT, ContainerSpec
+from bench.termination.servers import ContainerSpec
 
 
 @dataclass
@@ -89,7 +90,9 @@ def haproxy_command(workdir: Path, command: str) -> str:
 # ------------------------------------------------------------------------------------------------ pods
 
 
-def build_pod_specs(plan: PodPlan, index: int, workdir: Path, params: Params) -> list[ContainerSpec]:
+def build_pod_specs(
+    plan: PodPlan, index: int, workdir: Path, params: Params, ports: Ports
+) -> list[ContainerSpec]:
     pod = f"pod{index}"
     runtimes = [c.runtime for c in plan.containers]
     if len(set(runtimes)) != len(runtimes):
@@ -99,17 +102,17 @@ def build_pod_specs(plan: PodPlan, index: int, workdir: Path, params: Params) ->
     for c in plan.containers:
         if c.runtime == "nginx":
             upstream = "fastcgi" if "php-fpm" in runtimes else "proxy"
-            specs.append(servers.nginx_container(pod, c.name, index, workdir, upstream))
+            specs.append(servers.nginx_container(pod, c.name, index, workdir, upstream, ports))
         elif c.runtime == "php-fpm":
             specs.append(
                 servers.php_fpm_container(
-                    pod, c.name, index, workdir, workers, params.process_control_timeout
+                    pod, c.name, index, workdir, workers, params.process_control_timeout, ports
                 )
             )
         elif c.runtime == "apache":
-            specs.append(servers.apache_container(pod, c.name, index, workdir, workers))
+            specs.append(servers.apache_container(pod, c.name, index, workdir, workers, ports))
         else:
-            specs.append(servers.generic_container(pod, c.name, index, workdir))
+            specs.append(servers.generic_container(pod, c.name, index, workdir, ports))
         if c.init:  # the server runs as the init's child, the init is PID 1
             specs[-1].argv = [*c.init, *specs[-1].argv]
     return specs
@@ -130,12 +133,12 @@ def needs_upstream(plan: PodPlan) -> bool:
     return "nginx" in runtimes and "php-fpm" not in runtimes
 
 
-def all_ports(plan: PodPlan, params: Params) -> list[int]:
-    ports = [LB_PORT]
+def all_ports(plan: PodPlan, params: Params, block: Ports) -> list[int]:
+    ports = [block.lb]
     if needs_upstream(plan):
-        ports.append(UPSTREAM_PORT)
+        ports.append(block.upstream)
     for i in range(params.replicas):
-        ports += [servers.port_for(c.runtime, i) for c in plan.containers]
+        ports += [block.server(c.runtime, i) for c in plan.containers]
     return ports
 
 
@@ -159,13 +162,27 @@ def run_scenario(
     say = log or (lambda _msg: None)
     wall_start = time.monotonic()
     plan = plan_from_text(manifest_text, params.image_stop_signals)
-    if params.replicas < 2:
-        raise LabError("at least 2 replicas: one terminates, the others keep serving")
+    if not 2 <= params.replicas <= MAX_PODS:
+        raise LabError(f"2..{MAX_PODS} replicas: one terminates, the others keep serving")
     if params.rate * (params.warmup + params.load_duration()) > 20000:
         raise LabError("too many requests for one scenario (rate x duration > 20000)")
-    busy = wait_ports_free(all_ports(plan, params), 10.0)
-    if busy:
-        raise LabError(f"ports already in use on 127.0.0.1: {busy} (a previous run still alive?)")
+    try:
+        with claim(lambda block: all_ports(plan, params, block), port_open) as ports:
+            return _run(plan, params, label, keep_workdir, workdir_parent, say, wall_start, ports)
+    except PortsExhausted as exc:
+        raise LabError(str(exc)) from exc
+
+
+def _run(
+    plan: PodPlan,
+    params: Params,
+    label: str,
+    keep_workdir: bool,
+    workdir_parent: Path | None,
+    say: Any,
+    wall_start: float,
+    ports: Ports,
+) -> dict[str, Any]:
     if workdir_parent is not None:
         workdir_parent.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="podgrace-lab-", dir=workdir_parent))
@@ -186,11 +203,11 @@ def run_scenario(
         # ---- start: shared upstream (nginx-only pods), pods, load balancer
         if needs_upstream(plan):
             with open(workdir / "upstream.out", "wb") as out:
-                up = REGISTRY.spawn(servers.upstream_argv(), "upstream", stdout=out, stderr=out)
-            wait_port(UPSTREAM_PORT, 10, "upstream", lambda: up.poll() is None)
+                up = REGISTRY.spawn(servers.upstream_argv(ports.upstream), "upstream", stdout=out, stderr=out)
+            wait_port(ports.upstream, 10, "upstream", lambda: up.poll() is None)
         pause = servers.build_pause(workdir) if plan.share_process_namespace else None
         for i in range(params.replicas):
-            specs = build_pod_specs(plan, i, workdir, params)
+            specs = build_pod_specs(plan, i, workdir, params, ports)
             # shareProcessNamespace: the pod's pause process first, the containers join its PID namespace
             sandbox = start_sandbox(f"pod{i}", pause) if pause else 0
             pods.append(
@@ -200,9 +217,9 @@ def run_scenario(
             for c in pod:
                 wait_port(c.spec.port, 20, f"{c.spec.pod}/{c.spec.name}", lambda c=c: not c.exited.is_set())
         front = servers.front_runtime([c.runtime for c in plan.containers])
-        lb_servers = [(f"pod{i}", servers.port_for(front, i)) for i in range(params.replicas)]
+        lb_servers = [(f"pod{i}", ports.server(front, i)) for i in range(params.replicas)]
         (workdir / "haproxy.cfg").write_text(
-            servers.haproxy_conf(workdir, lb_servers, fastcgi=front == "php-fpm")
+            servers.haproxy_conf(workdir, lb_servers, fastcgi=front == "php-fpm", lb_port=ports.lb)
         )
         with open(workdir / "haproxy.log", "wb") as out:
             lb = REGISTRY.spawn(
@@ -211,13 +228,13 @@ def run_scenario(
                 stdout=out,
                 stderr=out,
             )
-        wait_port(LB_PORT, 10, "haproxy", lambda: lb.poll() is None)
-        _warm_up(params.replicas)
+        wait_port(ports.lb, 10, "haproxy", lambda: lb.poll() is None)
+        _warm_up(params.replicas, ports.lb)
         up_s = time.monotonic() - wall_start
         say(f"  {label}: {params.replicas} pods up ({up_s:.1f}s), load {params.rate:g}/s")
 
         # ---- load, then delete pod0 at t0
-        load = LoadGenerator("127.0.0.1", LB_PORT, params.rate, params.request_ms, timeout_s)
+        load = LoadGenerator("127.0.0.1", ports.lb, params.rate, params.request_ms, timeout_s)
         start_at = time.monotonic() + 0.05
         t0 = start_at + params.warmup
         load.start(start_at, t0 + params.load_duration())
@@ -266,18 +283,19 @@ def run_scenario(
         result["aborted"] = abort.is_set()
         result["workdir"] = str(workdir) if keep_workdir else None
         result["wall_s"] = _r(time.monotonic() - wall_start)
+        result["port_block"] = ports.base
         result["logs"] = _tail_logs(workdir)
         return result
     finally:
         watchdog.cancel()
         abort.set()
         REGISTRY.kill_all()
-        wait_ports_free(all_ports(plan, params), 10.0)
+        wait_ports_free(all_ports(plan, params, ports), 10.0)
         if not keep_workdir:
             shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _warm_up(replicas: int) -> None:
+def _warm_up(replicas: int, lb_port: int) -> None:
     """Sequential requests through the LB until every pod has answered one with a complete body."""
     from bench.termination.plan import classify
 
@@ -285,7 +303,7 @@ def _warm_up(replicas: int) -> None:
         last = ""
         for _attempt in range(20):
             try:
-                with socket.create_connection(("127.0.0.1", LB_PORT), timeout=5) as s:
+                with socket.create_connection(("127.0.0.1", lb_port), timeout=5) as s:
                     request = f"GET /app.php?ms=1&warm={k} HTTP/1.1\r\nHost: lab\r\nConnection: close\r\n\r\n"
                     s.sendall(request.encode())
                     raw = b""

@@ -1,8 +1,7 @@
 """Configs and container commands for the real servers, and HAProxy in front of the pods.
 
-Ports (all on 127.0.0.1): pod i -> nginx 18000+i, php-fpm 19000+i, apache 17000+i, generic 15000+i.
-The load balancer listens on 14000; the shared upstream of nginx-only pods (the "slow backend" outside the
-pod, as in the article) on 14999.
+Ports (all on 127.0.0.1): a block each run claims (ports.py): the load balancer, the shared upstream of
+nginx-only pods (the "slow backend" outside the pod, as in the article) and each pod's servers.
 
 Every container runs as PID 1 of its own PID + mount namespace:
     unshare --pid --fork --mount-proc --kill-child -- /bin/sh -c '<mount tmpfs /run, bind configs>; exec "$@"'
@@ -20,9 +19,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-LB_PORT = 14000
-UPSTREAM_PORT = 14999
-PORT_BASE = {"generic": 15000, "apache": 17000, "nginx": 18000, "php-fpm": 19000}
+from bench.termination.ports import Ports
+
 # which container of a pod the load balancer sends HTTP to (first present wins); a php-fpm-only pod is
 # reached over FastCGI (HAProxy fcgi-app), like an ingress with backend-protocol FCGI.
 FRONT_ORDER = ("nginx", "apache", "generic", "php-fpm")
@@ -35,10 +33,6 @@ PHP_FPM_BIN = "/usr/sbin/php-fpm8.2"
 APACHE_BIN = "/usr/sbin/apache2"
 HAPROXY_BIN = "/usr/sbin/haproxy"
 APACHE_MODULES = "/usr/lib/apache2/modules"
-
-
-def port_for(runtime: str, pod_index: int) -> int:
-    return PORT_BASE[runtime] + pod_index
 
 
 @dataclass(frozen=True)
@@ -57,12 +51,12 @@ class Site:
         return f"{self.log_dir}/{self.pod}-{name}.log" if self.log_dir else "/proc/self/fd/2"
 
 
-def lab_site(pod: str, index: int, workdir: Path, front: str) -> Site:
+def lab_site(pod: str, index: int, workdir: Path, front: str, ports: Ports) -> Site:
     return Site(
         pod=pod,
-        listen=f"127.0.0.1:{port_for(front, index)}",
-        php_fpm=f"127.0.0.1:{port_for('php-fpm', index)}",
-        upstream=f"127.0.0.1:{UPSTREAM_PORT}",
+        listen=f"127.0.0.1:{ports.server(front, index)}",
+        php_fpm=f"127.0.0.1:{ports.server('php-fpm', index)}",
+        upstream=f"127.0.0.1:{ports.upstream}",
         app_dir=str(APP_DIR),
         log_dir=str(workdir),
     )
@@ -165,14 +159,16 @@ http {{
 """
 
 
-def nginx_container(pod: str, name: str, index: int, workdir: Path, upstream: str) -> ContainerSpec:
+def nginx_container(
+    pod: str, name: str, index: int, workdir: Path, upstream: str, ports: Ports
+) -> ContainerSpec:
     conf = workdir / f"{pod}-{name}-nginx.conf"
-    conf.write_text(nginx_conf(lab_site(pod, index, workdir, "nginx"), upstream))
+    conf.write_text(nginx_conf(lab_site(pod, index, workdir, "nginx", ports), upstream))
     return ContainerSpec(
         pod,
         name,
         "nginx",
-        port_for("nginx", index),
+        ports.server("nginx", index),
         [NGINX_BIN, "-g", "daemon off;"],
         binds=[(str(conf), "/etc/nginx/nginx.conf")],
         log=workdir / f"{pod}-nginx-error.log",
@@ -212,16 +208,22 @@ php_admin_value[max_execution_time] = 0
 
 
 def php_fpm_container(
-    pod: str, name: str, index: int, workdir: Path, workers: int, process_control_timeout: int
+    pod: str,
+    name: str,
+    index: int,
+    workdir: Path,
+    workers: int,
+    process_control_timeout: int,
+    ports: Ports,
 ) -> ContainerSpec:
     conf = workdir / f"{pod}-{name}-php-fpm.conf"
-    site = lab_site(pod, index, workdir, "php-fpm")
+    site = lab_site(pod, index, workdir, "php-fpm", ports)
     conf.write_text(php_fpm_conf(site, workers, process_control_timeout))
     return ContainerSpec(
         pod,
         name,
         "php-fpm",
-        port_for("php-fpm", index),
+        ports.server("php-fpm", index),
         [PHP_FPM_BIN, "-F"],
         binds=[(str(conf), "/etc/php/8.2/fpm/php-fpm.conf")],
         log=workdir / f"{pod}-php-fpm.log",
@@ -284,15 +286,17 @@ Header always set X-Pod {pod}
 """
 
 
-def apache_container(pod: str, name: str, index: int, workdir: Path, workers: int) -> ContainerSpec:
+def apache_container(
+    pod: str, name: str, index: int, workdir: Path, workers: int, ports: Ports
+) -> ContainerSpec:
     conf = workdir / f"{pod}-{name}-apache2.conf"
-    conf.write_text(apache_conf(lab_site(pod, index, workdir, "apache"), workers))
+    conf.write_text(apache_conf(lab_site(pod, index, workdir, "apache", ports), workers))
     env = {**APACHE_ENV, "APACHE_LOG_DIR": str(workdir)}
     return ContainerSpec(
         pod,
         name,
         "apache",
-        port_for("apache", index),
+        ports.server("apache", index),
         [APACHE_BIN, "-DFOREGROUND"],
         binds=[(str(conf), "/etc/apache2/apache2.conf")],
         env=env,
@@ -303,8 +307,8 @@ def apache_container(pod: str, name: str, index: int, workdir: Path, workers: in
 # ------------------------------------------------------------------------------------------------ generic
 
 
-def generic_container(pod: str, name: str, index: int, workdir: Path) -> ContainerSpec:
-    port = port_for("generic", index)
+def generic_container(pod: str, name: str, index: int, workdir: Path, ports: Ports) -> ContainerSpec:
+    port = ports.server("generic", index)
     return ContainerSpec(
         pod,
         name,
@@ -315,13 +319,13 @@ def generic_container(pod: str, name: str, index: int, workdir: Path) -> Contain
     )
 
 
-def upstream_argv() -> list[str]:
+def upstream_argv(port: int) -> list[str]:
     return [
         sys.executable,
         "-u",
         str(APP_DIR / "generic_server.py"),
         "--port",
-        str(UPSTREAM_PORT),
+        str(port),
         "--pod",
         "upstream",
     ]
@@ -330,7 +334,7 @@ def upstream_argv() -> list[str]:
 # ------------------------------------------------------------------------------------------------ haproxy
 
 
-def haproxy_conf(workdir: Path, servers: list[tuple[str, int]], fastcgi: bool) -> str:
+def haproxy_conf(workdir: Path, servers: list[tuple[str, int]], fastcgi: bool, lb_port: int) -> str:
     """No retries, no redispatch, no health checks: every failure reaches the client."""
     lines = [
         "global",
@@ -359,7 +363,7 @@ def haproxy_conf(workdir: Path, servers: list[tuple[str, int]], fastcgi: bool) -
         ]
     lines += [
         "frontend fe",
-        f"    bind 127.0.0.1:{LB_PORT}",
+        f"    bind 127.0.0.1:{lb_port}",
         "    capture request header X-Req len 24",
         '    log-format "REQ %[capture.req.hdr(0)] %s %ST %tsc %Tc %Tr %Ta"',
         "    default_backend pods",

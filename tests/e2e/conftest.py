@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 import pytest
@@ -21,6 +20,7 @@ from tests.cluster.localcluster import (
     LocalCluster,
     ensure_binaries,
 )
+from tests.support.capture import uncaptured
 
 E2E_DIR = Path(__file__).resolve().parent
 
@@ -38,21 +38,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 item.add_marker(skip)
 
 
-def _uncaptured(config: pytest.Config) -> AbstractContextManager[object]:
-    """Let long-running setup (the cold build, cluster start) print to the terminal."""
-    capman = config.pluginmanager.getplugin("capturemanager")
-    if capman is None:
-        return nullcontext()
-    cm: AbstractContextManager[object] = capman.global_and_fixture_disabled()
-    return cm
-
-
 @pytest.fixture(scope="session")
 def cluster_bin_dir(pytestconfig: pytest.Config) -> Path:
     """The directory with the built binaries (builds them with tests/cluster/build.sh if missing)."""
     if _skip_e2e():
         pytest.skip("PODGRACE_SKIP_E2E is set")
-    with _uncaptured(pytestconfig):
+    with uncaptured(pytestconfig):
         try:
             return ensure_binaries(log=lambda msg: print(f"\n[e2e] {msg}", flush=True))
         except ClusterError as err:
@@ -64,7 +55,7 @@ def _session_cluster(
 ) -> Iterator[LocalCluster]:
     config = request.config
     cluster = LocalCluster(binaries=bin_dir, feature_gates=gates, name=name)
-    with _uncaptured(config):
+    with uncaptured(config):
         cluster.start()
         print(
             f"\n[e2e] cluster {name!r} up in {cluster.start_seconds:.1f}s at {cluster.server} "
@@ -76,7 +67,7 @@ def _session_cluster(
     finally:
         if request.session.testsfailed:
             cluster.keep_logs = True
-            with _uncaptured(config):
+            with uncaptured(config):
                 print(f"\n[e2e] tests failed: cluster {name!r} logs kept in {cluster.log_dir}", flush=True)
         cluster.stop()
 

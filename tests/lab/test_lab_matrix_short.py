@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from bench.termination.matrix import SILENT_WORKERS
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -52,10 +53,16 @@ def test_short_matrix(tmp_path: Path) -> None:
     # a hook's QUIT to PID 1 of a shared-PID pod reaches pause: the servers' first stop is the kubelet's TERM
     (pid1_hook,) = pid1_hooks
     assert [c["server_signals"][:1] for c in pid1_hook["containers"]] == [["SIGTERM"], ["SIGTERM"]]
-    # podgrace's output: the servers beside pause got their graceful QUIT first
+    # podgrace's output: the servers beside pause got their graceful QUIT first (in the fallback, nginx's
+    # workers log the hook's QUIT; php-fpm's workers are silent, their proof is zero dropped requests below)
     shared = [s for s in rendered if s["profile"] == "nginx-php-fpm-shared-pid"]
     assert len(shared) == 2
-    assert all(c["server_signals"][:1] == ["SIGQUIT"] for s in shared for c in s["containers"])
+    assert all(
+        c["server_signals"][:1] == ["SIGQUIT"]
+        for s in shared
+        for c in s["containers"]
+        if not (s["mode"] == "fallback" and c["container"] in SILENT_WORKERS)
+    )
     assert [(s["id"], s["verdict"]) for s in scenarios if not s["passed"]] == []
     assert all(s["failed"] == 0 for s in rendered), [(s["id"], s["failed"], s["counts"]) for s in rendered]
     assert all(s["total"] > 0 for s in scenarios)

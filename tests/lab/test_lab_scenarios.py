@@ -6,12 +6,14 @@ About 30 s.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import signal
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,6 +29,7 @@ from bench.termination.kubelet import (
     wait_port,
 )
 from bench.termination.plan import plan_from_text
+from bench.termination.ports import LOCK_DIR, Ports, claim
 from bench.termination.procs import REGISTRY, ns_pid
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -62,10 +65,31 @@ spec:
 """
 
 
-def _assert_clean(text: str, params: scenario.Params) -> None:
+def _assert_clean(text: str, params: scenario.Params, block: int) -> None:
     assert REGISTRY.alive() == []
     plan = plan_from_text(text)
-    assert scenario.wait_ports_free(scenario.all_ports(plan, params), 5) == []
+    assert scenario.wait_ports_free(scenario.all_ports(plan, params, Ports(block)), 5) == []
+    # the block's lock is released: the next run may take it again
+    fd = os.open(LOCK_DIR / f"{block}.lock", os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    finally:
+        os.close(fd)
+
+
+@pytest.fixture(autouse=True)
+def _kill_what_a_test_left() -> Iterator[None]:
+    """A test that fails half-way leaves none of its processes to the next."""
+    yield
+    REGISTRY.kill_all()
+
+
+@pytest.fixture
+def block() -> Iterator[Ports]:
+    """A claimed port block for the tests that start a pod themselves."""
+    plan = plan_from_text(SHARED_PID.read_text())
+    with claim(lambda b: scenario.all_ports(plan, scenario.Params(), b), port_open) as ports:
+        yield ports
 
 
 def test_graceful_pod_drops_nothing_and_leaves_nothing() -> None:
@@ -80,7 +104,7 @@ def test_graceful_pod_drops_nothing_and_leaves_nothing() -> None:
     (nginx,) = res["containers"]
     assert nginx["hook_result"] == "completed" and 1.9 < nginx["signal_time"] < 2.5
     assert nginx["stop_timeout"] == 13  # 15 - 2 whole seconds of hook
-    _assert_clean(NATIVE_NGINX, params)
+    _assert_clean(NATIVE_NGINX, params, res["port_block"])
 
 
 def test_original_fails_and_failures_are_attributed() -> None:
@@ -88,20 +112,23 @@ def test_original_fails_and_failures_are_attributed() -> None:
     params = scenario.Params(endpoint_delay=1.0, request_ms=200, rate=20, warmup=0.5)
     res = scenario.run_scenario(text, params, label="t")
     assert res["failed"] > 0 and res["unattributed_failures"] == 0 and res["survivors_ok"]
-    _assert_clean(text, params)
+    _assert_clean(text, params, res["port_block"])
 
 
 def test_cleanup_after_a_failure_half_way(monkeypatch: pytest.MonkeyPatch) -> None:
     text = (MANIFESTS / "nginx-php-fpm.yaml").read_text()
     params = scenario.Params(rate=5, warmup=0.2)
 
-    def boom(_replicas: int) -> None:
+    used: list[int] = []
+
+    def boom(_replicas: int, lb_port: int) -> None:
+        used.append(lb_port)  # the load balancer listens on the block's base
         raise LabError("injected failure after the pods started")
 
     monkeypatch.setattr(scenario, "_warm_up", boom)
     with pytest.raises(LabError, match="injected"):
         scenario.run_scenario(text, params, label="t")
-    _assert_clean(text, params)
+    _assert_clean(text, params, used[0])
 
 
 def _exited(pid: int, timeout: float) -> bool:
@@ -118,11 +145,11 @@ def _exited(pid: int, timeout: float) -> bool:
     return False
 
 
-def _shared_pid_pod(tmp_path: Path) -> tuple[Container, Container, int]:
+def _shared_pid_pod(tmp_path: Path, block: Ports) -> tuple[Container, Container, int]:
     """pod0 of the shared-PID manifest, serving: (nginx, php-fpm, pause's host PID)."""
     plan = plan_from_text(SHARED_PID.read_text())
     sandbox = start_sandbox("pod0", servers.build_pause(tmp_path))
-    specs = scenario.build_pod_specs(plan, 0, tmp_path, scenario.Params(rate=5))
+    specs = scenario.build_pod_specs(plan, 0, tmp_path, scenario.Params(rate=5), block)
     pairs = zip(specs, plan.containers, strict=True)
     nginx, php = (start_container(spec, c, tmp_path, sandbox) for spec, c in pairs)
     for c in (nginx, php):
@@ -136,17 +163,19 @@ def _inside(c: Container, script: str, check: bool = True) -> list[str]:
     return subprocess.run(argv, capture_output=True, text=True, timeout=10, check=check).stdout.split()
 
 
-def _assert_shared_pid_pod_clean() -> None:
+def _assert_shared_pid_pod_clean(block: Ports) -> None:
     REGISTRY.kill_all()
     assert REGISTRY.alive() == []
-    plan = plan_from_text(SHARED_PID.read_text())
-    assert scenario.wait_ports_free(scenario.all_ports(plan, scenario.Params()), 5) == []
+    own = [block.server("nginx", 0), block.server("php-fpm", 0)]  # pod0's: the only pod these tests start
+    assert scenario.wait_ports_free(own, 10) == []
 
 
-def test_shared_pid_pod_pause_is_pid1_ignores_quit_and_ends_the_pod_on_term(tmp_path: Path) -> None:
+def test_shared_pid_pod_pause_is_pid1_ignores_quit_and_ends_the_pod_on_term(
+    tmp_path: Path, block: Ports
+) -> None:
     """The lab's model of shareProcessNamespace: true, checked from inside a container."""
     try:
-        nginx, php, sandbox = _shared_pid_pod(tmp_path)
+        nginx, php, sandbox = _shared_pid_pod(tmp_path, block)
         nginx_pid, php_pid = ns_pid(nginx.pid1)[-1], ns_pid(php.pid1)[-1]
         assert _inside(nginx, "read -r c </proc/1/comm; echo $c") == ["pause"]
         # both masters beside pause in one namespace, their parent outside it (PPID 0), as under runc
@@ -161,14 +190,16 @@ def test_shared_pid_pod_pause_is_pid1_ignores_quit_and_ends_the_pod_on_term(tmp_
         assert nginx.exited.wait(5) and php.exited.wait(5)
         assert _exited(sandbox, 5)  # pause itself exited (on TERM: exit 0)
     finally:
-        _assert_shared_pid_pod_clean()
+        _assert_shared_pid_pod_clean(block)
 
 
-def test_shared_pid_container_exit_kills_its_processes_and_hook_not_the_pod(tmp_path: Path) -> None:
+def test_shared_pid_container_exit_kills_its_processes_and_hook_not_the_pod(
+    tmp_path: Path, block: Ports
+) -> None:
     """As containerd's kill --all: when nginx's master dies, its workers and running exec hook die with it;
     php-fpm and pause, in the same PID namespace, go on."""
     try:
-        nginx, php, sandbox = _shared_pid_pod(tmp_path)
+        nginx, php, sandbox = _shared_pid_pod(tmp_path, block)
         rec = ContainerRecord("pod0", "nginx", "nginx", "SIGTERM", "image", "exec sleep 60")
         hook: list[str] = []
 
@@ -188,4 +219,4 @@ def test_shared_pid_container_exit_kills_its_processes_and_hook_not_the_pod(tmp_
         assert not php.exited.is_set() and port_open(php.spec.port)
         os.kill(sandbox, 0)
     finally:
-        _assert_shared_pid_pod_clean()
+        _assert_shared_pid_pod_clean(block)

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 from bench.termination import plan as P
+from bench.termination import ports as ports_mod
 from bench.termination.matrix import CELLS, Row, full_rows, markdown, short_rows, verdict
+from bench.termination.ports import BLOCK, MAX_PODS, ROLE_OFFSET, Ports
 from bench.termination.servers import ContainerSpec, haproxy_conf, parse_haproxy_log, sandbox_argv
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -328,10 +330,10 @@ def test_workers_needed() -> None:
 
 
 def test_haproxy_conf_has_no_retries_and_no_checks() -> None:
-    conf = haproxy_conf(Path("/tmp/x"), [("pod0", 18000), ("pod1", 18001)], fastcgi=False)
+    conf = haproxy_conf(Path("/tmp/x"), [("pod0", 18000), ("pod1", 18001)], fastcgi=False, lb_port=14500)
     assert "retries 0" in conf and "redispatch" not in conf and " check" not in conf
-    assert "server pod1 127.0.0.1:18001\n" in conf
-    fcgi = haproxy_conf(Path("/tmp/x"), [("pod0", 19000)], fastcgi=True)
+    assert "server pod1 127.0.0.1:18001\n" in conf and "bind 127.0.0.1:14500\n" in conf
+    fcgi = haproxy_conf(Path("/tmp/x"), [("pod0", 19000)], fastcgi=True, lb_port=14000)
     assert "use-fcgi-app php" in fcgi and "proto fcgi" in fcgi
     assert all(
         "127.0.0.1" in line for line in conf.splitlines() if line.strip().startswith(("bind", "server"))
@@ -425,6 +427,8 @@ def _res(failed: int, hold: bool = True) -> dict[str, object]:
         "failed": failed,
         "total": 100,
         "unattributed_failures": 0,
+        "failed_by_server": {"pod0": failed} if failed else {},
+        "failures": [{"server": "pod0", "outcome": "reset"}] * failed,
         "routed_after_removal": 0,
         "survivors_ok": True,
         "to_terminating_pod": 50,
@@ -441,8 +445,11 @@ def test_verdicts() -> None:
     assert not ok and "assumptions hold" in text
     ok, text = verdict("fallback", row, _res(7, hold=False))
     assert ok and "assumption broken" in text
-    bad = {**_res(0), "unattributed_failures": 2}
-    assert not verdict("native", row, bad)[0]
+    lost = [{"server": "pod1", "outcome": "reset"}, {"server": "?", "outcome": "timeout"}]
+    bad = {**_res(0), "unattributed_failures": 2, "failed_by_server": {"pod1": 1, "?": 1}, "failures": lost}
+    ok, text = verdict("native", row, bad)
+    assert not ok and "2 failures on pods that were not terminating" in text
+    assert "{'pod1': 1, '?': 1}, {'reset': 1, 'timeout': 1})" in text
     zero = Row(
         "article", "article/sleep-both.yaml", CELLS["base"], modes=("original",), expect_original="zero"
     )
@@ -460,8 +467,12 @@ def test_verdict_checks_which_signal_reached_the_servers() -> None:
     row = Row("s", "s.yaml", CELLS["base"], expect_original="any", first_signals=("SIGTERM", "SIGQUIT"))
     assert verdict("original", row, _signalled("SIGTERM", "SIGTERM"))[0]
     assert verdict("fallback", row, _signalled("SIGQUIT", "SIGQUIT"))[0]
-    ok, text = verdict("fallback", row, _signalled("SIGQUIT", "SIGTERM"))
+    ok, text = verdict("native", row, _signalled("SIGQUIT", "SIGTERM"))
     assert not ok and "'php-fpm': 'SIGTERM'" in text and "expected SIGQUIT" in text
+    # the fallback hook signals the workers: php-fpm's are silent, its master logs the kubelet's TERM last
+    assert verdict("fallback", row, _signalled("SIGQUIT", "SIGTERM"))[0]
+    ok, text = verdict("fallback", row, _signalled("SIGTERM", "SIGTERM"))
+    assert not ok and "'nginx': 'SIGTERM'" in text
     assert not verdict("original", row, {**_res(0), "containers": [{"container": "nginx"}]})[0]  # none logged
     assert not verdict("original", row, _res(0))[0]  # no container record at all
 
@@ -502,3 +513,31 @@ def test_markdown_report() -> None:
     )
     assert "| nginx | base: 2 s / 300 ms / 40/s |" in md
     assert "**40**/100 (503x40)" in md and "**0**/100" in md
+
+
+# ------------------------------------------------------------------------------------------------ ports
+
+
+def test_a_port_block_gives_each_role_and_pod_its_own_port() -> None:
+    block = Ports(14500)
+    ports = [block.lb, block.upstream] + [block.server(r, i) for r in ROLE_OFFSET for i in range(MAX_PODS)]
+    assert len(set(ports)) == len(ports) and min(ports) == 14500 and max(ports) < 14500 + BLOCK
+    with pytest.raises(ValueError, match="pod index 99"):
+        block.server("nginx", MAX_PODS)
+
+
+def test_claims_never_share_a_block_and_skip_one_in_use(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ports_mod, "LOCK_DIR", tmp_path)
+    everything = lambda b: [b.lb, b.server("nginx", 0)]  # noqa: E731
+    with ports_mod.claim(everything, lambda _p: False) as first:
+        # a second run (another process would see the same flock) moves on; so does one finding a port taken
+        busy = first.base + BLOCK + ROLE_OFFSET["nginx"]
+        with ports_mod.claim(everything, lambda p: p == busy) as second:
+            assert second.base == first.base + 2 * BLOCK
+    with ports_mod.claim(everything, lambda _p: False) as again:
+        assert again.base == first.base  # released when the run ended
+    taken = ports_mod.claim(everything, lambda _p: True)
+    with pytest.raises(ports_mod.PortsExhausted, match="in use"), taken:
+        pass

@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 import pytest
@@ -30,6 +29,7 @@ from tests.cluster.node import (
     missing_prerequisites,
 )
 from tests.image.build import BuildError, BuiltImage, build_operator_image
+from tests.support.capture import uncaptured
 from tests.support.realnode_env import NodeCluster
 
 NODE_DIR = Path(__file__).resolve().parent
@@ -49,14 +49,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 item.add_marker(skip)
 
 
-def _uncaptured(config: pytest.Config) -> AbstractContextManager[object]:
-    capman = config.pluginmanager.getplugin("capturemanager")
-    if capman is None:
-        return nullcontext()
-    cm: AbstractContextManager[object] = capman.global_and_fixture_disabled()
-    return cm
-
-
 def _say(msg: str) -> None:
     print(f"\n[node] {msg}", flush=True)
 
@@ -66,7 +58,7 @@ def node_binaries(pytestconfig: pytest.Config) -> tuple[Path, Path]:
     missing = missing_prerequisites()
     if missing:
         pytest.fail(f"a real node needs {missing} (tests/cluster/build-node.sh --apt)", pytrace=False)
-    with _uncaptured(pytestconfig):
+    with uncaptured(pytestconfig):
         cleanup_stale(log=_say)  # nodes left by a test process that was killed
         try:
             return ensure_binaries(log=_say), ensure_node_binaries(log=_say)
@@ -76,7 +68,7 @@ def node_binaries(pytestconfig: pytest.Config) -> tuple[Path, Path]:
 
 @pytest.fixture(scope="session")
 def nginx(pytestconfig: pytest.Config, node_binaries: tuple[Path, Path]) -> Image:
-    with _uncaptured(pytestconfig):
+    with uncaptured(pytestconfig):
         image = build_image(nginx_image(), log=_say)
         _say(f"image {image.ref}: {'cached' if image.cached else f'built in {image.built_seconds:.0f}s'}")
     return image
@@ -94,7 +86,7 @@ def _session_node_cluster(
         binaries=bins[0], feature_gates=gates, name=name, nodes=0, extra_apiserver_args=APISERVER_ARGS
     )
     node = RealNode(cluster, binaries=bins[1], name=f"{name}-node")
-    with _uncaptured(config):
+    with uncaptured(config):
         cluster.start()
         try:
             node.start()
@@ -117,7 +109,7 @@ def _session_node_cluster(
         node.stop()
         if failed:
             cluster.keep_logs = True
-            with _uncaptured(config):
+            with uncaptured(config):
                 _say(f"tests failed: logs of {name!r} (cluster and node) kept in {cluster.log_dir}")
         cluster.stop()
 

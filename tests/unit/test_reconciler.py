@@ -102,6 +102,7 @@ async def pipeline(api: FakeApi, *, workers: int = 2) -> AsyncIterator[Pipeline]
     workloads = WorkloadEvents(reconciler, index, queue)
     reconciler.retry = queue.retry  # as controller.wiring
     reconciler.held = queue.held
+    reconciler.exclusive = queue.exclusive
     queue.on_retry = lambda key: reconciler.metrics.retries.labels(key.kind.lower()).inc()
     queue.start(workloads.handle)
     try:

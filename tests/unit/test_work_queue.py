@@ -88,3 +88,34 @@ async def test_a_background_event_is_posted_anyway_after_the_wait_limit(
         assert [e["reason"] for e in api.events] == ["Applied"]
     finally:
         await recorder.close()
+
+
+async def test_a_fan_out_and_the_queue_never_reconcile_one_workload_at_once() -> None:
+    """A profile's fan-out works on a workload outside the queue: while it does, the queue's workers
+    leave that workload alone (an event meanwhile waits for it); a workload the queue has already is left
+    to the queue, which reconciles it once more, afresh, afterwards. Two at once both wrote."""
+    key = Key("Deployment", "shop", "web")
+    release = asyncio.Event()
+    handled: list[str] = []
+
+    async def handle(k: Key, item: Item) -> None:
+        handled.append(item.event_type)
+        await release.wait()
+
+    queue = WorkQueue(workers=2)
+    queue.start(handle)
+    try:
+        async with queue.exclusive(key) as mine:
+            assert mine
+            queue.put(key, Item("MODIFIED", {}))
+            await settle()
+            assert handled == []  # the fan-out has it: the event waits
+        await settle()
+        assert handled == ["MODIFIED"]  # then the queue's turn
+        async with queue.exclusive(key) as mine:  # the queue is reconciling it now
+            assert not mine
+        release.set()
+        await asyncio.wait_for(queue.wait_idle(), 1)
+        assert handled == ["MODIFIED", "RETRY"]  # once more, afresh (RETRY reads the workload again)
+    finally:
+        await queue.stop()

@@ -8,10 +8,12 @@ with a fake API.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -102,6 +104,9 @@ class Reconciler:
         # Whether the work queue holds a workload for a Retry-After: the fan-out then leaves it to the
         # queue, whose retry reads it afresh (with the new profile) when the time is up.
         self.held: Callable[[Key], bool] = lambda key: False
+        # The work queue's per-workload exclusivity (wiring sets it): a fan-out never reconciles a workload
+        # the queue is reconciling too. Without a queue (tests), every workload is the fan-out's.
+        self.exclusive: Callable[[Key], AbstractAsyncContextManager[bool]] = _always_mine
 
     # --- Workloads ---------------------------------------------------------------------------------
 
@@ -391,7 +396,9 @@ class Reconciler:
         retries."""
         if self.held(key):
             return
-        async with self._fanout:
+        async with self._fanout, self.exclusive(key) as mine:
+            if not mine:
+                return  # the queue has it: it reconciles it once more, afresh, with the new profile
             outcome = await self.reconcile_fresh(key)
         if outcome is not None and outcome.result in RETRY_RESULTS and self.retry is not None:
             self.retry(key, outcome.retry_after or 0.0)
@@ -406,6 +413,11 @@ class Reconciler:
     def forget_profile(self, name: str) -> None:
         self.store.remove(name)
         self.metrics.forget_profile(name)
+
+
+@contextlib.asynccontextmanager
+async def _always_mine(key: Key) -> AsyncIterator[bool]:
+    yield True
 
 
 def _has_fallback_hook(body: Mapping[str, Any], containers: Iterable[str]) -> bool:

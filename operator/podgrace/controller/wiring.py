@@ -111,6 +111,7 @@ def build(options: Options, connection: kopf.ConnectionInfo | Credentials, metri
     workloads = WorkloadEvents(reconciler, index, queue)
     reconciler.retry = queue.retry  # the fan-out's failures are retried by the queue, with its backoff
     reconciler.held = queue.held  # and it leaves alone a workload the API server asked to wait for
+    reconciler.exclusive = queue.exclusive  # and never reconciles a workload the queue has at the same time
 
     def count_retry(key: Key) -> None:
         metrics.retries.labels(kind_named(key.kind).label).inc()

@@ -5,9 +5,10 @@ retries of failed reconciles, after client-go's rate limits (rate_limit.py)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -162,6 +163,29 @@ class WorkQueue:
         self._latest[key] = item
         if key not in self._held:  # held: reconciled when its Retry-After is over
             self._enqueue(key)
+
+    @contextlib.asynccontextmanager
+    async def exclusive(self, key: Key) -> AsyncIterator[bool]:
+        """Work on `key` outside the queue (a profile's fan-out) as if a worker had it: True, and the
+        queue's workers leave `key` alone until the block ends (an event meanwhile is reconciled after it).
+        False when the queue has `key` already (queued or being reconciled): it gets a fresh read once
+        more, after that, and the caller leaves it to the queue. Two reconciles of one workload at once
+        would both write (seen as double writes after a profile edit)."""
+        if key in self._active or key in self._queued:
+            self._latest.setdefault(key, Item(RETRY, {}))
+            if key not in self._held:
+                self._enqueue(key)
+            yield False
+            return
+        self._active.add(key)
+        self._idle.clear()
+        try:
+            yield True
+        finally:
+            self._active.discard(key)
+            if key in self._latest and key not in self._held:
+                self._enqueue(key)
+            self._mark_idle()
 
     def held(self, key: Key) -> bool:
         """Whether `key` waits for a Retry-After (nothing else is to reconcile it before)."""
