@@ -412,7 +412,10 @@ class Bench:
             "p99_s": pct(latencies, 99),
             "max_s": max(latencies) if latencies else float("nan"),
             "mean_s": statistics.fmean(latencies) if latencies else float("nan"),
-            "podgrace_writes": len(ours),
+            # Writes that went through; a patch refused with 409 (it names the resourceVersion podgrace read,
+            # and the user's next change came in between) changed nothing and is planned again: counted apart.
+            "podgrace_writes": sum(1 for r in ours if r.code < 400),
+            "podgrace_refused": dict(Counter(r.code for r in ours if r.code >= 400)),
             "cpu_s": stats["cpu_s"] - cpu_before,
             "http_429": sum(1 for r in reqs if r.code == 429),
         }

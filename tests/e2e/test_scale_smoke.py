@@ -45,6 +45,8 @@ def test_scale_smoke(cluster_bin_dir: Path, tmp_path: Path) -> None:
     churn = result["churn"]
     assert churn["missed"] == 0 and churn["matched"] == churn["changes"]
     assert churn["podgrace_writes"] == churn["changes"]  # one patch per user change, nothing else
+    refused = churn["podgrace_refused"]  # 409s only (changed nothing), at most 3 per change
+    assert set(refused) <= {409} and sum(refused.values()) <= 3 * churn["changes"], refused
 
     fanout = result["fanout"]
     assert fanout["users"] == SIZE
