@@ -14,8 +14,8 @@ from typing import Any, TypeVar
 import aiohttp
 
 T = TypeVar("T")
-APPLY = "application/apply-patch+yaml"
 MERGE = "application/merge-patch+json"
+STRATEGIC = "application/strategic-merge-patch+json"  # podgrace's own writes (controller/kube_api)
 
 
 class Client:

@@ -7,6 +7,9 @@ rendered settings differ from what it carries when podgrace starts (the initial 
 every user change after which the Deployment's rendered settings differ from before it (an opt-in, an
 opt-out, a new sleep annotation; a profile edit counts once per Deployment naming the profile whose
 settings it changes). Edits that change nothing podgrace renders (an unrelated annotation) count zero.
+An opt-out that gives the grace period back to the API server's default counts two: the revert, then
+podgrace's write of managedFields alone that gives up its claim on the re-defaulted value (an Update is
+recorded as owning what the server defaulted in it; README "Who owns what", rule 5).
 """
 
 from __future__ import annotations
@@ -102,8 +105,13 @@ class Model:
                 owner.annotations[name] = value
         owner.ever_opted_in |= owner.opted_in
         self.events[kind] += 1
-        if self.rendered(owner) != before:
+        after = self.rendered(owner)
+        if after != before:
             self._count(kind)
+        grace = "terminationGracePeriodSeconds"
+        defaulted = grace not in owner.manifest()["spec"]["template"]["spec"]
+        if defaulted and not owner.opted_in and before[grace] != after[grace]:
+            self._count("release of the re-defaulted grace period")
 
     def edit_profile(self, name: str, spec: dict[str, Any]) -> None:
         """The profile's new spec has been accepted by the API server."""

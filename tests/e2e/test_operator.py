@@ -159,6 +159,13 @@ def test_opt_in_injects_once_and_rolls_out_once(cluster: Any, operator: Operator
     assert "sleep 35" in php["lifecycle"]["preStop"]["exec"]["command"][2]
     assert "stopSignal" not in nginx["lifecycle"]
     assert spec["terminationGracePeriodSeconds"] == 70
+    # What a co-owner sees (README "Who owns what"): one Update entry under podgrace, never an Apply one.
+    ours = [
+        (m["operation"], m.get("subresource"))
+        for m in obj["metadata"]["managedFields"]
+        if m["manager"] == "podgrace"
+    ]
+    assert ours == [("Update", None)]
     wait_until("the rollout", lambda: len(replica_sets(cluster, "checkout")) == 2)
     time.sleep(3)
     assert len(replica_sets(cluster, "checkout")) == 2

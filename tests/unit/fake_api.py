@@ -1,8 +1,12 @@
-"""An in-memory stand-in for the API server's side of podgrace's calls, with a small server-side apply.
+"""An in-memory stand-in for the API server's side of podgrace's calls, with a small server-side apply and
+a small strategic merge patch.
 
-The apply model covers the shapes podgrace writes: the applier owns exactly the leaves it sends, fields it
-owned before and no longer sends are removed unless another manager owns them, and a differing value on a
-field another manager owns is a 409 conflict unless forced.
+The apply model covers the shapes podgrace's dry-run probe sends: the applier owns exactly the leaves it
+sends, fields it owned before and no longer sends are removed unless another manager owns them, and a
+differing value on a field another manager owns is a 409 conflict unless forced. The patch model covers
+podgrace's writes (core/write_patch.py): an Update operation, whose manager gets the leaves whose values it
+changed (taken from the others), null deletes, `$patch: replace` replaces a map, containers merge by name,
+and a resourceVersion in the patch is a precondition (409 when the object changed since).
 """
 
 from __future__ import annotations
@@ -73,6 +77,39 @@ def _delete(obj: dict[str, Any], path: Path) -> None:
             del container[key]  # type: ignore[arg-type]
 
 
+_MISSING = object()
+
+
+def _object_leaves(obj: dict[str, Any]) -> dict[Path, Any]:
+    annotations = (obj.get("metadata") or {}).get("annotations") or {}
+    leaves = desired_leaves(obj.get("spec") or {}, ("f:spec",))
+    leaves.update({("f:metadata", "f:annotations", f"f:{k}"): v for k, v in annotations.items()})
+    return leaves
+
+
+def _merge(target: dict[str, Any], patch: dict[str, Any], *, keep_stop_signal: bool = True) -> None:
+    """A strategic merge patch of the shapes podgrace sends, into `target`."""
+    for key, value in patch.items():
+        if value is None or (key == "stopSignal" and not keep_stop_signal):
+            target.pop(key, None)  # (an API server without ContainerStopSignals drops the field)
+        elif key == "containers":
+            items = target.setdefault(key, [])
+            for item in value:
+                found = next((c for c in items if c.get("name") == item["name"]), None)
+                if found is None:
+                    found = {"name": item["name"]}
+                    items.append(found)
+                _merge(found, item, keep_stop_signal=keep_stop_signal)
+        elif isinstance(value, dict) and value.get("$patch") == "replace":
+            target[key] = {k: copy.deepcopy(v) for k, v in value.items() if k != "$patch"}
+        elif isinstance(value, dict):
+            if not isinstance(target.get(key), dict):
+                target[key] = {}
+            _merge(target[key], value, keep_stop_signal=keep_stop_signal)
+        else:
+            target[key] = copy.deepcopy(value)
+
+
 class FakeApi:
     def __init__(self) -> None:
         self.workloads: dict[Key, dict[str, Any]] = {}  # Deployments, StatefulSets, DaemonSets
@@ -80,6 +117,7 @@ class FakeApi:
         self.event_reads = 0
         self.statuses: dict[str, dict[str, Any]] = {}
         self.applies: list[tuple[str, str, dict[str, Any], bool, bool]] = []
+        self.written_kinds: list[str] = []  # the kind each write (not a dry run) was sent to, in order
         self.keep_stop_signal = True  # False models an API server without ContainerStopSignals
         self.fail_next: list[ApiError] = []
         self.version = (1, 35)  # what server_version() answers
@@ -96,6 +134,7 @@ class FakeApi:
         metadata.setdefault("namespace", "default")
         metadata["uid"] = f"uid-{metadata['name']}"
         metadata["generation"] = 1
+        metadata["resourceVersion"] = "1"
         leaves = set(desired_leaves(obj.get("spec") or {}, ("f:spec",)))
         metadata["managedFields"] = [
             {"manager": manager, "operation": "Update", "fieldsType": "FieldsV1", "fieldsV1": _nest(leaves)}
@@ -122,6 +161,8 @@ class FakeApi:
         namespace, name = key.namespace, key.name
         assert body.get("kind") == key.kind, (body.get("kind"), key)  # the body names the kind it is sent to
         self.applies.append((namespace, name, copy.deepcopy(body), force, dry_run))
+        if not dry_run:
+            self.written_kinds.append(key.kind)
         live = self.workloads.get(key)
         if live is None:
             raise ApiError(404, "NotFound", f"{kind_named(key.kind).plural}.apps {name} not found")
@@ -156,9 +197,58 @@ class FakeApi:
             )
         if obj.get("spec") != live.get("spec"):
             obj["metadata"]["generation"] += 1
+        if obj != live:
+            obj["metadata"]["resourceVersion"] = str(int(live["metadata"].get("resourceVersion", "1")) + 1)
         if not dry_run:
             self.workloads[key] = obj
         return copy.deepcopy(obj)
+
+    async def patch_workload_as(self, key: Key, patch: dict[str, Any], field_manager: str) -> dict[str, Any]:
+        if self.fail_next:
+            raise self.fail_next.pop(0)
+        namespace, name = key.namespace, key.name
+        live = self.workloads.get(key)
+        if live is None:
+            raise ApiError(404, "NotFound", f"{kind_named(key.kind).plural}.apps {name} not found")
+        self.applies.append((namespace, name, copy.deepcopy(patch), False, False))
+        self.written_kinds.append(key.kind)
+        precondition = (patch.get("metadata") or {}).get("resourceVersion")
+        if precondition is not None and precondition != live["metadata"]["resourceVersion"]:
+            raise ApiError(409, "Conflict", "the object has been modified; please apply your changes")
+        obj = copy.deepcopy(live)
+        _merge(
+            obj["metadata"], {k: v for k, v in (patch.get("metadata") or {}).items() if k == "annotations"}
+        )
+        _merge(obj.setdefault("spec", {}), patch.get("spec") or {}, keep_stop_signal=self.keep_stop_signal)
+        before, after = _object_leaves(live), _object_leaves(obj)
+        changed = {p for p, v in after.items() if before.get(p, _MISSING) != v}
+        touched = changed | (set(before) - set(after))
+        entries = obj["metadata"]["managedFields"]
+        for entry in entries:
+            kept = {
+                p
+                for p in manager_leaves([entry], podgrace=entry.get("manager") == FIELD_MANAGER)
+                if not any(p[: len(q)] == q or q[: len(p)] == p for q in touched)
+            }
+            entry["fieldsV1"] = _nest(kept)
+        mine = next(
+            (e for e in entries if e.get("manager") == field_manager and e.get("operation") == "Update"), None
+        )
+        if mine is None and changed:
+            mine = {"manager": field_manager, "operation": "Update", "fieldsType": "FieldsV1", "fieldsV1": {}}
+            entries.append(mine)
+        if mine is not None:
+            own = manager_leaves([mine], podgrace=field_manager == FIELD_MANAGER)
+            mine["fieldsV1"] = _nest(own | changed)
+        entries[:] = [e for e in entries if e.get("fieldsV1")]
+        if "managedFields" in (patch.get("metadata") or {}):  # a reset: the request's list, as it is
+            obj["metadata"]["managedFields"] = copy.deepcopy(patch["metadata"]["managedFields"])
+        if obj.get("spec") != live.get("spec"):
+            obj["metadata"]["generation"] += 1
+        if obj != live:
+            obj["metadata"]["resourceVersion"] = str(int(live["metadata"]["resourceVersion"]) + 1)
+        self.workloads[key] = obj
+        return {"metadata": copy.deepcopy(obj["metadata"])}
 
     async def server_version(self) -> tuple[int, int]:
         return self.version

@@ -1,4 +1,5 @@
-"""metadata.managedFields: who owns the fields podgrace injects, whether an apply is a no-op, and the revert.
+"""metadata.managedFields: who owns the fields podgrace injects; podgrace's write (core/write_patch.py):
+what it changes, whether it is a no-op, and the revert.
 
 The managedFields entries are written the way the API server records them: fieldsV1 with `f:` fields,
 `k:{"name":...}` list-map keys, `.` for maps a manager created (client-side apply) and `f:name` for the key.
@@ -14,8 +15,10 @@ import pytest
 from podgrace.core import apply_body, managed_fields, planner, workload_parser
 from podgrace.core.capabilities import Capabilities, from_description
 from podgrace.core.constants import ANN_MODE, FIELD_MANAGER
+from podgrace.core.models import GRACE_FIELD as GRACE
 from podgrace.core.models import Ownership, ShutdownProfile
 from podgrace.core.planner import Outcome
+from podgrace.core.write_patch import write_patch
 
 TIME = "2026-11-20T10:00:00Z"
 
@@ -147,9 +150,12 @@ def test_ownership_of_user_managers() -> None:
         foreign_grace=True,
         # who holds each contested field, and which of them by server-side apply (issue 12)
         owners=(
+            ("containers[nginx].lifecycle.stopSignal", "argocd-controller"),
             ("containers[php-fpm].lifecycle.preStop", "kubectl-client-side-apply"),
+            ("os.name", "argocd-controller"),
             ("terminationGracePeriodSeconds", "kubectl-client-side-apply"),
         ),
+        applied=frozenset({"containers[nginx].lifecycle.stopSignal", "os.name"}),
         last_writer="kubectl-client-side-apply",
     )
 
@@ -254,7 +260,7 @@ def test_exec_command_is_one_atomic_leaf() -> None:
     assert leaves == {("f:preStop", "f:exec", "f:command"): command}
 
 
-# --- apply_is_noop ------------------------------------------------------------------------------------------
+# --- write_patch (the zero-write skip, was apply_is_noop) -----------------------------------------------
 
 SLEEP_5 = {"preStop": {"sleep": {"seconds": 5}}}
 WEB_BODY = {  # what podgrace applies for a generic container named nginx (profile web, 1.34)
@@ -279,26 +285,50 @@ USER = entry("kubectl-client-side-apply", KUBECTL_USER, operation="Update")
 ARGO = entry("argocd-controller", ARGOCD_STOP_SIGNAL)
 
 
+WEB = WEB_BODY["spec"]["template"]["spec"]  # type: ignore[index]
+
+
+def noop(obj: dict[str, Any], pod_spec: dict[str, Any]) -> bool:
+    return write_patch(obj, pod_spec, None) is None
+
+
 def test_noop_when_podgrace_owns_exactly_the_desired_fields(deployment: Any) -> None:
     obj = live(
         deployment, nginx_lifecycle=SLEEP_5, entries=[USER, entry("podgrace", PODGRACE_SLEEP_AND_GRACE)]
     )
-    assert managed_fields.apply_is_noop(obj, WEB_BODY)
+    assert noop(obj, WEB)
 
 
 def test_noop_is_indifferent_to_dots_and_operation(deployment: Any) -> None:
     fields = {"f:spec": fields_of(WEB_BODY["spec"], dots=True)}
     obj = live(deployment, nginx_lifecycle=SLEEP_5, entries=[entry("podgrace", fields, operation="Update")])
-    assert managed_fields.apply_is_noop(obj, WEB_BODY)
+    assert noop(obj, WEB)
 
 
 @pytest.mark.parametrize(
-    ("nginx_lifecycle", "grace"),
-    [({"preStop": {"sleep": {"seconds": 3}}}, 40), (SLEEP_5, 30), (SLEEP_5, None)],
-    ids=["sleep-differs", "grace-differs", "grace-missing"],
+    ("nginx_lifecycle", "grace", "patch"),
+    [
+        (
+            {"preStop": {"sleep": {"seconds": 3}}},
+            40,
+            {"containers": [{"name": "nginx", "lifecycle": SLEEP_5}]},
+        ),
+        (SLEEP_5, 30, {GRACE: 40}),
+        (SLEEP_5, None, {GRACE: 40}),
+        (  # a hook replaced whole: the exec handler is nulled, not merged with the sleep
+            {"preStop": {"exec": {"command": ["sh", "-c", "sleep 3"]}}},
+            40,
+            {
+                "containers": [
+                    {"name": "nginx", "lifecycle": {"preStop": {"exec": None, "sleep": {"seconds": 5}}}}
+                ]
+            },
+        ),
+    ],
+    ids=["sleep-differs", "grace-differs", "grace-missing", "exec-becomes-sleep"],
 )
-def test_not_noop_when_a_value_differs(
-    deployment: Any, nginx_lifecycle: dict[str, Any], grace: int | None
+def test_a_differing_value_is_patched_alone(
+    deployment: Any, nginx_lifecycle: dict[str, Any], grace: int | None, patch: dict[str, Any]
 ) -> None:
     obj = live(
         deployment,
@@ -306,63 +336,136 @@ def test_not_noop_when_a_value_differs(
         grace=grace,
         entries=[entry("podgrace", PODGRACE_SLEEP_AND_GRACE)],
     )
-    assert not managed_fields.apply_is_noop(obj, WEB_BODY)
+    obj["metadata"]["resourceVersion"] = "17"
+    assert write_patch(obj, WEB, None) == {
+        "metadata": {"resourceVersion": "17"},  # a change since podgrace read it: 409, not overwritten
+        "spec": {"template": {"spec": patch}},
+    }
 
 
-def test_not_noop_when_podgrace_owns_an_extra_field(deployment: Any) -> None:
+def test_a_field_podgrace_alone_owns_and_no_longer_wants_is_released(deployment: Any) -> None:
     extra = json.loads(json.dumps(PODGRACE_SLEEP_AND_GRACE))
     extra["f:spec"]["f:template"]["f:spec"]["f:containers"][key("nginx")]["f:lifecycle"]["f:stopSignal"] = {}
     obj = live(
         deployment, nginx_lifecycle={**SLEEP_5, "stopSignal": "SIGQUIT"}, entries=[entry("podgrace", extra)]
     )
-    assert not managed_fields.apply_is_noop(obj, WEB_BODY)  # applying drops the stopSignal
-
-
-def test_not_noop_when_podgrace_does_not_own_a_desired_field_yet(deployment: Any) -> None:
-    only_sleep = json.loads(json.dumps(PODGRACE_SLEEP_AND_GRACE))
-    del only_sleep["f:spec"]["f:template"]["f:spec"]["f:terminationGracePeriodSeconds"]
-    # the value is already there, set by the user's manager: podgrace still has to take co-ownership
-    obj = live(deployment, nginx_lifecycle=SLEEP_5, entries=[USER, entry("podgrace", only_sleep)])
-    assert not managed_fields.apply_is_noop(obj, WEB_BODY)
-
-
-def test_not_noop_when_only_a_user_owns_the_same_values(deployment: Any) -> None:
-    user = entry(
-        "kubectl-client-side-apply", {"f:spec": fields_of(WEB_BODY["spec"], dots=True)}, operation="Update"
-    )
-    obj = live(deployment, nginx_lifecycle=SLEEP_5, entries=[user])
-    assert not managed_fields.apply_is_noop(obj, WEB_BODY)
-
-
-def test_not_noop_for_a_first_apply(deployment: Any) -> None:
-    obj = live(deployment, grace=None, entries=[USER])
-    assert not managed_fields.apply_is_noop(obj, WEB_BODY)
+    patch = write_patch(obj, WEB, None)
+    assert patch is not None
+    assert patch["spec"] == {
+        "template": {"spec": {"containers": [{"name": "nginx", "lifecycle": {"stopSignal": None}}]}}
+    }
 
 
 @pytest.mark.parametrize(
-    ("entries", "noop"),
+    "user",
     [
-        ([], True),
-        ([USER, ARGO], True),
-        ([entry("podgrace", {"f:metadata": {"f:labels": {"f:x": {}}}})], True),  # only spec is compared
-        ([USER, entry("podgrace", PODGRACE_SLEEP_AND_GRACE)], False),
-        ([entry("podgrace", ARGOCD_STOP_SIGNAL)], False),
+        entry(
+            "kubectl-client-side-apply",
+            {"f:spec": fields_of(WEB_BODY["spec"], dots=True)},
+            operation="Update",
+        ),
+        entry("argocd-controller", {"f:spec": fields_of(WEB_BODY["spec"])}),
+    ],
+    ids=["update-owner", "apply-owner"],
+)
+def test_values_already_there_are_not_written_again(deployment: Any, user: dict[str, Any]) -> None:
+    """An Update only takes the fields whose value it changes: writing the same value again would be a
+    write on every resync that changes nothing, so it is not sent (podgrace does not own these)."""
+    obj = live(deployment, nginx_lifecycle=SLEEP_5, entries=[user])
+    assert noop(obj, WEB)
+
+
+def test_a_field_shared_with_another_owner_is_left_to_it(deployment: Any) -> None:
+    """The revert: the owner holds the same values; they stay, only podgrace's claims go (metadata only)."""
+    argo = entry("argocd-controller", {"f:spec": fields_of(WEB_BODY["spec"])})
+    ours = entry("podgrace", {"f:spec": fields_of(WEB_BODY["spec"])}, operation="Update")
+    for item in ours["fieldsV1"]["f:spec"]["f:template"]["f:spec"]["f:containers"].values():
+        del item["."], item["f:name"]  # an Update does not take a container's key it did not change
+    obj = live(deployment, nginx_lifecycle=SLEEP_5, entries=[argo, ours])
+    obj["metadata"]["resourceVersion"] = "9"
+    assert write_patch(obj, {}, None) == {"metadata": {"managedFields": [argo], "resourceVersion": "9"}}
+
+
+def test_what_the_release_of_the_grace_period_leaves_to_podgrace_is_given_up(deployment: Any) -> None:
+    """Released (null), the grace period is the API server's default 30, and an Update owns what the server
+    defaulted in it (seen on the real API server): not written again (that would be a write on every
+    reconcile), podgrace's claim goes; the user's claims stay as they are."""
+    grace = {"f:spec": {"f:template": {"f:spec": {"f:terminationGracePeriodSeconds": {}}}}}
+    ours = entry("podgrace", grace, operation="Update")
+    obj = live(deployment, grace=30, entries=[USER, ours])
+    obj["metadata"]["resourceVersion"] = "9"
+    assert write_patch(obj, {}, None) == {"metadata": {"managedFields": [USER], "resourceVersion": "9"}}
+    obj["metadata"]["managedFields"] = [USER]
+    assert noop(obj, {})
+
+
+def test_first_write(deployment: Any) -> None:
+    obj = live(deployment, grace=None, entries=[USER])
+    assert write_patch(obj, WEB, None) == {
+        "metadata": {"resourceVersion": None},
+        "spec": {"template": {"spec": WEB}},
+    }
+
+
+def test_a_container_the_owner_removed_is_never_named(deployment: Any) -> None:
+    """The list merges by name: naming a container the live object lacks would add it back, imageless."""
+    obj = live(deployment, nginx_lifecycle=SLEEP_5, entries=[USER])
+    obj["spec"]["template"]["spec"]["containers"][0]["name"] = "web"
+    pod_spec = {
+        **WEB,
+        "containers": [{"name": "nginx", "lifecycle": SLEEP_5}, {"name": "gone", "lifecycle": SLEEP_5}],
+    }
+    assert noop(obj, pod_spec)
+
+
+@pytest.mark.parametrize(
+    ("entries", "lifecycle", "noop_"),
+    [
+        ([], SLEEP_5, True),
+        ([USER, ARGO], SLEEP_5, True),
+        ([entry("podgrace", {"f:metadata": {"f:labels": {"f:x": {}}}})], SLEEP_5, True),  # only its fields
+        ([USER, entry("podgrace", PODGRACE_SLEEP_AND_GRACE)], SLEEP_5, False),
+        ([entry("podgrace", ARGOCD_STOP_SIGNAL)], {"stopSignal": "SIGQUIT"}, False),
     ],
     ids=["no-managers", "users-only", "podgrace-metadata-only", "podgrace-owns-spec", "podgrace-owns-signal"],
 )
 def test_revert_is_noop_only_when_podgrace_owns_nothing(
-    deployment: Any, entries: list[dict[str, Any]], noop: bool
+    deployment: Any, entries: list[dict[str, Any]], lifecycle: dict[str, Any], noop_: bool
+) -> None:
+    obj = live(deployment, nginx_lifecycle=lifecycle, entries=entries)
+    assert noop(obj, {}) is noop_
+
+
+@pytest.mark.parametrize(
+    ("entries", "pod_patch"),
+    [
+        (
+            [entry("podgrace", PODGRACE_SLEEP_AND_GRACE)],
+            {GRACE: None, "containers": [{"name": "nginx", "lifecycle": None}]},
+        ),
+        # the user's client-side apply holds the grace period too (same value): it stays, theirs
+        (
+            [USER, entry("podgrace", PODGRACE_SLEEP_AND_GRACE)],
+            {"containers": [{"name": "nginx", "lifecycle": None}]},
+        ),
+    ],
+    ids=["podgrace-alone", "grace-shared"],
+)
+def test_revert_releases_what_only_podgrace_holds_and_leaves_no_empty_lifecycle(
+    deployment: Any, entries: list[dict[str, Any]], pod_patch: dict[str, Any]
 ) -> None:
     obj = live(deployment, nginx_lifecycle=SLEEP_5, entries=entries)
-    assert managed_fields.apply_is_noop(obj, REVERT_BODY) is noop
+    patch = write_patch(obj, {}, None)
+    assert patch is not None
+    assert patch["spec"]["template"]["spec"] == pod_patch
 
 
 @pytest.mark.parametrize("annotations", [{}, {ANN_MODE: "audit"}], ids=["annotation-removed", "mode-audit"])
 def test_revert_plan_gives_up_every_field(
     builtin_profiles: dict[str, ShutdownProfile], deployment: Any, annotations: dict[str, str]
 ) -> None:
-    """A Deployment that was managed (podgrace owns sleep + grace) and is no longer: the body podgrace applies
-    has no spec, so SSA drops all of podgrace's fields, and it is not skipped as a no-op."""
+    """A Deployment that was managed (podgrace owns sleep + grace) and is no longer: podgrace wants no
+    fields, so its patch removes all of its own, and it is not skipped as a no-op."""
     ann = {"podgrace.dev/profile": "nginx", **annotations} if annotations else {}
     obj = deployment(
         [{"name": "nginx", "image": "nginx:1.27", "lifecycle": SLEEP_5}],
@@ -377,9 +480,9 @@ def test_revert_plan_gives_up_every_field(
     body = apply_body.apply_body("default", "shop", result)
     assert "spec" not in body
     assert body == REVERT_BODY
-    assert not managed_fields.apply_is_noop(obj, body)
+    assert not noop(obj, apply_body.pod_spec_fields(result))
     reverted = {**obj, "metadata": {**obj["metadata"], "managedFields": []}}
-    assert managed_fields.apply_is_noop(reverted, body)
+    assert noop(reverted, apply_body.pod_spec_fields(result))
 
 
 # --- cluster mode, end to end over the pure core ------------------------------------------------------------
@@ -421,15 +524,15 @@ def test_after_apply_a_resync_is_a_noop(
         workload_parser.from_object(manifest, with_ownership=True), builtin_profiles, _caps(caps)
     )
     body = apply_body.apply_body("default", "shop", first)
-    assert not managed_fields.apply_is_noop(manifest, body)
+    assert not noop(manifest, body["spec"]["template"]["spec"])
 
     # the object as the API server has it after podgrace's apply
     after = apply_body.merge_into_manifest(manifest, first)
     after["metadata"]["managedFields"] = [
         *manifest["metadata"]["managedFields"],
-        entry("podgrace", {"f:spec": fields_of(body["spec"])}),
+        entry("podgrace", {"f:spec": fields_of(body["spec"])}, operation="Update"),
     ]
-    assert managed_fields.apply_is_noop(after, body)
+    assert noop(after, body["spec"]["template"]["spec"])
 
     second = planner.plan(
         workload_parser.from_object(after, with_ownership=True), builtin_profiles, _caps(caps)

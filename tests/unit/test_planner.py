@@ -16,6 +16,7 @@ from podgrace.core import apply_body, assess, planner, timing, workload_parser
 from podgrace.core.capabilities import STOP_SIGNALS_GATE, Capabilities, from_description
 from podgrace.core.constants import ANN_DRAIN, ANN_EXISTING_PRESTOP, ANN_PRESTOP_SLEEP, HOOK_MARKER
 from podgrace.core.findings import RISKS, Code
+from podgrace.core.hook_intent import SignalAndWait
 from podgrace.core.models import Ownership, Role, ShutdownProfile
 from podgrace.core.planner import Outcome
 from podgrace.core.profiles import parse as parse_profile
@@ -965,6 +966,64 @@ def test_podgrace_takes_a_field_at_most_once_and_never_from_an_apply_owner(
 
 
 USER_EXEC = {"exec": {"command": ["sh", "-c", "echo draining; sleep 3"]}}
+
+SIGNAL_KEY = "containers[nginx].lifecycle.stopSignal"
+OS_KEY = "os.name"
+REPLACE = "kubectl-replace"
+
+# On a cluster with ContainerStopSignals: lifecycle.stopSignal and os.name taken back like any field.
+# (fields reclaimed, the owner's stopSignal, the owner's os.name) ->
+#   (stopSignal podgrace writes, os it writes, its hook delivers the signal, grace, fields said taken back)
+SIGNAL_TABLE = [
+    ("nothing-taken-back", (), None, None, ("SIGQUIT", "linux", False, 40, [])),
+    ("stop-signal-removed", (SIGNAL_KEY,), None, None, (None, None, True, 40, ["lifecycle.stopSignal"])),
+    ("stop-signal-changed", (SIGNAL_KEY,), "SIGTERM", "linux",
+     (None, None, True, 40, ["lifecycle.stopSignal"])),
+    ("os-removed", (OS_KEY,), None, None, (None, None, True, 40, [OS_KEY])),
+    # `kubectl replace` of a manifest without any of podgrace's settings: everything taken back at once,
+    # one Warning per field, nothing written
+    ("replace-took-everything-back", (SIGNAL_KEY, OS_KEY, HOOK_KEY, GRACE_KEY), None, None,
+     (None, None, False, None, sorted([GRACE_KEY, OS_KEY, "lifecycle.stopSignal", "preStop"]))),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("reclaimed", "owner_signal", "owner_os", "expected"),
+    [row[1:] for row in SIGNAL_TABLE],
+    ids=[row[0] for row in SIGNAL_TABLE],
+)
+def test_a_stop_signal_or_os_taken_back_is_kept_like_any_field(
+    builtin_profiles: dict[str, ShutdownProfile],
+    workload: Any,
+    container: Any,
+    reclaimed: tuple[str, ...],
+    owner_signal: str | None,
+    owner_os: str | None,
+    expected: tuple[str | None, str | None, bool, int | None, list[str]],
+) -> None:
+    stop_signal, os_name, signal_hook, grace, named = expected
+    ownership = Ownership(known=True, grace_defaulted=True, owners=((GRACE_KEY, REPLACE),),
+                          reclaimed=tuple((key, REPLACE) for key in reclaimed))  # fmt: skip
+    w = workload(
+        container("nginx", "nginx:1.27", stop_signal=owner_signal),
+        profile="nginx",
+        grace=30,
+        os_name=owner_os,
+        ownership=ownership,
+    )
+    result = planner.plan(w, builtin_profiles, CAPS["1.35+gate"])
+    nginx = result.containers[0]
+    assert (nginx.stop_signal, result.os_name) == (stop_signal, os_name)
+    assert isinstance(nginx.pre_stop, SignalAndWait) is signal_hook
+    assert result.termination_grace_period_seconds == grace
+    said = [d for d in result.decisions if d.code is Code.OWNER_RECLAIMED]
+    assert all(REPLACE in d.message for d in said)
+    assert sorted(_field_named(d.message) for d in said) == named
+
+
+def _field_named(message: str) -> str:
+    # os.name's message also says why no stopSignal is written; a hook's says "preStop hook"
+    return next(f for f in (OS_KEY, "lifecycle.stopSignal", GRACE_KEY, "preStop") if f in message)
 
 
 # --- outcomes that own nothing ------------------------------------------------------------------------------

@@ -319,11 +319,20 @@ async def test_transient_errors_are_retried_by_the_queue_with_backoff_and_withou
 async def test_conflict_is_deferred_not_forced() -> None:
     api = FakeApi()
     reconciler = make(api, version=(1, 29))
-    api.fail_next = [ApiError(409, "Conflict", "owned by argocd")]
+    api.fail_next = [ApiError(409, "Conflict", "the object has been modified")] * 4
     outcome = await reconciler.reconcile_workload(api.create(deployment()))
-    assert outcome.result is Result.REQUEUE
-    assert api.writes() == []
+    assert outcome.result is Result.REQUEUE  # after three plans on fresh reads, in place
+    assert api.fail_next == [] and api.get("web", "shop")["metadata"]["generation"] == 1
     assert not any(a[3] for a in api.applies)  # never forced
+
+
+async def test_a_conflict_is_planned_again_at_once_on_a_fresh_read() -> None:
+    api = FakeApi()
+    reconciler = make(api, version=(1, 29))
+    api.fail_next = [ApiError(409, "Conflict", "the object has been modified")]
+    outcome = await reconciler.reconcile_workload(api.create(deployment()))
+    assert outcome.result is Result.APPLIED
+    assert api.workloads[Key("Deployment", "web", "shop")]["metadata"]["generation"] == 2
 
 
 async def test_metrics_count_managed_and_at_risk_workloads() -> None:
@@ -420,13 +429,15 @@ def test_counters_start_at_zero_for_every_reason_and_kind() -> None:
         assert metrics.registry.get_sample_value("podgrace_warnings_total", {"reason": reason}) == 0
     for kind in ("apply", "revert", "status", "event"):
         assert metrics.registry.get_sample_value("podgrace_writes_total", {"kind": kind}) == 0
+    for field in ("terminationGracePeriodSeconds", "os.name", "preStop", "stopSignal"):
+        assert metrics.registry.get_sample_value("podgrace_field_reclaimed_total", {"field": field}) == 0
 
 
 async def test_conflict_is_requeued_and_planned_again() -> None:
     api = FakeApi()
     async with pipeline(api) as p:
         api.version = (1, 29)
-        api.fail_next = [ApiError(409, "Conflict", "owned by argocd")]
+        api.fail_next = [ApiError(409, "Conflict", "the object has been modified")] * 4
         await p.deliver("ADDED", api.create(deployment()))
         registry = p.reconciler.metrics.registry
         labels = {"controller": "deployment", "result": "requeue"}
@@ -440,16 +451,15 @@ async def test_the_echo_of_podgraces_own_write_is_not_reconciled_even_if_it_arri
 ):
     api = FakeApi()
     async with pipeline(api) as p:
-        real_apply = api.apply_workload
+        real_write = api.patch_workload_as  # podgrace's writes (strategic merge patches)
 
-        async def apply_then_echo(*args: Any, **kwargs: Any) -> dict[str, Any]:
-            result = await real_apply(*args, **kwargs)
-            if not kwargs.get("dry_run"):
-                # The watch delivers the written object before the reconcile has finished.
-                await p.workloads.on_event("MODIFIED", api.get("web", "shop"))
+        async def write_then_echo(*args: Any, **kwargs: Any) -> dict[str, Any]:
+            result = await real_write(*args, **kwargs)
+            # The watch delivers the written object before the reconcile has finished.
+            await p.workloads.on_event("MODIFIED", api.get("web", "shop"))
             return result
 
-        api.apply_workload = apply_then_echo  # type: ignore[method-assign]
+        api.patch_workload_as = write_then_echo  # type: ignore[method-assign]
         await p.deliver("ADDED", api.create(deployment()))
         await p.deliver("MODIFIED", api.get("web", "shop"))  # and once more, after it settled
     assert len(api.writes()) == 1
@@ -558,11 +568,63 @@ async def test_every_failed_apply_is_logged_with_its_object_and_cause(
 ) -> None:
     api = FakeApi()
     reconciler = make(api, version=(1, 29))
-    api.fail_next = [error] * 3
+    api.fail_next = [error] * 4  # (a 409 is planned again at once three times: the fourth is logged)
     outcome = await reconciler.reconcile_workload(api.create(deployment()))
     assert outcome.result in (Result.FAILED, Result.REQUEUE)
     logged = [r for r in caplog.records if r.levelname in ("WARNING", "ERROR")]
     assert any("web/shop" in r.getMessage() and error.message in r.getMessage() for r in logged), caplog.text
+
+
+async def test_a_replace_that_drops_every_podgrace_field_is_taken_back_once_with_one_warning_per_field() -> (
+    None
+):
+    """`kubectl replace` of the user's manifest on a cluster with ContainerStopSignals: lifecycle.stopSignal
+    and os.name are taken back like the grace period and the hooks; nothing is written again, and the
+    metric counts exactly the fields the Warnings name."""
+    api = FakeApi()
+    reconciler = make(api)
+    await reconciler.reconcile_workload(api.create(deployment(), manager="kubectl-create"))
+    spec = pod_spec(api.get("web", "shop"))
+    assert spec["os"] == {"name": "linux"}
+    assert [c["lifecycle"]["stopSignal"] for c in spec["containers"]] == ["SIGQUIT", "SIGQUIT"]
+    drop = {"spec": {"template": {"spec": {
+        "os": None, "terminationGracePeriodSeconds": 30,
+        "containers": [{"name": "nginx", "lifecycle": None}, {"name": "php-fpm", "lifecycle": None}],
+    }}}}  # fmt: skip
+    # an Update, as a replace is
+    await api.patch_workload_as(Key("Deployment", "web", "shop"), drop, "kubectl-replace")
+    writes = len(api.writes())
+    for _ in range(3):
+        outcome = await reconciler.reconcile_workload(api.get("web", "shop"))
+        assert outcome.result is Result.UNCHANGED
+    assert len(api.writes()) == writes  # backed off from every field: nothing written
+    warnings = [e["message"] for e in api.events if e["reason"] == "OwnerReclaimed"]
+    assert all("kubectl-replace" in m for m in warnings), warnings
+    fields = ("os.name", "lifecycle.stopSignal", "terminationGracePeriodSeconds", "preStop")
+    named = [next(f for f in fields if f in m) for m in warnings]
+    assert sorted(named) == sorted(
+        ["os.name", "terminationGracePeriodSeconds", *["lifecycle.stopSignal"] * 2, *["preStop"] * 2]
+    )
+    registry = reconciler.metrics.registry
+    counted = {
+        label: registry.get_sample_value("podgrace_field_reclaimed_total", {"field": label})
+        for label in ("os.name", "stopSignal", "terminationGracePeriodSeconds", "preStop")
+    }
+    assert counted == {"os.name": 1, "stopSignal": 2, "terminationGracePeriodSeconds": 1, "preStop": 2}
+
+
+async def test_a_write_is_planned_on_a_fresh_read_not_on_an_older_event_body() -> None:
+    """podgrace's patch names the resourceVersion it was planned on: planned on a watch event's body that the
+    rollout's status updates have since overtaken, it would be refused (409) and retried."""
+    api = FakeApi()
+    reconciler = make(api)
+    stale = api.create(deployment())
+    live = api.workloads[Key("Deployment", "web", "shop")]
+    live["status"] = {"observedGeneration": 1}  # the deployment controller wrote meanwhile
+    live["metadata"]["resourceVersion"] = "2"
+    outcome = await reconciler.reconcile_workload(stale)
+    assert outcome.result is Result.APPLIED
+    assert [w[2]["metadata"]["resourceVersion"] for w in api.writes()] == ["2"]
 
 
 @pytest.mark.parametrize("background", [0, 2])

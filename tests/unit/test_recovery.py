@@ -234,7 +234,7 @@ def test_the_profile_index_keeps_no_value_too_long_to_be_a_profile_name() -> Non
 
 
 async def test_a_write_whose_answer_was_lost_is_not_repeated_for_a_lagging_event() -> None:
-    """The soak's finding (bench/soak, 2026-11-30): podgrace's apply is served but its answer lost; the
+    """The soak's finding (bench/soak, 2026-11-30): podgrace's write is served but its answer lost; the
     retry reads the Deployment, finds the write done; then the watch, lagging, delivers the user's edit
     that came before the write. Before, that event was planned again and applied a second time (9 of 10
     writes above the minimum in the 500-Deployment soak)."""
@@ -245,17 +245,17 @@ async def test_a_write_whose_answer_was_lost_is_not_repeated_for_a_lagging_event
         edited = api.get("web", "web")
         edited["metadata"]["annotations"]["podgrace.dev/prestop-sleep-seconds"] = "6"
         api.workloads[Key("Deployment", "web", "web")] = copy.deepcopy(edited)
-        apply = api.apply_workload
+        write = api.patch_workload_as  # podgrace's writes (strategic merge patches)
         lost = [True]
 
         async def answer_lost(*args: Any, **kwargs: Any) -> dict[str, Any]:
-            written = await apply(*args, **kwargs)
-            if lost and not kwargs.get("dry_run"):
+            written = await write(*args, **kwargs)
+            if lost:
                 lost.pop()
                 raise aiohttp.ServerDisconnectedError()
             return written
 
-        api.apply_workload = answer_lost  # type: ignore[method-assign]
+        api.patch_workload_as = answer_lost  # type: ignore[method-assign]
         writes = len(api.writes())
         await p.deliver("MODIFIED", copy.deepcopy(edited))
         for _ in range(100):  # the retry (a fresh read) after the failure's short backoff

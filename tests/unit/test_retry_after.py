@@ -165,14 +165,13 @@ async def test_the_queue_retry_of_a_throttled_apply_waits_for_retry_after() -> N
     api = FakeApi()
     loop = asyncio.get_running_loop()
     applied_at: list[float] = []
-    apply = api.apply_workload
+    write = api.patch_workload_as  # podgrace's writes (strategic merge patches)
 
-    async def timed_apply(*args: Any, **kwargs: Any) -> dict[str, Any]:
-        if not kwargs.get("dry_run"):
-            applied_at.append(loop.time())
-        return await apply(*args, **kwargs)
+    async def timed_write(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        applied_at.append(loop.time())
+        return await write(*args, **kwargs)
 
-    api.apply_workload = timed_apply  # type: ignore[method-assign]
+    api.patch_workload_as = timed_write  # type: ignore[method-assign]
     async with pipeline(api) as p:
         await p.deliver("ADDED", api.create(deployment("first")))  # the probe answered and cached
         applied_at.clear()

@@ -7,7 +7,15 @@ from typing import Any
 import pytest
 
 from podgrace.controller.field_memory import FieldMemory
-from podgrace.core.take_once import Taken, Verdict, contested_values, decide, inputs_key, podgrace_owned
+from podgrace.core.take_once import (
+    Taken,
+    Verdict,
+    contested_values,
+    decide,
+    inputs_key,
+    metric_label,
+    podgrace_owned,
+)
 
 GRACE = "terminationGracePeriodSeconds"
 
@@ -51,6 +59,18 @@ def test_memory_backs_off_once_and_forgets_on_change() -> None:
     assert memory.verdicts(("n", "d"), "u", {GRACE: 30}, set(), "a") == {}
 
 
+def test_a_field_of_a_container_that_is_gone_was_not_taken_back() -> None:
+    """An owner renamed or removed the container: no OwnerReclaimed, no metric (seen in e2e: counted, with
+    no Warning), and nothing remembered of it."""
+    hook = "containers[nginx].lifecycle.preStop"
+    memory = FieldMemory()
+    memory.wrote(("n", "d"), "u", {hook: {"sleep": {"seconds": 5}}, GRACE: 70}, "a")
+    live = {GRACE: 70, "containers[web].lifecycle.preStop": None}
+    assert memory.verdicts(("n", "d"), "u", live, {GRACE}, "a") == {}
+    live["containers[nginx].lifecycle.preStop"] = None  # a container of that name again: a new one
+    assert memory.verdicts(("n", "d"), "u", live, {GRACE}, "a") == {}
+
+
 def test_inputs_key_sees_podgrace_annotations_and_the_profile_only() -> None:
     base = inputs_key({"podgrace.dev/profile": "nginx", "other": "1"}, {"rules": []})
     assert base == inputs_key({"podgrace.dev/profile": "nginx", "other": "2"}, {"rules": []})
@@ -66,12 +86,16 @@ def test_contested_values_and_podgraces_ownership_from_managed_fields() -> None:
             "managedFields": [
                 {
                     "manager": "podgrace",
-                    "operation": "Apply",
+                    "operation": "Update",
                     "fieldsType": "FieldsV1",
                     "fieldsV1": {
-                        "f:spec": {"f:template": {"f:spec": {"f:containers": {'k:{"name":"nginx"}': {
-                            ".": {}, "f:lifecycle": {"f:preStop": {"f:sleep": {"f:seconds": {}}}}
-                        }}}}}
+                        "f:spec": {"f:template": {"f:spec": {
+                            "f:os": {".": {}, "f:name": {}},
+                            "f:containers": {'k:{"name":"nginx"}': {
+                                "f:lifecycle": {".": {}, "f:preStop": {"f:sleep": {"f:seconds": {}}},
+                                                "f:stopSignal": {}}
+                            }},
+                        }}}
                     },
                 },
                 {
@@ -86,15 +110,37 @@ def test_contested_values_and_podgraces_ownership_from_managed_fields() -> None:
         },
         "spec": {"template": {"spec": {
             "terminationGracePeriodSeconds": 30,
+            "os": {"name": "linux"},
             "containers": [
-                {"name": "nginx", "lifecycle": {"preStop": {"sleep": {"seconds": 5}}}},
+                {"name": "nginx",
+                 "lifecycle": {"preStop": {"sleep": {"seconds": 5}}, "stopSignal": "SIGQUIT"}},
                 {"name": "php-fpm"},
             ],
         }}},
     }  # fmt: skip
     assert contested_values(deployment) == {
         GRACE: 30,
+        "os.name": "linux",
         "containers[nginx].lifecycle.preStop": {"sleep": {"seconds": 5}},
+        "containers[nginx].lifecycle.stopSignal": "SIGQUIT",
         "containers[php-fpm].lifecycle.preStop": None,
+        "containers[php-fpm].lifecycle.stopSignal": None,
     }
-    assert podgrace_owned(deployment) == {"containers[nginx].lifecycle.preStop"}
+    assert podgrace_owned(deployment) == {
+        "os.name",
+        "containers[nginx].lifecycle.preStop",
+        "containers[nginx].lifecycle.stopSignal",
+    }
+
+
+@pytest.mark.parametrize(
+    ("key", "label"),
+    [
+        (GRACE, GRACE),
+        ("os.name", "os.name"),
+        ("containers[nginx].lifecycle.preStop", "preStop"),
+        ("containers[a.b].lifecycle.stopSignal", "stopSignal"),  # no container name: a bounded label
+    ],
+)
+def test_metric_label(key: str, label: str) -> None:
+    assert metric_label(key) == label

@@ -65,7 +65,7 @@ async def test_opt_in_writes_once_what_render_writes_and_a_restart_writes_nothin
         await deliver_with_echo(p, api, "ADDED", api.create(original))
     writes = api.writes()
     assert len(writes) == 1
-    assert writes[0][2]["kind"] == kind and not writes[0][3]  # to the kind's resource, not forced
+    assert api.written_kinds == [kind] and not writes[0][3]  # to the kind's resource, not forced
     # The same settings `podgrace render` merges into the manifest, for the same API server.
     caps = capabilities.from_description((1, 35), {"ContainerStopSignals": True})  # FakeApi keeps the field
     rendered = merge_into_manifest(
@@ -122,7 +122,7 @@ async def test_workloads_of_different_kinds_with_one_name_are_separate_and_all_r
         body["spec"]["containers"][0]["preStopSleepSeconds"] = 9
         body["metadata"]["generation"] = 2
         await events.on_event("MODIFIED", body)
-    assert sorted(a[2]["kind"] for a in api.writes()[3:]) == ["DaemonSet", "Deployment", "StatefulSet"]
+    assert sorted(api.written_kinds[3:]) == ["DaemonSet", "Deployment", "StatefulSet"]
     for kind in ("Deployment", *KINDS):
         nginx = pod_spec(api.get("web", "shop", kind))["containers"][0]
         assert nginx["lifecycle"]["preStop"] == {"sleep": {"seconds": 9}}
@@ -165,3 +165,32 @@ def test_a_kind_podgrace_does_not_reconcile_has_no_resource() -> None:
         kind_named("CronJob")
     assert collection_path(STATEFULSET) == "/apis/apps/v1/statefulsets"
     assert collection_path(DAEMONSET, "shop") == "/apis/apps/v1/namespaces/shop/daemonsets"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_a_replaced_hook_comes_back_to_its_manager_on_opt_out(kind: str) -> None:
+    """After the merge of the patch-based writes with the kind-generic controller: the replacing write, the
+    restore under the hook's manager and the release all go to the kind's own object."""
+    api = FakeApi()
+    user_hook = {"exec": {"command": ["/bin/sh", "-c", "sleep 3; nginx -s quit"]}}
+    doc = workload(kind, annotations={"podgrace.dev/profile": "nginx-php-fpm",
+                                      "podgrace.dev/existing-prestop": "replace"})  # fmt: skip
+    doc["spec"]["template"]["spec"]["containers"][0]["lifecycle"] = {"preStop": user_hook}
+    reconciler = make(api)
+    outcome = await reconciler.reconcile_workload(api.create(doc, manager="kubectl-create"))
+    assert outcome.result is Result.APPLIED
+    taken = api.get("web", "shop", kind)
+    assert pod_spec(taken)["containers"][0]["lifecycle"]["preStop"] != user_hook
+    assert "podgrace.dev/replaced-prestop" in taken["metadata"]["annotations"]
+    opted_out = copy.deepcopy(taken)
+    opted_out["metadata"]["annotations"] = {
+        k: v for k, v in taken["metadata"]["annotations"].items() if k != "podgrace.dev/profile"
+    }
+    api.workloads[Key(kind, "web", "shop")] = copy.deepcopy(opted_out)
+    outcome = await reconciler.reconcile_workload(opted_out)
+    assert outcome.result is Result.REVERTED
+    after = api.get("web", "shop", kind)
+    assert pod_spec(after)["containers"][0]["lifecycle"] == {"preStop": user_hook}
+    assert "podgrace.dev/replaced-prestop" not in after["metadata"]["annotations"]
+    assert [e["manager"] for e in after["metadata"]["managedFields"] if e["manager"] == "podgrace"] == []
+    assert set(api.written_kinds) == {kind} and len(api.written_kinds) == 3  # replace, restore, release

@@ -29,6 +29,9 @@ class FieldMemory:
             return {}
         found: dict[str, Verdict] = {}
         for field, taken in list(fields.items()):
+            if field not in live:  # its container is gone (renamed or removed): nothing was taken back
+                del fields[field]
+                continue
             verdict = decide(taken, live.get(field), field in owned, inputs)
             if verdict is Verdict.FREE:
                 if taken.inputs != inputs or taken.backed_off:

@@ -51,7 +51,9 @@ class Api(Protocol):
 
     async def patch_profile_status(self, name: str, status: dict[str, Any]) -> None: ...
 
-    async def patch_workload_as(self, key: Key, patch: dict[str, Any], field_manager: str) -> None: ...
+    async def patch_workload_as(
+        self, key: Key, patch: dict[str, Any], field_manager: str
+    ) -> dict[str, Any]: ...
 
     async def create_event(self, namespace: str, event: dict[str, Any]) -> None: ...
 
@@ -212,10 +214,11 @@ class KubeClient:
         accept = None if dry_run else PARTIAL_METADATA
         return await self._write("PATCH", object_path(key), body, APPLY, accept=accept, **flags)
 
-    async def patch_workload_as(self, key: Key, patch: dict[str, Any], field_manager: str) -> None:
-        """A strategic merge patch (an Update operation) under another field manager's name: gives a hook
-        podgrace replaced back to the manager that wrote it (the opt-out's restore)."""
-        await self._write(
+    async def patch_workload_as(self, key: Key, patch: dict[str, Any], field_manager: str) -> dict[str, Any]:
+        """A strategic merge patch (an Update operation) under a field manager's name: podgrace's own
+        writes (core/write_patch.py), and a hook podgrace replaced given back to the manager that wrote it
+        (the opt-out's restore). Returns only the object's metadata, all the reconciler reads."""
+        return await self._write(
             "PATCH", object_path(key), patch, STRATEGIC, manager=field_manager, accept=PARTIAL_METADATA
         )
 

@@ -19,6 +19,8 @@ from podgrace.controller.workload_key import KINDS
 from podgrace.core.findings import RISKS, Code
 
 WRITE_KINDS = ("apply", "revert", "status", "event")
+# the `field` label of podgrace_field_reclaimed_total (core.take_once.metric_label)
+RECLAIMED_FIELDS = ("terminationGracePeriodSeconds", "os.name", "preStop", "stopSignal")
 # The reasons of the Warning Events podgrace posts (Code values that are not risks).
 WARNING_REASONS = frozenset(Code) - RISKS
 
@@ -54,7 +56,7 @@ class Metrics:
         self.reclaimed = self._counter(
             "podgrace_field_reclaimed_total",
             "Fields an owner took back after podgrace had taken them (podgrace backed off), by field "
-            "(terminationGracePeriodSeconds or preStop).",
+            "(terminationGracePeriodSeconds, os.name, preStop or stopSignal).",
             "field",
         )
         self.writes = self._counter(
@@ -106,6 +108,8 @@ class Metrics:
             self.warnings.labels(code.value)
         for kind in WRITE_KINDS:
             self.writes.labels(kind)
+        for field in RECLAIMED_FIELDS:
+            self.reclaimed.labels(field)
 
     # A metric of this registry, from its name, help text and label names.
 

@@ -30,21 +30,22 @@ from podgrace.controller.stop_signal_check import Evidence, StopSignalCheck
 from podgrace.controller.workload_gauges import WorkloadGauges
 from podgrace.controller.workload_key import Key, key_of, kind_named
 from podgrace.core import hook_intent, replaced_hooks
-from podgrace.core.apply_body import apply_body
+from podgrace.core.apply_body import pod_spec_fields
 from podgrace.core.capabilities import Capabilities
-from podgrace.core.constants import ANN_REPLACED_PRESTOP
+from podgrace.core.constants import FIELD_MANAGER
 from podgrace.core.findings import Code
 from podgrace.core.hook_intent import SignalAndWait
-from podgrace.core.managed_fields import apply_is_noop
-from podgrace.core.models import GRACE_FIELD, ShutdownProfile, Workload
+from podgrace.core.models import ShutdownProfile, Workload
 from podgrace.core.planner import Outcome, Plan, plan
 from podgrace.core.profile_store import ProfileStore, desired_status, status_differs
-from podgrace.core.take_once import Verdict, contested_values, inputs_key, podgrace_owned
+from podgrace.core.take_once import Verdict, contested_values, inputs_key, metric_label, podgrace_owned
 from podgrace.core.workload_parser import ManifestError, from_object
+from podgrace.core.write_patch import write_patch
 
 log = logging.getLogger(__name__)
 
 TRANSIENT_RETRIES = 3
+CONFLICT_RETRIES = 3  # a 409 is planned again on a fresh read at once this often, then with backoff
 
 
 class Result(StrEnum):
@@ -100,7 +101,7 @@ class Reconciler:
         # retried with backoff: the work queue's `retry`, set by the wiring.
         # Its second argument: no sooner than this many seconds (the API server's Retry-After).
         self.retry: Callable[[Key, float], None] | None = None
-        # Whether the work queue holds a Deployment for a Retry-After: the fan-out then leaves it to the
+        # Whether the work queue holds a workload for a Retry-After: the fan-out then leaves it to the
         # queue, whose retry reads it afresh (with the new profile) when the time is up.
         self.held: Callable[[Key], bool] = lambda key: False
         # The work queue's per-workload exclusivity (wiring sets it): a fan-out never reconciles a workload
@@ -109,17 +110,18 @@ class Reconciler:
 
     # --- Workloads ---------------------------------------------------------------------------------
 
-    async def reconcile_workload(self, body: Mapping[str, Any]) -> ReconcileOutcome:
+    async def reconcile_workload(self, body: Mapping[str, Any], *, fresh: bool = False) -> ReconcileOutcome:
+        """Reconcile a workload as `body` shows it (`fresh`: just read from the API server)."""
         if self._slots is None:
-            return await self._timed_reconcile(body)
+            return await self._timed_reconcile(body, fresh)
         async with self._slots:
-            return await self._timed_reconcile(body)
+            return await self._timed_reconcile(body, fresh)
 
-    async def _timed_reconcile(self, body: Mapping[str, Any]) -> ReconcileOutcome:
+    async def _timed_reconcile(self, body: Mapping[str, Any], fresh: bool) -> ReconcileOutcome:
         started = time.monotonic()
         result = Result.FAILED
         try:
-            outcome = await self._reconcile_workload(body)
+            outcome = await self._reconcile_workload(body, fresh)
             result = outcome.result
             return outcome
         finally:
@@ -147,12 +149,13 @@ class Reconciler:
         if body is None:
             return None
         self.record.read(key, body)
-        return await self.reconcile_workload(body)
+        return await self.reconcile_workload(body, fresh=True)
 
-    async def _reconcile_workload(self, body: Mapping[str, Any]) -> ReconcileOutcome:
+    async def _reconcile_workload(
+        self, body: Mapping[str, Any], fresh: bool, conflicts: int = 0
+    ) -> ReconcileOutcome:
         metadata = body.get("metadata") or {}
         key = key_of(body)
-        namespace, name = key.namespace, key.name
         if self.record.is_stale(key, metadata):
             return ReconcileOutcome(Result.UNCHANGED)
         try:
@@ -189,29 +192,36 @@ class Reconciler:
         risks = result.findings_before if result.outcome is not Outcome.MANAGED else result.findings_after
         managed_profile = result.profile if result.outcome is not Outcome.NOT_OPTED_IN else None
         self.gauges.observe(key, managed_profile, (f.code for f in risks))
-        desired = apply_body(namespace, name, result, key.kind)
-        bookkeeping = replaced_hooks.annotation(body, result, workload.ownership)
-        if bookkeeping is not None and "spec" in desired:
-            desired["metadata"]["annotations"] = {ANN_REPLACED_PRESTOP: bookkeeping}
-        live_bookkeeping = ((metadata.get("annotations") or {}).get(ANN_REPLACED_PRESTOP)
-                            if replaced_hooks.owned_annotation(body) else None)  # fmt: skip
-        if apply_is_noop(body, desired) and live_bookkeeping == bookkeeping:
+        desired = pod_spec_fields(result)
+        bookkeeping = replaced_hooks.annotation(body, result, workload.ownership) if desired else None
+        patch = write_patch(body, desired, bookkeeping)
+        if patch is None:
             await self._report(body, result)
             return ReconcileOutcome(Result.UNCHANGED, result)
-        reverting = "spec" not in desired
-        if reverting:
-            # the hooks podgrace replaced go back to their managers first (then the revert removes nothing
-            # of theirs): an Update under the manager's name, which takes the field back without conflict
-            for manager, patch in replaced_hooks.restore_patches(body):
-                try:
-                    await self.api.patch_workload_as(key, patch, manager)
-                    self.metrics.writes.labels("revert").inc()
-                except ApiError as error:
-                    log.warning("cannot restore a replaced hook of %s: %s", key, error)
-        # No retries in place: a failed apply fails this reconcile (counted, logged with its cause), and
-        # the work queue tries again with backoff, on a fresh read.
+        if not fresh:
+            # A watch event's body is often older than the object (the rollout's status updates): the patch
+            # names the resourceVersion it was planned on, so plan it on a fresh read (one GET per write,
+            # rather than a 409 and a retry).
+            try:
+                latest = await self.api.get_workload(key)
+            except (ApiError, aiohttp.ClientError, TimeoutError) as error:
+                cause = describe(error)
+                log.warning("reading %s failed: %s", key, cause)
+                return ReconcileOutcome(
+                    Result.FAILED, result, cause=cause, body=body, retry_after=retry_after(error)
+                )
+            if latest is None:
+                return ReconcileOutcome(Result.UNCHANGED, result)  # deleted meanwhile
+            self.record.read(key, latest)
+            return await self._reconcile_workload(latest, True, conflicts)
+        reverting = not desired
+        # No retries in place: a failed write fails this reconcile (counted, logged with its cause), and
+        # the work queue tries again with backoff (no sooner than a Retry-After), on a fresh read.
         try:
-            written = await self.api.apply_workload(key, desired, force=result.force)
+            if reverting and replaced_hooks.restore_patches(body):
+                body = await self._restore_replaced_hooks(key, body)
+                patch = write_patch(body, desired, None)
+            written = await self._write(key, patch)
         except (aiohttp.ClientError, TimeoutError) as error:
             cause = describe(error)
             log.warning("apply to %s failed, will retry: %s", key, cause)
@@ -220,9 +230,13 @@ class Reconciler:
             cause = describe(apply_error)
             if apply_error.status == 404:
                 return ReconcileOutcome(Result.UNCHANGED, result)  # deleted meanwhile
+            if apply_error.status == 409 and conflicts < CONFLICT_RETRIES:
+                # The workload changed after podgrace read it (its patch names the resourceVersion read;
+                # the rollout's status updates do it too): plan again on a fresh read, at once, as
+                # client-go's RetryOnConflict (never overwrite what podgrace has not seen).
+                log.info("apply to %s conflicted, planning again: %s", key, cause)
+                return await self._reconcile_workload(body, False, conflicts + 1)
             if apply_error.status == 409:
-                # A field podgrace wants changed owner after this event was sent: plan again on a fresh
-                # read, after a backoff (never force a field another manager holds).
                 log.warning("apply to %s conflicted, will retry: %s", key, cause)
                 return ReconcileOutcome(Result.REQUEUE, result, cause=cause, body=body)
             log.warning("apply to %s failed, will retry: %s", key, cause)
@@ -247,6 +261,29 @@ class Reconciler:
         await self._report(body, result)
         return ReconcileOutcome(Result.REVERTED if reverting else Result.APPLIED, result, written)
 
+    async def _write(self, key: Key, patch: dict[str, Any] | None) -> Mapping[str, Any]:
+        if patch is None:  # the restores left nothing else to give up
+            return await self._read_metadata(key)
+        return await self.api.patch_workload_as(key, patch, FIELD_MANAGER)
+
+    async def _read_metadata(self, key: Key) -> Mapping[str, Any]:
+        body = await self.api.get_workload(key)
+        if body is None:
+            raise ApiError(404, "NotFound", f"{kind_named(key.kind).plural}.apps {key.name} not found")
+        return body
+
+    async def _restore_replaced_hooks(self, key: Key, body: Mapping[str, Any]) -> Mapping[str, Any]:
+        """The hooks podgrace replaced go back to their managers first (then the revert removes nothing of
+        theirs): an Update under the manager's name, which takes the field back without conflict. Returns
+        the workload as it is afterwards (the revert is planned on it)."""
+        for manager, restore in replaced_hooks.restore_patches(body):
+            try:
+                await self.api.patch_workload_as(key, restore, manager)
+                self.metrics.writes.labels("revert").inc()
+            except ApiError as error:
+                log.warning("cannot restore a replaced hook of %s: %s", key, error)
+        return await self._read_metadata(key)
+
     async def _unless_runtime_ignores(
         self,
         body: Mapping[str, Any],
@@ -255,9 +292,9 @@ class Reconciler:
         capabilities: Capabilities,
         result: Plan,
     ) -> Plan:
-        """The plan, or the plan with the fallback hook where the Deployment's pods show that the runtime
+        """The plan, or the plan with the fallback hook where the workload's pods show that the runtime
         ignores lifecycle.stopSignal (stop_signal_check.py). Without running pods to tell, a fallback hook
-        podgrace already gave the Deployment stays: no rollout on a guess."""
+        podgrace already gave the workload stays: no rollout on a guess."""
         containers = [s.name for s in result.containers if s.stop_signal]
         if not containers:
             return result
@@ -285,8 +322,7 @@ class Reconciler:
         for field, verdict in sorted(verdicts.items()):
             reclaimed.append((field, ownership.owner_of(field) or ownership.last_writer))
             if verdict is Verdict.RECLAIMED:
-                label = GRACE_FIELD if field == GRACE_FIELD else "preStop"
-                self.metrics.reclaimed.labels(label).inc()
+                self.metrics.reclaimed.labels(metric_label(field)).inc()
         update = {"ownership": ownership.model_copy(update={"reclaimed": tuple(reclaimed)})}
         return workload.model_copy(update=update)
 
@@ -401,9 +437,9 @@ def _inputs(metadata: Mapping[str, Any], profiles: Mapping[str, Any], profile: s
     return inputs_key(metadata.get("annotations") or {}, dumped)
 
 
-def _written_fields(desired: Mapping[str, Any]) -> dict[str, Any]:
-    """The contested fields a podgrace apply body sets (absent ones are not podgrace's)."""
-    values = contested_values(desired)
+def _written_fields(pod_spec: Mapping[str, Any]) -> dict[str, Any]:
+    """The contested fields podgrace's pod spec sets (absent ones are not podgrace's)."""
+    values = contested_values({"spec": {"template": {"spec": pod_spec}}})
     return {k: v for k, v in values.items() if v is not None}
 
 

@@ -11,7 +11,7 @@ Two facts a workload, one entry:
   must not trigger an apply again: a lagging watch can deliver a user's edit after a retry has read, and
   found already done, the write that followed it (an apply whose answer was lost).
 
-Whether an apply would change anything is not decided here: that is `core.managed_fields.apply_is_noop`.
+Whether an apply would change anything is not decided here: that is `core.write_patch.write_patch`.
 """
 
 from __future__ import annotations

@@ -1,9 +1,5 @@
-"""Reading `metadata.managedFields`: who owns the fields podgrace injects, and whether an apply is a no-op.
-
-Skipping an apply whose result would equal what is there is what keeps a resync or a restart at zero writes:
-podgrace's apply changes nothing exactly when the set of fields podgrace owns equals the set it would apply
-and the live values there already equal the desired ones.
-"""
+"""Reading `metadata.managedFields`: who owns the fields podgrace injects (what podgrace's write changes,
+and whether it is a no-op, is core/write_patch.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +8,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from podgrace.core.constants import FIELD_MANAGER, KUBERNETES_DEFAULT_GRACE
-from podgrace.core.models import GRACE_FIELD, Ownership, pre_stop_field
+from podgrace.core.models import GRACE_FIELD, OS_FIELD, Ownership, pre_stop_field, stop_signal_field
 
 Path = tuple[str, ...]
 _TEMPLATE_SPEC: Path = ("f:spec", "f:template", "f:spec")
@@ -102,8 +98,11 @@ def ownership(
         latest = max(latest, (str(entry.get("time") or ""), manager))
         leaves = _leaves(entry.get("fieldsV1") or {})
         keys = {pre_stop_field(c) for c in _containers_with(leaves, "f:lifecycle", "f:preStop")}
+        keys |= {stop_signal_field(c) for c in _containers_with(leaves, "f:lifecycle", "f:stopSignal")}
         if grace in leaves:
             keys.add(GRACE_FIELD)
+        if (*_TEMPLATE_SPEC, "f:os", "f:name") in leaves:
+            keys.add(OS_FIELD)
         for key in keys:
             owners.setdefault(key, manager)
             if entry.get("operation") == "Apply":
@@ -135,19 +134,3 @@ def _value_at(obj: Any, path: Path) -> Any:
         if current is None:
             return None
     return current
-
-
-def apply_is_noop(live: Mapping[str, Any], applied: Mapping[str, Any]) -> bool:
-    """True when applying `applied` with podgrace's field manager would change neither the object nor
-    podgrace's ownership. Only `spec` is compared: podgrace applies nothing else."""
-    want = {
-        p: v for p, v in desired_leaves(applied.get("spec") or {}, ("f:spec",)).items() if p != ("f:spec",)
-    }
-    owned = {
-        p
-        for p in manager_leaves(live.get("metadata", {}).get("managedFields") or [], podgrace=True)
-        if p[:1] == ("f:spec",)
-    }
-    if set(want) != owned:
-        return False
-    return all(_value_at(live, path) == value for path, value in want.items())

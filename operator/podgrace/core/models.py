@@ -312,9 +312,17 @@ class Ownership(_Strict):
 GRACE_FIELD = "terminationGracePeriodSeconds"
 
 
+OS_FIELD = "os.name"
+
+
 def pre_stop_field(container: str) -> str:
     """The key of a container's preStop hook in Ownership.owners / reclaimed and in Warnings."""
     return f"containers[{container}].lifecycle.preStop"
+
+
+def stop_signal_field(container: str) -> str:
+    """The key of a container's lifecycle.stopSignal, like pre_stop_field."""
+    return f"containers[{container}].lifecycle.stopSignal"
 
 
 @dataclass(frozen=True)

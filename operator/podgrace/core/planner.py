@@ -18,6 +18,7 @@ from podgrace.core.findings import Code, Finding
 from podgrace.core.hook_intent import ExecSleep, HookIntent, NativeSleep, signal_and_wait
 from podgrace.core.models import (
     GRACE_FIELD,
+    OS_FIELD,
     ContainerView,
     ExistingPreStop,
     Mode,
@@ -29,6 +30,7 @@ from podgrace.core.models import (
     ShutdownProfileSpec,
     Workload,
     pre_stop_field,
+    stop_signal_field,
 )
 from podgrace.core.profiles import builtin_names
 from podgrace.core.shellless import declared_missing, no_shell_reason
@@ -239,6 +241,19 @@ def _enforce(
         _settle(m, effective_grace, capabilities, policy, workload.ownership, decisions) for m in matched
     ]
     settings = [s for s, _ in settled]
+    os_reclaimed_by = workload.ownership.reclaimed_by(OS_FIELD)
+    if os_reclaimed_by is not None and capabilities.stop_signal:
+        # said after the grace period's findings (_fit_into_grace extends the first pod-level one)
+        decisions.append(
+            Finding(
+                Code.OWNER_RECLAIMED,
+                None,
+                f"{OS_FIELD} was taken back by field manager {os_reclaimed_by or 'unknown'} after podgrace "
+                f"had set it ({workload.os_name or 'now unset'}): podgrace keeps it, so it writes no "
+                "lifecycle.stopSignal (its own preStop hooks deliver the signal where it has them), until "
+                "the owner's value, the podgrace annotations or the profile change",
+            )
+        )
     force = any(replaced for _, replaced in settled)
     if grace is not None and workload.ownership.known and workload.ownership.grace_defaulted:
         force = True  # the creator "owns" only the API server's default: taking it overrides no choice
@@ -291,7 +306,20 @@ def _match(
 ) -> _Matched:
     ownership = workload.ownership
     stop_signal = None
-    if e.signal is not None and capabilities.stop_signal and workload.os_name in (None, "linux"):
+    signal_reclaimed_by = ownership.reclaimed_by(stop_signal_field(container.name))
+    # os.name taken back: lifecycle.stopSignal cannot be written without it (the hook delivers the signal)
+    os_free = workload.os_name in (None, "linux") and ownership.reclaimed_by(OS_FIELD) is None
+    if e.signal is not None and capabilities.stop_signal and signal_reclaimed_by is not None:
+        decisions.append(
+            Finding(
+                Code.OWNER_RECLAIMED,
+                e.container,
+                f"lifecycle.stopSignal was taken back by field manager {signal_reclaimed_by or 'unknown'} "
+                f"after podgrace had set it ({container.stop_signal or 'now unset'}): podgrace keeps it and "
+                "writes it again only when the owner's value, the podgrace annotations or the profile change",
+            )
+        )
+    elif e.signal is not None and capabilities.stop_signal and os_free:
         stop_signal = e.signal.value
         if _foreign_stop_signal(container, ownership, stop_signal):
             stop_signal = None

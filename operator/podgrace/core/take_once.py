@@ -18,7 +18,7 @@ from typing import Any
 
 from podgrace.core.constants import ANN_REPLACED_PRESTOP, ANNOTATION_PREFIX
 from podgrace.core.managed_fields import container_key, manager_leaves
-from podgrace.core.models import GRACE_FIELD, pre_stop_field
+from podgrace.core.models import GRACE_FIELD, OS_FIELD, pre_stop_field, stop_signal_field
 
 _UNSET: Any = object()
 
@@ -59,31 +59,49 @@ def inputs_key(annotations: Mapping[str, Any], profile_spec: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def contested_values(deployment: Mapping[str, Any]) -> dict[str, Any]:
-    """The fields podgrace may take from an owner, by `models` field key: the grace period and each
-    container's preStop (absent: None)."""
-    pod = ((deployment.get("spec") or {}).get("template") or {}).get("spec") or {}
-    values: dict[str, Any] = {GRACE_FIELD: pod.get(GRACE_FIELD)}
+_POD = ("f:spec", "f:template", "f:spec")
+
+
+def _contested(pod: Mapping[str, Any]) -> dict[str, tuple[Any, tuple[str, ...]]]:
+    """Each field podgrace may take from an owner: its live value (absent: None) and managedFields path."""
+    found: dict[str, tuple[Any, tuple[str, ...]]] = {
+        GRACE_FIELD: (pod.get(GRACE_FIELD), (*_POD, f"f:{GRACE_FIELD}")),
+        OS_FIELD: ((pod.get("os") or {}).get("name"), (*_POD, "f:os", "f:name")),
+    }
     for c in pod.get("containers") or []:
         if isinstance(c, Mapping) and isinstance(c.get("name"), str):
-            values[pre_stop_field(c["name"])] = (c.get("lifecycle") or {}).get("preStop")
-    return values
+            lifecycle, at = (
+                c.get("lifecycle") or {},
+                (*_POD, "f:containers", container_key(c["name"]), "f:lifecycle"),
+            )
+            found[pre_stop_field(c["name"])] = (lifecycle.get("preStop"), (*at, "f:preStop"))
+            found[stop_signal_field(c["name"])] = (lifecycle.get("stopSignal"), (*at, "f:stopSignal"))
+    return found
+
+
+def _pod(deployment: Mapping[str, Any]) -> Mapping[str, Any]:
+    return ((deployment.get("spec") or {}).get("template") or {}).get("spec") or {}
+
+
+def contested_values(deployment: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields podgrace may take from an owner, by `models` field key: the grace period, os.name and
+    each container's preStop and stopSignal (absent: None)."""
+    return {key: value for key, (value, _) in _contested(_pod(deployment)).items()}
 
 
 def podgrace_owned(deployment: Mapping[str, Any]) -> set[str]:
     """The contested fields podgrace owns now (from managedFields)."""
     leaves = manager_leaves((deployment.get("metadata") or {}).get("managedFields") or [], podgrace=True)
-    pod = ("f:spec", "f:template", "f:spec")
-    owned = set()
-    for key in contested_values(deployment):
-        if key == GRACE_FIELD:
-            path: tuple[str, ...] = (*pod, "f:terminationGracePeriodSeconds")
-        else:
-            name = key.removeprefix("containers[").removesuffix("].lifecycle.preStop")
-            path = (*pod, "f:containers", container_key(name), "f:lifecycle", "f:preStop")
-        if any(leaf[: len(path)] == path for leaf in leaves):
-            owned.add(key)
-    return owned
+    return {
+        key
+        for key, (_, path) in _contested(_pod(deployment)).items()
+        if any(leaf[: len(path)] == path for leaf in leaves)
+    }
 
 
-__all__ = ["Taken", "Verdict", "contested_values", "decide", "inputs_key", "podgrace_owned"]
+def metric_label(key: str) -> str:
+    """A field key as the `field` label of podgrace_field_reclaimed_total (no container names: bounded)."""
+    return key if key in (GRACE_FIELD, OS_FIELD) else key.rsplit(".", 1)[-1]
+
+
+__all__ = ["Taken", "Verdict", "contested_values", "decide", "inputs_key", "metric_label", "podgrace_owned"]
