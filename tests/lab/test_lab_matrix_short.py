@@ -6,9 +6,11 @@ server is stopped by another signal than expected. About 4 minutes."""
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -32,10 +34,16 @@ pytestmark = [
 ]
 
 
+def _term_with_parent() -> None:  # runs in the child between fork and exec
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 def test_short_matrix(tmp_path: Path) -> None:
+    # the lab stops its servers on SIGTERM; PDEATHSIG sends it when pytest dies (seen orphaned after a
+    # SIGINT to the worker: the subprocess and its HAProxy lived on)
     result = subprocess.run(
         [sys.executable, "-m", "bench.termination", "matrix", "--short", "--out", str(tmp_path)],
-        cwd=ROOT, capture_output=True, text=True, timeout=900,
+        cwd=ROOT, capture_output=True, text=True, timeout=900, preexec_fn=_term_with_parent,
     )  # fmt: skip
     print(result.stdout[-4000:])
     summary = json.loads((tmp_path / "short" / "matrix.json").read_text())
