@@ -1,11 +1,10 @@
 """Test groups for `python -m pytest -n 2 --dist loadgroup` (README's test command, CI's).
 
 The real node's tests (tests/node) spend most of their time waiting on a kubelet: a projected token's
-rotation alone is a ten-minute wait. They run as one group on one worker, after the emulated termination
-lab (tests/lab: its scenarios are CPU-bound and timed, so they do not run beside the real node's);
-everything else is the other group on the other worker, in the order it always ran. So: two local
-control planes at most at any time (one per worker), one lab at a time, and each group's session
-fixtures (clusters, the node, the images) started once.
+rotation alone is a ten-minute wait. They run as one work unit on one worker, after the emulated
+termination lab (tests/lab: its scenarios are CPU-bound and timed, so never two labs at once), and that
+unit is handed out first. Every other test file is a work unit of its own, taken by whichever worker is
+free: the other worker runs them while the node's tests wait on the kubelet, and both share what is left.
 
 The groups are made by the scheduler below, from each test's path. xdist's own `xdist_group` marker
 does not work with pytest 9: xdist 3.8 appends the group to `item._nodeid`, which pytest 9 no longer
@@ -22,8 +21,8 @@ NODE_GROUP = ("tests/lab/", "tests/node/")
 
 
 def group_of(nodeid: str) -> str:
-    """The work unit of a test: "node" for tests/lab and tests/node, "main" for the rest."""
-    return "node" if nodeid.startswith(NODE_GROUP) else "main"
+    """The work unit of a test: "node" for tests/lab and tests/node, else its file."""
+    return "node" if nodeid.startswith(NODE_GROUP) else nodeid.split("::", 1)[0]
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -32,10 +31,15 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
         return None  # another --dist: xdist's own scheduler
     from xdist.scheduler import LoadScopeScheduling
 
-    class TwoGroups(LoadScopeScheduling):  # type: ignore[misc]
-        """One work unit per group: each worker runs one group, in collection order."""
+    class NodeFirst(LoadScopeScheduling):  # type: ignore[misc]
+        """Work units by group_of; the node's unit goes to the first worker that asks."""
 
         def _split_scope(self, nodeid: str) -> str:
             return group_of(nodeid)
 
-    return TwoGroups(config, log)
+        def _assign_work_unit(self, node: Any) -> None:
+            if "node" in self.workqueue:
+                self.workqueue.move_to_end("node", last=False)
+            super()._assign_work_unit(node)
+
+    return NodeFirst(config, log)
