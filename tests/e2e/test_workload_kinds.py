@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 import yaml
+from tests.support.accepted_writes import accepted_writes
 from tests.support.podgrace_env import (
     OPERATOR_USER,
     OperatorProcess,
@@ -76,22 +77,9 @@ def podgrace_writes(cluster: Any, since: float, resource: str | None = None) -> 
     return list(cluster.write_events(user=OPERATOR_USER, since=since, resource=resource))
 
 
-CONFLICT_RETRIES = 3  # controller/reconciler.py: a 409 is planned again at once, up to 3 times
-
-
 def workload_writes(cluster: Any, since: float) -> list[tuple[str, str, str]]:
-    """podgrace's writes to workloads of any kind that went through (not its Events or profile statuses).
-
-    A patch refused with 409 (it names the resourceVersion podgrace read; a controller's status update
-    came in between) changed nothing and is planned again on a fresh read: those are checked here to be
-    409s only, at most CONFLICT_RETRIES per write that went through (or per reconcile that found nothing
-    left to write), and left out of the list."""
-    writes = [w for w in podgrace_writes(cluster, since) if w.resource in ("deployments", *KINDS.values())]
-    done = [(w.verb, w.resource, w.name) for w in writes if w.code < 400]
-    refused = [(w.verb, w.resource, w.name, w.code) for w in writes if w.code >= 400]
-    assert {r[3] for r in refused} <= {409}, refused
-    assert len(refused) <= CONFLICT_RETRIES * max(1, len(done)), refused
-    return done
+    """podgrace's writes to workloads of any kind that went through (not its Events or profile statuses)."""
+    return [(w.verb, w.resource, w.name) for w in accepted_writes(cluster, since)]
 
 
 def profile_users(cluster: Any, profile: str, resources: str = "deployments,statefulsets,daemonsets") -> int:
