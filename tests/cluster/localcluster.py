@@ -17,6 +17,7 @@ import base64
 import contextlib
 import dataclasses
 import datetime as dt
+import functools
 import ipaddress
 import json
 import os
@@ -318,18 +319,20 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+def _set_parent_death_signal(sig: int) -> None:  # pragma: no cover - in the child between fork and exec
     with contextlib.suppress(Exception):
         import ctypes
 
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, sig)  # PR_SET_PDEATHSIG
 
 
-def die_with_parent() -> Callable[[], None] | None:
-    """A Popen preexec_fn that SIGKILLs the child when this process dies (a SIGTERMed or SIGKILLed
-    pytest runs no finalizer). PR_SET_PDEATHSIG fires when the *thread* that forked exits, so it is
-    only set from the main thread."""
-    return _die_with_parent if threading.current_thread() is threading.main_thread() else None
+def die_with_parent(sig: int = signal.SIGKILL) -> Callable[[], None] | None:
+    """A Popen preexec_fn that sends the child `sig` when this process dies (a SIGTERMed or SIGKILLed
+    pytest runs no finalizer; SIGTERM for a child that cleans up after itself). PR_SET_PDEATHSIG fires
+    when the *thread* that forked exits, so it is only set from the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return functools.partial(_set_parent_death_signal, sig)
 
 
 @dataclasses.dataclass

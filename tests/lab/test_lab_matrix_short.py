@@ -6,7 +6,6 @@ server is stopped by another signal than expected. About 4 minutes."""
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import shutil
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from bench.termination.matrix import SILENT_WORKERS
+from tests.cluster.localcluster import die_with_parent
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -34,16 +34,12 @@ pytestmark = [
 ]
 
 
-def _term_with_parent() -> None:  # runs in the child between fork and exec
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
 def test_short_matrix(tmp_path: Path) -> None:
     # the lab stops its servers on SIGTERM; PDEATHSIG sends it when pytest dies (seen orphaned after a
     # SIGINT to the worker: the subprocess and its HAProxy lived on)
     result = subprocess.run(
         [sys.executable, "-m", "bench.termination", "matrix", "--short", "--out", str(tmp_path)],
-        cwd=ROOT, capture_output=True, text=True, timeout=900, preexec_fn=_term_with_parent,
+        cwd=ROOT, capture_output=True, text=True, timeout=900, preexec_fn=die_with_parent(signal.SIGTERM),
     )  # fmt: skip
     print(result.stdout[-4000:])
     summary = json.loads((tmp_path / "short" / "matrix.json").read_text())
