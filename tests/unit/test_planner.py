@@ -1171,6 +1171,47 @@ def test_shared_pid_namespace_generic_with_stop_signal_needs_no_hook(
     assert result.containers[0].stop_signal == "SIGTERM"
 
 
+GENERIC_SIGQUIT = {
+    **GENERIC_SIGTERM,
+    "metadata": {"name": "quit"},
+    "spec": {"containers": [{**GENERIC_SIGTERM["spec"]["containers"][0], "stopSignal": "SIGQUIT"}]},  # type: ignore[index]
+}
+
+
+@pytest.mark.parametrize(
+    ("profile", "image", "caps", "noticed"),
+    [
+        ("quit", "example/app:1", "1.29", ["app"]),  # exec sleep + kill -QUIT 1 + wait: ends with PID 1
+        ("quit", "example/app:1", "1.34", ["app"]),
+        ("term", "example/app:1", "1.34", ["app"]),  # an explicit SIGTERM is signalled by the hook too
+        ("quit", "example/app:1", "1.35+gate", []),  # lifecycle.stopSignal: no signal from the hook
+        ("web", "example/app:1", "1.34", []),  # the built-in generic rule: a sleep, no signal
+        ("nginx", "nginx:1.27", "1.34", []),  # nginx's hook returns while its master lives
+        ("apache", "httpd:2.4", "1.34", []),  # Apache's too (a graceful restart)
+    ],
+)
+def test_a_generic_servers_signal_hook_is_announced_as_ending_with_pid1(
+    builtin_profiles: dict[str, ShutdownProfile],
+    workload: Any,
+    container: Any,
+    profile: str,
+    image: str,
+    caps: str,
+    noticed: list[str],
+) -> None:
+    profiles = {
+        **builtin_profiles,
+        "term": parse_profile(GENERIC_SIGTERM),
+        "quit": parse_profile(GENERIC_SIGQUIT),
+    }
+    result = planner.plan(workload(container("app", image), profile=profile), profiles, CAPS[caps])
+    assert result.outcome is Outcome.MANAGED and result.errors == ()
+    assert [c.pre_stop is not None for c in result.containers] == [True]  # every row writes a hook
+    notices = [n for n in result.notices if n.code is Code.HOOK_ENDS_WITH_SERVER]
+    assert [n.container for n in notices] == noticed
+    assert all("FailedPreStopHook" in n.message and "PID 1" in n.message for n in notices)
+
+
 @pytest.mark.parametrize(
     ("script", "at_risk"),
     [

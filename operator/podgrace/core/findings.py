@@ -28,8 +28,11 @@ class Code(StrEnum):
     NO_MATCHING_CONTAINERS = "NoMatchingContainers"
     # podgrace wrote only the native forms: the image has no shell for its exec hooks.
     NO_SHELL_FOR_FALLBACK = "NoShellForFallback"
-    # Notices (a Normal Event): what podgrace assumed from an explicit statement.
+    # Notices (a Normal Event): what podgrace assumed from an explicit statement, or what its settings
+    # will visibly do.
     SOLE_RULE_APPLIED = "SoleRuleApplied"
+    # a generic server's fallback hook is ended with PID 1: the kubelet posts FailedPreStopHook per pod
+    HOOK_ENDS_WITH_SERVER = "FallbackHookEndsWithServer"
     # Input errors: nothing is changed.
     INVALID_ANNOTATION = "InvalidAnnotation"
     UNKNOWN_PROFILE = "UnknownProfile"
@@ -62,7 +65,7 @@ ERRORS = frozenset(
         Code.SIGNAL_UNREACHABLE,
     }
 )
-NOTICES = frozenset({Code.SOLE_RULE_APPLIED})
+NOTICES = frozenset({Code.SOLE_RULE_APPLIED, Code.HOOK_ENDS_WITH_SERVER})
 
 
 @dataclass(frozen=True, order=True)

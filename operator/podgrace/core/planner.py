@@ -15,7 +15,7 @@ from podgrace.core.assess import assess
 from podgrace.core.capabilities import Capabilities
 from podgrace.core.constants import ANN_CONTAINERS, ANN_NO_SHELL, ANN_PROFILE, KUBERNETES_DEFAULT_GRACE
 from podgrace.core.findings import Code, Finding
-from podgrace.core.hook_intent import ExecSleep, HookIntent, NativeSleep, signal_and_wait
+from podgrace.core.hook_intent import ExecSleep, HookIntent, NativeSleep, SignalAndWait, signal_and_wait
 from podgrace.core.models import (
     GRACE_FIELD,
     OS_FIELD,
@@ -152,7 +152,28 @@ def plan(
             workload.key, Outcome.MANAGED, profile=profile.name, decisions=no_match, unrecognised=unrecognised
         )
     result = _enforce(workload, profile, parsed, expectations, capabilities, before)
+    notices += _hooks_ending_with_server(result.containers)
     return replace(result, notices=notices, unrecognised=unrecognised)
+
+
+def _hooks_ending_with_server(settings: tuple[ContainerSettings, ...]) -> tuple[Finding, ...]:
+    """A generic server's fallback hook signals PID 1 and waits for it to exit: there is no process name
+    whose exit it could watch instead (nginx's, php-fpm's and Apache's hooks return while PID 1 lives). The
+    kernel ends the hook with PID 1, and a kubelet reports that as a FailedPreStopHook Warning for every
+    pod; the drain itself completes. Said once, so that the Warnings are no surprise."""
+    return tuple(
+        Finding(
+            Code.HOOK_ENDS_WITH_SERVER,
+            s.name,
+            f"the preStop hook delivers {s.pre_stop.signal.value} to PID 1 and waits while it drains; a "
+            f"{s.role.value} server has no process name whose exit the hook could watch instead, so the "
+            "kernel ends the hook when PID 1 exits and the kubelet posts a FailedPreStopHook Warning for "
+            "each pod it stops (the drain completes). Where the nodes deliver lifecycle.stopSignal "
+            "(ContainerStopSignals, containerd 2), podgrace writes that instead and no Warning follows",
+        )
+        for s in settings
+        if isinstance(s.pre_stop, SignalAndWait) and s.role is Role.GENERIC
+    )
 
 
 def sole_rule_expectations(
