@@ -3,6 +3,10 @@ containerd v2 + runc + CNI bridge, tests/cluster/node.py), and the nginx test im
 
 - ``node_cluster``: plain API server and kubelet (ContainerStopSignals off).
 - ``node_cluster_stopsignals``: ContainerStopSignals=true on the API server and on the kubelet.
+- ``podgrace_in_cluster``: podgrace helm-installed on ``node_cluster``'s node, one release for the whole
+  session. Its projected token's ten-minute lifetime is the rotation test's clock, so tests/conftest.py
+  puts the release's first tests at the head of the node unit and the rotation test at its end: the labs
+  and the other node tests run during most of that wait instead of before it.
 
 The clusters have no kwok nodes (``nodes=0``): every pod lands on the real node.
 Every test under tests/node gets the ``node`` marker (and ``e2e``). ``PODGRACE_SKIP_NODE=1`` or
@@ -18,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from bench.termination.realnode.lab import cell_namespace
 from tests.cluster.images import Image, build_image, nginx_image
 from tests.cluster.localcluster import STOP_SIGNALS_GATES, ClusterError, LocalCluster, ensure_binaries
 from tests.cluster.node import (
@@ -30,7 +35,16 @@ from tests.cluster.node import (
 )
 from tests.image.build import BuildError, BuiltImage, build_operator_image
 from tests.support.capture import uncaptured
-from tests.support.realnode_env import NodeCluster
+from tests.support.operator_release import podgrace_release
+from tests.support.realnode_env import (
+    LAB_EVENT,
+    LAB_WORKLOAD,
+    OPERATOR_POD_NS,
+    TOKEN_SECONDS,
+    InClusterPodgrace,
+    NodeCluster,
+    reconcile_errors,
+)
 
 NODE_DIR = Path(__file__).resolve().parent
 
@@ -135,3 +149,27 @@ def operator_image() -> BuiltImage:
         return build_operator_image()
     except BuildError as err:
         pytest.fail(f"the image build failed: {err}", pytrace=False)
+
+
+SA_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+
+
+@pytest.fixture(scope="session")
+def podgrace_in_cluster(
+    pytestconfig: pytest.Config, node_cluster: NodeCluster, operator_image: BuiltImage
+) -> Iterator[InClusterPodgrace]:
+    watched = [OPERATOR_POD_NS, cell_namespace(LAB_WORKLOAD, LAB_EVENT, "podgrace")]
+    values = [
+        f"serviceAccount.tokenExpirationSeconds={TOKEN_SECONDS}",
+        "livenessProbe.initialDelaySeconds=5",
+        "livenessProbe.periodSeconds=5",
+        "readinessProbe.periodSeconds=2",
+        "operator.workers=4",
+        "watchNamespaces={" + ",".join(watched) + "}",
+    ]
+    with podgrace_release(
+        node_cluster.cluster, node_cluster.node, operator_image, values, log=lambda m: print(f"\n{m}")
+    ) as release:
+        first = str(release.exec("cat", SA_TOKEN).stdout.strip())
+        release.cluster.kubectl("create", "namespace", OPERATOR_POD_NS)
+        yield InClusterPodgrace(release, first, reconcile_errors(release))

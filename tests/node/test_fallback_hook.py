@@ -11,6 +11,10 @@ request is 4 s long, so requests are in flight when the hook signals the server.
 - podgrace's pod: every request answered in full, no FailedPreStopHook Event and no "PreStop hook failed"
   in the kubelet's log, and some requests completed after the hook's graceful signal (the drain was used).
 - the original pod (no hook, SIGTERM at once): requests fail, so the test can tell the difference.
+
+A generic server with a graceful signal other than SIGTERM is the documented exception: its hook signals
+PID 1 and is ended with it (FailedPreStopHook, the drain complete), which podgrace announces beforehand
+(test_generic_signal_hook_drains_and_posts_the_announced_warning).
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ RATE = 5.0  # requests per second
 REQUEST_MS = 4000  # each request's length (nginx alone: its rate limit makes the static body last as long)
 WARMUP = 3.0  # seconds of load before the deletion
 LB_DELAY = 3.0  # the load stops this long after the deletion (< the profiles' 5 s preStop wait)
+
 
 def nginx_conf(location: str) -> str:
     return f"""user www-data;
@@ -185,7 +190,9 @@ def deployment(case: Case, image: str) -> dict[str, Any]:
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": {
-            "name": case.name, "namespace": NS, "annotations": {"podgrace.dev/profile": case.profile}
+            "name": case.name,
+            "namespace": NS,
+            "annotations": {"podgrace.dev/profile": case.profile},
         },
         "spec": {
             "selector": {"matchLabels": {"app": case.name}},
@@ -200,18 +207,19 @@ def deployment(case: Case, image: str) -> dict[str, Any]:
     }
 
 
-def rendered(obj: dict[str, Any]) -> dict[str, Any]:
-    """`podgrace render` (the default target: Kubernetes 1.34 without ContainerStopSignals: the fallback)."""
+def rendered(obj: dict[str, Any], *args: str) -> tuple[dict[str, Any], str]:
+    """`podgrace render` (the default target: Kubernetes 1.34 without ContainerStopSignals: the fallback):
+    the object it writes, and what it says on stderr (its notes and warnings)."""
     with tempfile.NamedTemporaryFile("w", suffix=".yaml") as f:
         yaml.safe_dump(obj, f)
         f.flush()
         out = subprocess.run(
             [sys.executable, "-c", "import sys; from podgrace.cli.main import main; sys.exit(main())",
-             "render", "-f", f.name],
+             "render", "-f", f.name, *args],
             capture_output=True, text=True, check=True, cwd=REPO,
         )  # fmt: skip
     result: dict[str, Any] = yaml.safe_load(out.stdout)
-    return result
+    return result, out.stderr
 
 
 def pod_of(obj: dict[str, Any], name: str) -> dict[str, Any]:
@@ -292,7 +300,7 @@ def test_fallback_hook_drains_without_failed_prestop_hook(
     node_cluster: NodeCluster, servers: Image, case: Case
 ) -> None:
     original = deployment(case, servers.ref)
-    podgrace = rendered(original)
+    podgrace, _ = rendered(original)
     spec = podgrace["spec"]["template"]["spec"]
     hooks = [c["lifecycle"]["preStop"]["exec"]["command"][2] for c in spec["containers"]]
     assert all("podgrace graceful stop" in h and "kill -" in h for h in hooks), hooks  # the fallback form
@@ -316,3 +324,53 @@ def test_fallback_hook_drains_without_failed_prestop_hook(
     assert any(r.t_send < signalled < r.t_end for r in after.results), "nothing was in flight at the signal"
     assert not [w for w in warnings if w[0] == "FailedPreStopHook"], (warnings, after.hook_failures)
     assert after.hook_failures == []
+
+
+# A generic rule with a graceful signal other than SIGTERM (nginx stands in for any server that drains on
+# SIGQUIT): podgrace's hook has no process name to watch, so it signals PID 1 and waits for it to exit.
+GENERIC_QUIT = Case(
+    "generic-quit", "generic-quit", (("app", ("nginx", "-c", "/lab/nginx-static.conf", "-g", "daemon off;")),)
+)
+GENERIC_QUIT_PROFILE = {
+    "apiVersion": "podgrace.dev/v1alpha1",
+    "kind": "ShutdownProfile",
+    "metadata": {"name": "generic-quit"},
+    "spec": {
+        "containers": [
+            {
+                "name": "app",
+                "match": {"containerNames": ["app"]},
+                "role": "generic",
+                "stopSignal": "SIGQUIT",
+                "preStopSleepSeconds": 5,
+                "drainSeconds": 10,
+            }
+        ]
+    },
+}
+
+
+@pytest.mark.slow
+def test_generic_signal_hook_drains_and_posts_the_announced_warning(
+    node_cluster: NodeCluster, servers: Image, tmp_path: Path
+) -> None:
+    """The documented limit (README, the fallback hooks): the drain completes, the kernel ends the hook with
+    PID 1, the kubelet posts FailedPreStopHook, and podgrace announced it (FallbackHookEndsWithServer)."""
+    profile = tmp_path / "generic-quit.yaml"
+    profile.write_text(yaml.safe_dump(GENERIC_QUIT_PROFILE))
+    podgrace, said = rendered(deployment(GENERIC_QUIT, servers.ref), "--profiles", str(profile))
+    hook = podgrace["spec"]["template"]["spec"]["containers"][0]["lifecycle"]["preStop"]["exec"]["command"][2]
+    assert "\nkill -QUIT 1\n" in hook and "while kill -0 1 " in hook, hook
+    assert "note:" in said and "FailedPreStopHook" in said and "PID 1" in said, said
+
+    after = run(node_cluster, pod_of(podgrace, "generic-quit-podgrace"))
+    warnings = [(e["reason"], e["message"]) for e in after.events if e["type"] == "Warning"]
+    print(
+        f"\n[fallback-hook] generic-quit: podgrace {sum(after.failed.values())} of {len(after.results)} "
+        f"failed, Warnings {warnings}, failed hooks in the kubelet's log {after.hook_failures}"
+    )
+    assert after.results and not after.failed, (after.failed, len(after.results))
+    signalled = after.deleted_at + 5
+    assert any(r.t_send < signalled < r.t_end for r in after.results), "nothing was in flight at the signal"
+    assert [w for w in warnings if w[0] == "FailedPreStopHook"], (warnings, after.hook_failures)
+    assert after.hook_failures and all("137" in f for f in after.hook_failures), after.hook_failures

@@ -1,8 +1,8 @@
 """The real-node termination lab's short form (bench/termination/realnode): nginx + php-fpm from Debian
 packages, 2 replicas on the real node behind HAProxy following the Service's EndpointSlices (1 s extra
 propagation), open-loop load, `kubectl scale` to 1 replica. Once with the original manifest and once
-after podgrace, helm-installed in the cluster, has rewritten it (ContainerStopSignals off: the fallback
-hooks).
+after podgrace, helm-installed in the cluster (the session's release, tests/node/conftest.py), has
+rewritten it (ContainerStopSignals off: the fallback hooks).
 
 The claim: the original drops requests (else the scenario proves nothing) and podgrace's drops none, and
 its fallback hooks draw no FailedPreStopHook Event (they return before the servers' PID 1 exits). The other
@@ -20,15 +20,13 @@ import pytest
 from bench.termination.realnode import workloads
 from bench.termination.realnode.lab import Cell, Lab, Params, host_processes, run_cell
 from tests.cluster.images import build_image
-from tests.image.build import BuiltImage
-from tests.support.operator_release import podgrace_release
-from tests.support.realnode_env import NodeCluster
+from tests.support.realnode_env import LAB_EVENT, LAB_WORKLOAD, InClusterPodgrace, NodeCluster
 
 
 @pytest.fixture(scope="module")
-def lab(node_cluster: NodeCluster, operator_image: BuiltImage) -> Iterator[Lab]:
+def lab(node_cluster: NodeCluster, podgrace_in_cluster: InClusterPodgrace) -> Iterator[Lab]:
     cluster, node = node_cluster.cluster, node_cluster.node
-    w = workloads.load_workload("nginx-php-fpm")
+    w = workloads.load_workload(LAB_WORKLOAD)
     images = {}
     for runtime in w.runtimes.values():
         image = build_image(workloads.IMAGES[runtime]())
@@ -36,16 +34,13 @@ def lab(node_cluster: NodeCluster, operator_image: BuiltImage) -> Iterator[Lab]:
         images[runtime] = image.ref
     with (
         tempfile.TemporaryDirectory(prefix="podgrace-realnode-lab-") as tmp,
-        podgrace_release(
-            cluster, node, operator_image, ["operator.workers=4"], log=lambda m: print(f"\n{m}")
-        ),
         host_processes(Path(tmp), node.node_ip) as (upstream, lb_port),
     ):
         yield Lab(cluster, node, "default", images, Path(tmp), upstream, lb_port, Params(), print)
 
 
 def _cell(lab: Lab, kind: str) -> Cell:
-    cell = run_cell(lab, workloads.load_workload("nginx-php-fpm"), "scale-down", kind)
+    cell = run_cell(lab, workloads.load_workload(LAB_WORKLOAD), LAB_EVENT, kind)
     print(f"\n[lab] {cell.key}: {cell.failed}/{cell.sent} {cell.outcomes} pods {cell.pods}")
     print(f"[lab] Warning Events: {cell.warnings}")
     assert not cell.error, cell.error

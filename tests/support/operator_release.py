@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -40,6 +41,11 @@ class Release:
         return self.cluster.kubectl(
             "exec", "-n", NAMESPACE, self.pod, "-c", "operator", "--", *cmd, check=check
         )
+
+    def metrics(self) -> str:
+        """podgrace's /metrics, scraped from the pod IP."""
+        with urllib.request.urlopen(f"http://{self.pod_ip}:9090/metrics", timeout=10) as r:
+            return str(r.read().decode())
 
     def pod_obj(self) -> dict[str, Any]:
         obj: dict[str, Any] = self.cluster.kubectl_json("get", "pod", self.pod, "-n", NAMESPACE)

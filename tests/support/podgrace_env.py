@@ -33,11 +33,12 @@ T = TypeVar("T")
 
 def wait_until(what: str, probe: Callable[[], T | None], timeout: float = 60.0, interval: float = 0.25) -> T:
     deadline = time.monotonic() + timeout
-    last: T | None = None
-    while time.monotonic() < deadline:
+    while True:  # at least one probe, even when the time is already up
         last = probe()
         if last:
             return last
+        if time.monotonic() >= deadline:
+            break
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
 

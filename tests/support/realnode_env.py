@@ -7,6 +7,13 @@ import dataclasses
 from tests.cluster.images import Image
 from tests.cluster.localcluster import LocalCluster
 from tests.cluster.node import RealNode
+from tests.support.operator_release import Release
+
+# The shared in-cluster release (tests/node/conftest.py, podgrace_in_cluster) watches only the namespaces of
+# the tests that use it: nothing else on the node is its to change.
+OPERATOR_POD_NS = "shop"  # test_operator_pod.py's Deployments
+TOKEN_SECONDS = 600  # the API server's minimum expirationSeconds for a projected token
+LAB_WORKLOAD, LAB_EVENT = "nginx-php-fpm", "scale-down"  # test_realnode_lab.py's cells
 
 
 @dataclasses.dataclass
@@ -14,3 +21,18 @@ class NodeCluster:
     cluster: LocalCluster
     node: RealNode
     nginx: Image
+
+
+@dataclasses.dataclass(frozen=True)
+class InClusterPodgrace:
+    """podgrace helm-installed on the real node, shared by the node tests that need it in-cluster."""
+
+    release: Release
+    first_token: str  # the projected token the pod started with: the rotation test's clock starts here
+    reconcile_errors: float  # podgrace_reconcile_errors_total at the install
+
+
+def reconcile_errors(release: Release) -> float:
+    """podgrace_reconcile_errors_total, summed over its labels."""
+    lines = [ln for ln in release.metrics().splitlines() if ln.startswith("podgrace_reconcile_errors_total")]
+    return sum(float(ln.rsplit(" ", 1)[1]) for ln in lines)

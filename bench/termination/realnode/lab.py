@@ -383,9 +383,14 @@ def _warnings(lab: Lab, ns: str) -> tuple[dict[str, int], list[str]]:
     return dict(sorted(out.items())), hooks
 
 
+def cell_namespace(workload: str, event: str, kind: str) -> str:
+    """The namespace of one cell's Deployment, Service and pods."""
+    return f"lab-{workload}-{event}-{kind}"[:63]
+
+
 def run_cell(lab: Lab, w: Workload, event: str, kind: str) -> Cell:
     cell = Cell(w.name, event, kind, lab.mode)
-    ns = f"lab-{w.name}-{event}-{kind}"[:63]
+    ns = cell_namespace(w.name, event, kind)
     p = lab.params
     sync = EndpointSync(lab.workdir, w.port, p.lb_delay)
     pods = PodTracker()
