@@ -49,6 +49,7 @@ from typing import Any
 
 import pytest
 import yaml
+from tests.support.accepted_writes import CONFLICT_RETRIES
 from tests.support.podgrace_env import OPERATOR_USER, OperatorProcess, running_operator, wait_until
 
 pytestmark = pytest.mark.slow
@@ -733,7 +734,7 @@ def _fight(out: Outcome) -> list[str]:
         problems.append(f"ReplicaSets {out.replica_sets_settled} -> {out.replica_sets_end} (at most +2)")
     if len(out.podgrace_writes) > 1:
         problems.append(f"podgrace wrote the Deployment {len(out.podgrace_writes)} times (at most once)")
-    if len(out.podgrace_refused) > 3 * max(1, len(out.podgrace_writes)):  # reconciler.CONFLICT_RETRIES
+    if len(out.podgrace_refused) > CONFLICT_RETRIES * max(1, len(out.podgrace_writes)):
         problems.append(f"{len(out.podgrace_refused)} of podgrace's writes refused: {out.podgrace_refused}")
     if out.end_value != out.owner_value:
         problems.append(

@@ -15,8 +15,11 @@ CONFLICT_RETRIES = 3  # controller/reconciler.py: a 409 is planned again at once
 WORKLOADS = ("deployments", "statefulsets", "daemonsets")
 
 
-def accepted_writes(cluster: Any, since: float, resources: tuple[str, ...] = WORKLOADS) -> list[Any]:
-    writes = [w for w in cluster.write_events(user=OPERATOR_USER, since=since) if w.resource in resources]
+def accepted_writes(
+    cluster: Any, since: float | None, resources: tuple[str, ...] = WORKLOADS, namespace: str | None = None
+) -> list[Any]:
+    events = cluster.write_events(user=OPERATOR_USER, since=since, namespace=namespace)
+    writes = [w for w in events if w.resource in resources]
     done = [w for w in writes if w.code < 400]
     refused = [(w.verb, w.resource, w.name, w.code) for w in writes if w.code >= 400]
     assert {r[3] for r in refused} <= {409}, refused
