@@ -11,8 +11,8 @@
 #
 # Shared Go build cache: Helm 3 is built in a scratch module that requires both helm.sh/helm/v3/cmd/helm and
 # build.sh's helm.sh/helm/v4/cmd/helm (its version read from build.sh), so that MVS gives Helm 3 the dependency
-# versions Helm 4 was just built with and only Helm 3's own packages compile (~28 instead of ~730; Helm 4's
-# own versions do not move). gomod_drift.py prints what moved and stops the build if a k8s.io module would
+# versions Helm 4 was just built with and Helm 3 mostly compiles its own packages (after a cold build.sh:
+# 50 of 728 packages to compile instead of 504, 23 s instead of 132 s; Helm 4's versions do not move). gomod_drift.py prints what moved and stops the build if a k8s.io module would
 # move by more than a patch release. For v3.22.0 beside v4.3.1, against Helm 3's go.mod (old -> new):
 #   k8s.io/{api,apiextensions-apiserver,apimachinery,apiserver,cli-runtime,client-go,component-base,kubectl}
 #     v0.37.0 -> v0.37.1; sigs.k8s.io/kustomize/kyaml v0.21.1 -> v0.21.2;

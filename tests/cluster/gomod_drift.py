@@ -2,11 +2,10 @@
 
     cd SCRATCH_MODULE && python3 gomod_drift.py MAIN_PACKAGE
 
-The build scripts build a binary (kwok, Helm 3) in a scratch module whose versions are raised to another
-build's (the control plane's, Helm 4's) so that the Go build cache is shared. This prints every module that
-MAIN_PACKAGE compiles in at another version than its own module's go.mod requires (old -> new) and exits 1
-when a k8s.io module moves by more than a patch release (or downwards): a minor k8s.io bump changes APIs the
-binary was not built for.
+build-helm3.sh builds Helm 3 in a scratch module whose versions are raised to another build's (Helm 4's)
+so that the Go build cache is shared. This prints every module that MAIN_PACKAGE compiles in at another
+version than its own module's go.mod requires (old -> new) and exits 1 when a k8s.io module moves by more
+than a patch release (or downwards): a minor k8s.io bump changes APIs the binary was not built for.
 """
 
 from __future__ import annotations
