@@ -170,16 +170,30 @@ class _Frame:
     key_size: int = 0
 
 
+_TOO_DEEP = f"nested more than {MAX_DEPTH} levels deep"
+
+
+def _at(where: str, mark: Any, message: str) -> InputError:
+    return InputError(f"{where} (line {mark.line + 1}): {message}")
+
+
 def _compose(loader: Any, where: str) -> Iterator[Node]:
     """The stream's documents as node graphs, like PyYAML's Composer but iterative and bounded."""
     loader.get_event()  # StreamStartEvent
-    document = 0
-    while not loader.check_event(StreamEndEvent):
-        document += 1
-        event = loader.get_event()
-        assert isinstance(event, DocumentStartEvent | StreamStartEvent)
-        yield _compose_document(loader, f"{where}: document {document}")
-        loader.get_event()  # DocumentEndEvent
+    number = 1  # the document being read
+    try:
+        while not loader.check_event(StreamEndEvent):
+            event = loader.get_event()
+            assert isinstance(event, DocumentStartEvent | StreamStartEvent)
+            yield _compose_document(loader, f"{where}: document {number}")
+            loader.get_event()  # DocumentEndEvent
+            number += 1
+    except yaml.MarkedYAMLError as error:
+        # PyYAML 6.0.4+ bounds nesting in its scanner (1,000 levels), which reads a run of `[` ahead of the
+        # events _compose_document counts: the same input error, said the same way.
+        if "maximum nesting depth" not in str(error.problem) or error.problem_mark is None:
+            raise
+        raise _at(f"{where}: document {number}", error.problem_mark, _TOO_DEEP) from error
     loader.get_event()
 
 
@@ -190,7 +204,7 @@ def _compose_document(loader: Any, where: str) -> Node:
     root: Node | None = None
 
     def fail(message: str, mark: Any) -> InputError:
-        return InputError(f"{where} (line {mark.line + 1}): {message}")
+        return _at(where, mark, message)
 
     def attach(node: Node, size: int) -> None:
         nonlocal root
@@ -231,7 +245,7 @@ def _compose_document(loader: Any, where: str) -> Node:
             spelled += 1
             expanded += 1
             if len(stack) >= MAX_DEPTH:
-                raise fail(f"nested more than {MAX_DEPTH} levels deep", event.start_mark)
+                raise fail(_TOO_DEEP, event.start_mark)
             node_class = SequenceNode if kind is SequenceStartEvent else MappingNode
             tag = event.tag
             if tag is None or tag == "!":
