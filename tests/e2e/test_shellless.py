@@ -54,8 +54,9 @@ def events(cluster: Any, name: str, reason: str) -> list[dict[str, Any]]:
 
 
 def deployment_writes(cluster: Any, since: float) -> list[Any]:
-    """podgrace's Deployment writes that went through (409s refused on a stale read are left out)."""
-    return accepted_writes(cluster, since, ("deployments",))
+    """podgrace's writes to this file's Deployments that went through (409s refused on a stale read are
+    left out; other files' opted-in Deployments share the cluster and may be written meanwhile)."""
+    return accepted_writes(cluster, since, ("deployments",), namespace=NS)
 
 
 def applied(cluster: Any, name: str) -> list[dict[str, Any]] | None:
