@@ -171,7 +171,7 @@ def test_opt_in_injects_once_and_rolls_out_once(cluster: Any, operator: Operator
     time.sleep(3)
     assert len(replica_sets(cluster, "checkout")) == 2
     # a patch refused with 409 (the deployment controller's status update came in between) changes nothing
-    writes = accepted_writes(cluster, t0, ("deployments",))
+    writes = accepted_writes(cluster, t0, ("deployments",), namespace=APP_NS)
     assert [(w.verb, w.name) for w in writes] == [("patch", "checkout")]
 
     def new_pod_has_hooks() -> bool:
@@ -226,7 +226,8 @@ def test_profile_change_updates_exactly_its_users(cluster: Any, operator: Operat
 
     wait_until("team-a and team-b updated", lambda: updated("team-a") and updated("team-b"))
     time.sleep(3)
-    assert sorted(w.name for w in accepted_writes(cluster, t0, ("deployments",))) == ["team-a", "team-b"]
+    writes = accepted_writes(cluster, t0, ("deployments",), namespace=APP_NS)
+    assert sorted(w.name for w in writes) == ["team-a", "team-b"]
     assert get(cluster, "other")["metadata"]["generation"] == generation_other
 
 
