@@ -40,10 +40,10 @@ from tests.support.realnode_env import (
     LAB_EVENT,
     LAB_WORKLOAD,
     OPERATOR_POD_NS,
+    SA_DIR,
     TOKEN_SECONDS,
     InClusterPodgrace,
     NodeCluster,
-    reconcile_errors,
 )
 
 NODE_DIR = Path(__file__).resolve().parent
@@ -151,13 +151,8 @@ def operator_image() -> BuiltImage:
         pytest.fail(f"the image build failed: {err}", pytrace=False)
 
 
-SA_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
-
-
 @pytest.fixture(scope="session")
-def podgrace_in_cluster(
-    pytestconfig: pytest.Config, node_cluster: NodeCluster, operator_image: BuiltImage
-) -> Iterator[InClusterPodgrace]:
+def podgrace_in_cluster(node_cluster: NodeCluster, operator_image: BuiltImage) -> Iterator[InClusterPodgrace]:
     watched = [OPERATOR_POD_NS, cell_namespace(LAB_WORKLOAD, LAB_EVENT, "podgrace")]
     values = [
         f"serviceAccount.tokenExpirationSeconds={TOKEN_SECONDS}",
@@ -170,6 +165,6 @@ def podgrace_in_cluster(
     with podgrace_release(
         node_cluster.cluster, node_cluster.node, operator_image, values, log=lambda m: print(f"\n{m}")
     ) as release:
-        first = str(release.exec("cat", SA_TOKEN).stdout.strip())
+        first = str(release.exec("cat", f"{SA_DIR}/token").stdout.strip())
         release.cluster.kubectl("create", "namespace", OPERATOR_POD_NS)
-        yield InClusterPodgrace(release, first, reconcile_errors(release))
+        yield InClusterPodgrace(release, first, release.metric("podgrace_reconcile_errors_total"))

@@ -31,9 +31,8 @@ from typing import Any
 
 import pytest
 from tests.support.operator_release import NAMESPACE, RELEASE, Release, wait_until
-from tests.support.realnode_env import OPERATOR_POD_NS, TOKEN_SECONDS, InClusterPodgrace, reconcile_errors
+from tests.support.realnode_env import OPERATOR_POD_NS, SA_DIR, TOKEN_SECONDS, InClusterPodgrace
 
-SA_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 ALLOWED_GET = "/apis/apps/v1/deployments?limit=1"  # the chart's RBAC lets podgrace list Deployments
 
 
@@ -208,4 +207,4 @@ def test_keeps_working_across_a_token_rotation(podgrace_in_cluster: InClusterPod
     release.cluster.kubectl("apply", "-f", "-", input=json.dumps(_deployment("after-rotation")))
     _reconciled(release, "after-rotation", timeout=120)
     assert release.pod_obj()["status"]["containerStatuses"][0]["restartCount"] == 0
-    assert reconcile_errors(release) == podgrace_in_cluster.reconcile_errors
+    assert release.metric("podgrace_reconcile_errors_total") == podgrace_in_cluster.reconcile_errors

@@ -20,7 +20,7 @@ from typing import Any
 
 from tests.image.build import BuiltImage
 from tests.node.api_relay import ApiRelay
-from tests.support.podgrace_env import wait_until
+from tests.support.podgrace_env import metric_total, wait_until
 
 CHART = Path(__file__).resolve().parents[2] / "charts" / "podgrace"
 NAMESPACE = "podgrace-system"
@@ -46,6 +46,9 @@ class Release:
         """podgrace's /metrics, scraped from the pod IP."""
         with urllib.request.urlopen(f"http://{self.pod_ip}:9090/metrics", timeout=10) as r:
             return str(r.read().decode())
+
+    def metric(self, name: str, **labels: str) -> float:
+        return metric_total(self.metrics(), name, **labels)
 
     def pod_obj(self) -> dict[str, Any]:
         obj: dict[str, Any] = self.cluster.kubectl_json("get", "pod", self.pod, "-n", NAMESPACE)

@@ -43,6 +43,18 @@ def wait_until(what: str, probe: Callable[[], T | None], timeout: float = 60.0, 
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
 
 
+def metric_total(text: str, name: str, **labels: str) -> float:
+    """The sum of a metric's samples in a /metrics text that carry `labels`."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                total += sample.value
+    return total
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -157,14 +169,7 @@ class OperatorProcess:
             return text
 
     def metric(self, name: str, **labels: str) -> float:
-        from prometheus_client.parser import text_string_to_metric_families
-
-        total = 0.0
-        for family in text_string_to_metric_families(self.metrics()):
-            for sample in family.samples:
-                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                    total += sample.value
-        return total
+        return metric_total(self.metrics(), name, **labels)
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None

@@ -14,6 +14,7 @@ from tests.support.operator_release import Release
 OPERATOR_POD_NS = "shop"  # test_operator_pod.py's Deployments
 TOKEN_SECONDS = 600  # the API server's minimum expirationSeconds for a projected token
 LAB_WORKLOAD, LAB_EVENT = "nginx-php-fpm", "scale-down"  # test_realnode_lab.py's cells
+SA_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"  # the projected ServiceAccount volume in a pod
 
 
 @dataclasses.dataclass
@@ -30,9 +31,3 @@ class InClusterPodgrace:
     release: Release
     first_token: str  # the projected token the pod started with: the rotation test's clock starts here
     reconcile_errors: float  # podgrace_reconcile_errors_total at the install
-
-
-def reconcile_errors(release: Release) -> float:
-    """podgrace_reconcile_errors_total, summed over its labels."""
-    lines = [ln for ln in release.metrics().splitlines() if ln.startswith("podgrace_reconcile_errors_total")]
-    return sum(float(ln.rsplit(" ", 1)[1]) for ln in lines)
