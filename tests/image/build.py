@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import json
 import os
@@ -39,7 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -279,14 +280,20 @@ def base_key() -> str:
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
 
-def _image_digest(ref: str) -> str | None:
-    """The manifest digest of ``ref`` in buildah's storage, or None if it is not there."""
+def _stored_image(ref: str) -> dict[str, Any] | None:
+    """What ``buildah images`` says of ``ref`` in buildah's storage, or None if it is not there."""
     try:
-        text = buildah("images", "--json", ref)
+        text = buildah("images", "--json", "--no-trunc", ref)
     except BuildError:
         return None
     images = json.loads(text or "[]")
-    return str(images[0]["digest"]) if images else None
+    return dict(images[0]) if images else None
+
+
+def _image_digest(ref: str) -> str | None:
+    """The manifest digest of ``ref`` in buildah's storage, or None if it is not there."""
+    stored = _stored_image(ref)
+    return str(stored["digest"]) if stored else None
 
 
 def build_base(*, log: Path, force: bool = False) -> tuple[str, float]:
@@ -371,20 +378,56 @@ def image_key(base_ref: str, repo: Path = REPO) -> str:
     return h.hexdigest()
 
 
+@contextlib.contextmanager
+def _images_lock(out_dir: Path) -> Iterator[None]:
+    """One build at a time per cache: two test workers, or two checkouts sharing the cache, would otherwise
+    tag, push and prune the same storage at once."""
+    with (out_dir / "build.lock").open("a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _image_id(ref: str) -> str | None:
+    """The image ID (``sha256:<config digest>``) of ``ref`` in buildah's storage, or None."""
+    stored = _stored_image(ref)
+    return str(stored["id"]) if stored else None
+
+
+def _restore_from_archive(ref: str, archive: Path, image_id: str) -> bool:
+    """Put a cached image back into buildah's storage from its archive (~3 s) when it is missing there:
+    a build of another key (another checkout sharing the cache) prunes it from the storage but keeps
+    the archive, and the image tests run it from the storage. False if that did not give ``image_id``."""
+    if _image_id(ref) == image_id:
+        return True
+    try:
+        buildah("pull", "--quiet", f"docker-archive:{archive}")
+    except BuildError:
+        return False
+    return _image_id(ref) == image_id
+
+
 def build_operator_image(*, force: bool = False, repo: Path = REPO, log: Path | None = None) -> BuiltImage:
     """Build (or take from the cache) the operator image; see the module docstring."""
     ensure_tools()
     out_dir = cache_root() / "images"
     out_dir.mkdir(parents=True, exist_ok=True)
-    log = log or out_dir / "podgrace-build.log"
+    with _images_lock(out_dir):
+        return _build_operator_image(force=force, repo=repo, log=log or out_dir / "podgrace-build.log")
+
+
+def _build_operator_image(*, force: bool, repo: Path, log: Path) -> BuiltImage:
+    out_dir = cache_root() / "images"
     base_ref, base_seconds = build_base(log=log, force=force)
     key = image_key(base_ref, repo)
     tag = key[:12]
     ref = f"{IMAGE_NAME}:{tag}"
     archive = out_dir / f"podgrace-{tag}.tar"
     meta_path = out_dir / f"podgrace-{tag}.json"
-    if not force and archive.is_file() and meta_path.is_file():
-        meta = json.loads(meta_path.read_text())
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else None
+    if not force and archive.is_file() and meta and _restore_from_archive(ref, archive, meta["image_id"]):
         return BuiltImage(
             ref=ref,
             path=archive,

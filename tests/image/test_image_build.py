@@ -97,6 +97,19 @@ def test_warm_build_is_a_cache_hit(operator_image: BuiltImage) -> None:
     )
 
 
+def test_a_cached_image_missing_from_the_storage_is_restored_from_its_archive(
+    operator_image: BuiltImage,
+) -> None:
+    # What a build of another key (another checkout sharing the cache) does to this one: it prunes the
+    # image from buildah's storage and keeps its archive. The cache hit must put it back: the tests
+    # above run it from the storage (CI, 2026-11-30: "image not known").
+    build.buildah("rmi", "-f", operator_image.ref)
+    assert build._image_id(operator_image.ref) is None
+    again = build.build_operator_image()
+    assert again.cached
+    assert build._image_id(again.ref) == operator_image.image_id
+
+
 def _context_copy(tmp: Path) -> Path:
     repo = tmp / "repo"
     for rel in ("Dockerfile", ".dockerignore", *build.CONTEXT_PATHS):
