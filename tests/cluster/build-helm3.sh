@@ -37,12 +37,10 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 HELM4_VERSION=$(sed -nE 's/^HELM_VERSION=(v[0-9.]+).*/\1/p' "$HERE/build.sh")
 
 KEY="helm3-${HELM3_VERSION}_helm4-${HELM4_VERSION}_r${RECIPE}"
-CACHE="${PODGRACE_CACHE:-$HOME/.cache/podgrace}"
-BIN_DIR="$CACHE/bin/$KEY"
+NAME=build-helm3.sh
+# shellcheck source=tests/cluster/buildlib.sh
+source "$HERE/buildlib.sh"
 BIN="$BIN_DIR/helm"  # named helm: Helm 3 writes with the field manager basename(argv[0])
-STAMP="$BIN_DIR/.complete"
-
-die() { echo "build-helm3.sh: ERROR: $*" >&2; exit 1; }
 [[ -n "$HELM4_VERSION" ]] || die "could not read HELM_VERSION from $HERE/build.sh"
 
 is_complete() { [[ -f "$STAMP" && -x "$BIN" ]]; }
@@ -54,40 +52,13 @@ case "${1:-}" in
   *) die "unknown argument: $1 (use --print-path or --check)" ;;
 esac
 
-if is_complete; then
-  echo "build-helm3.sh: cached, nothing to build: $BIN"
-  echo "$BIN"
-  exit 0
-fi
+exit_if_cached "$BIN"
+begin_build build-helm3.lock "$BIN"  # its own lock: does not wait for a control plane build
 
-command -v go >/dev/null || die "'go' is not on PATH (Helm ${HELM3_VERSION} needs go >= 1.26)"
-command -v flock >/dev/null || die "'flock' (util-linux) is needed"
-command -v python3 >/dev/null || die "'python3' is needed (gomod_drift.py)"
-mkdir -p "$CACHE"
-exec 9>"$CACHE/build-helm3.lock"  # its own lock: does not wait for a control plane build
-flock 9
-if is_complete; then
-  echo "build-helm3.sh: built concurrently by another process: $BIN"
-  echo "$BIN"
-  exit 0
-fi
-
-export GOTOOLCHAIN=local CGO_ENABLED=0 GOWORK=off
-export GOFLAGS="-buildvcs=false -modcacherw -trimpath"
-export GOMODCACHE="$CACHE/go/mod"
-export GOCACHE="${PODGRACE_GOCACHE:-$CACHE/go/build}"
-export GOPROXY="${GOPROXY:-https://proxy.golang.org,direct}"
-
-t0=$SECONDS
-STAGE="$BIN_DIR.partial"
-rm -rf "$STAGE"
-mkdir -p "$STAGE"
 log="$STAGE/go-build.log"
-dir="$CACHE/src/helm3-$HELM3_VERSION"  # the scratch module: Helm 3 and Helm 4, resolved together
-rm -rf "$dir"
-mkdir -p "$dir"
-printf 'module podgrace.local/clusterbuild\n\ngo 1.26\n' >"$dir/go.mod"
-echo "build-helm3.sh: building helm.sh/helm/v3@$HELM3_VERSION (beside helm/v4@$HELM4_VERSION's versions) with $(go env GOVERSION) ..."
+dir="$SRC/helm3-$HELM3_VERSION"  # the scratch module: Helm 3 and Helm 4, resolved together
+new_module "$dir"
+echo "build-helm3.sh: building helm.sh/helm/v3@$HELM3_VERSION (beside helm/v4@$HELM4_VERSION's versions) ..."
 if ! (cd "$dir" && go get "helm.sh/helm/v3/cmd/helm@$HELM3_VERSION" "helm.sh/helm/v4/cmd/helm@$HELM4_VERSION" \
   && python3 "$HERE/gomod_drift.py" helm.sh/helm/v3/cmd/helm \
   && go build -o "$STAGE/helm" \
@@ -98,10 +69,4 @@ if ! (cd "$dir" && go get "helm.sh/helm/v3/cmd/helm@$HELM3_VERSION" "helm.sh/hel
 fi
 grep '^gomod_drift:' "$log" || true
 "$STAGE/helm" version --short
-printf 'key=%s\nbuilt=%s\ngo=%s\nseconds=%s\n' "$KEY" "$(date -u +%FT%TZ)" "$(go env GOVERSION)" \
-  "$((SECONDS - t0))" >"$STAGE/.complete.tmp"
-rm -rf "$BIN_DIR"
-mv "$STAGE" "$BIN_DIR"
-mv "$BIN_DIR/.complete.tmp" "$STAMP"
-echo "build-helm3.sh: done in $((SECONDS - t0))s: $BIN"
-echo "$BIN"
+finish_build "$BIN"

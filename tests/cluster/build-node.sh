@@ -29,13 +29,9 @@ APT_PACKAGES=(runc containernetworking-plugins mmdebstrap gcc libc6-dev iproute2
 
 BINARIES=(kubelet containerd containerd-shim-runc-v2 ctr pause)
 KEY="node_k8s-${KUBE_VERSION}_containerd-${CONTAINERD_VERSION}_r${RECIPE}"
-CACHE="${PODGRACE_CACHE:-$HOME/.cache/podgrace}"
-BIN_DIR="$CACHE/bin/$KEY"
-STAMP="$BIN_DIR/.complete"
-
-die() { echo "build-node.sh: ERROR: $*" >&2; exit 1; }
-CURRENT_STEP=setup
-trap 'die "step [$CURRENT_STEP] failed (exit $?) at line $LINENO: $BASH_COMMAND"' ERR
+NAME=build-node.sh
+# shellcheck source=tests/cluster/buildlib.sh
+source "$HERE/buildlib.sh"
 [[ -n "$KUBE_VERSION" ]] || die "could not read KUBE_VERSION from $HERE/build.sh"
 
 is_complete() {
@@ -64,94 +60,23 @@ case "${1:-}" in
   *) die "unknown argument: $1 (use --print-dir, --check, --apt or --apt-only)" ;;
 esac
 
-if is_complete; then
-  echo "build-node.sh: cached, nothing to build: $BIN_DIR"
-  echo "$BIN_DIR"
-  exit 0
-fi
-
-command -v go >/dev/null || die "'go' is not on PATH (need Go >= 1.26)"
+exit_if_cached "$BIN_DIR"
 command -v gcc >/dev/null || die "'gcc' is needed for the static pause binary (run with --apt)"
-command -v flock >/dev/null || die "'flock' (util-linux) is needed"
-
-mkdir -p "$CACHE"
-exec 9>"$CACHE/build-node.lock"
-echo "build-node.sh: waiting for the build lock $CACHE/build-node.lock ..."
-flock 9
-if is_complete; then
-  echo "build-node.sh: built concurrently by another process: $BIN_DIR"
-  echo "$BIN_DIR"
-  exit 0
-fi
-
-export GOTOOLCHAIN=local CGO_ENABLED=0 GOWORK=off
-export GOFLAGS="-buildvcs=false -modcacherw -trimpath"
-export GOMODCACHE="$CACHE/go/mod"
-export GOCACHE="${PODGRACE_GOCACHE:-$CACHE/go/build}"
-export GOPROXY="${GOPROXY:-https://proxy.golang.org,direct}"
-
-SRC="$CACHE/src"
-STAGE="$BIN_DIR.partial"
-rm -rf "$STAGE"
-mkdir -p "$STAGE" "$SRC"
-
-T_ALL=$SECONDS
-step() {
-  CURRENT_STEP=$1; shift
-  local t0=$SECONDS
-  echo "build-node.sh: >>> $CURRENT_STEP"
-  "$@"
-  echo "build-node.sh: <<< $CURRENT_STEP took $((SECONDS - t0))s"
-  CURRENT_STEP=finish
-}
-
-quiet() {
-  local log=$1; shift
-  if ! "$@" >"$log" 2>&1; then
-    echo "build-node.sh: '$*' failed; last lines of $log:" >&2
-    tail -n 60 "$log" >&2
-    return 1
-  fi
-}
-
-new_module() {
-  rm -rf "$1"
-  mkdir -p "$1"
-  printf 'module podgrace.local/nodebuild\n\ngo 1.26\n' >"$1/go.mod"
-}
+begin_build build-node.lock "$BIN_DIR"
 
 kubelet_build() {
-  local dir="$SRC/kubelet-$KUBE_VERSION" gomod staging minor=${KUBE_VERSION#v1.} x ld="-s -w"
-  minor=${minor%%.*}
-  new_module "$dir"
-  gomod=$(go mod download -json "k8s.io/kubernetes@$KUBE_VERSION" \
-    | python3 -c 'import json,sys; d=json.load(sys.stdin); sys.exit(d["Error"]) if d.get("Error") else print(d["GoMod"])')
-  # Same recipe as build.sh: pin k8s.io/kubernetes' staging replace directives to published v0.X.Y.
-  staging=$(go mod edit -json "$gomod" | python3 -c '
-import json, sys
-mod = json.load(sys.stdin)
-ver = "v0." + sys.argv[1].lstrip("v").split(".", 1)[1]
-required = {r["Path"] for r in mod.get("Require") or []}
-for r in mod.get("Replace") or []:
-    if r["New"]["Path"].startswith("./staging/") and r["Old"]["Path"] in required:
-        print(r["Old"]["Path"] + "=" + r["Old"]["Path"] + "@" + ver)
-' "$KUBE_VERSION")
-  [[ -n "$staging" ]] || die "found no staging replace directives in $gomod"
-  local args=() r
-  for r in $staging; do args+=("-replace=$r"); done
-  (cd "$dir" && go mod edit "${args[@]}")
-  (cd "$dir" && quiet "$dir/go-get.log" go get "k8s.io/kubernetes/cmd/kubelet@$KUBE_VERSION")
-  for x in client-go/pkg/version component-base/version; do
-    ld+=" -X k8s.io/$x.gitVersion=$KUBE_VERSION -X k8s.io/$x.gitMajor=1 -X k8s.io/$x.gitMinor=$minor"
-    ld+=" -X k8s.io/$x.gitTreeState=clean -X k8s.io/$x.buildDate=1970-01-01T00:00:00Z"
-  done
-  (cd "$dir" && quiet "$dir/go-build.log" go build -ldflags "$ld" -o "$STAGE/kubelet" k8s.io/kubernetes/cmd/kubelet)
+  local dir="$SRC/kubelet-$KUBE_VERSION"
+  new_module "$dir" podgrace.local/nodebuild
+  # the same recipe as build.sh's control plane (buildlib.sh), in a scratch module of its own
+  kube_scratch_module "$dir" k8s.io/kubernetes/cmd/kubelet
+  (cd "$dir" && quiet "$dir/go-build.log" go build -ldflags "$(kube_ldflags)" -o "$STAGE/kubelet" \
+    k8s.io/kubernetes/cmd/kubelet)
 }
 
 containerd_build() {
   local dir="$SRC/containerd-$CONTAINERD_VERSION" m=github.com/containerd/containerd/v2
   local pkgs=("$m/cmd/containerd" "$m/cmd/containerd-shim-runc-v2" "$m/cmd/ctr")
-  new_module "$dir"
+  new_module "$dir" podgrace.local/nodebuild
   # go get the three packages (not the bare module), or go.sum lacks their dependencies' entries
   (cd "$dir" && quiet "$dir/go-get.log" go get "${pkgs[@]/%/@$CONTAINERD_VERSION}")
   local ld="-s -w -X $m/version.Version=$CONTAINERD_VERSION -X $m/version.Revision=podgrace"
@@ -181,7 +106,6 @@ EOF
   rm "$STAGE/pause.c"
 }
 
-echo "build-node.sh: building into $BIN_DIR with $(go env GOVERSION), GOMODCACHE=$GOMODCACHE GOCACHE=$GOCACHE"
 step "static pause" pause_build
 step "containerd $CONTAINERD_VERSION" containerd_build
 step "kubelet $KUBE_VERSION" kubelet_build
@@ -190,10 +114,4 @@ for b in "${BINARIES[@]}"; do [[ -x "$STAGE/$b" ]] || die "binary $b was not pro
 "$STAGE/kubelet" --version
 "$STAGE/containerd" --version
 
-printf 'key=%s\nbuilt=%s\ngo=%s\nseconds=%s\n' "$KEY" "$(date -u +%FT%TZ)" "$(go env GOVERSION)" \
-  "$((SECONDS - T_ALL))" >"$STAGE/.complete.tmp"
-rm -rf "$BIN_DIR"
-mv "$STAGE" "$BIN_DIR"
-mv "$BIN_DIR/.complete.tmp" "$STAMP"
-echo "build-node.sh: done in $((SECONDS - T_ALL))s: $BIN_DIR"
-echo "$BIN_DIR"
+finish_build "$BIN_DIR"

@@ -81,32 +81,49 @@ class KubectlError(ClusterError):
 # binaries
 
 
-def bin_dir() -> Path:
-    """Where build.sh puts (or put) the binaries; $PODGRACE_BIN_DIR overrides it."""
-    override = os.environ.get("PODGRACE_BIN_DIR")
-    if override:
-        return Path(override)
-    out = subprocess.run(
-        ["bash", str(BUILD_SH), "--print-dir"], check=True, capture_output=True, text=True
-    ).stdout
-    return Path(out.strip().splitlines()[-1])
+@dataclasses.dataclass(frozen=True)
+class CachedBuild:
+    """A build script that caches its binaries by version (build.sh, build-node.sh): ``--print-dir`` names
+    the directory, ``--check`` says whether it is complete, a bare run builds what is missing. The
+    environment variable ``override_env`` names a directory of ready binaries instead."""
+
+    script: Path
+    override_env: str
+    binaries: tuple[str, ...]  # what must be in an override directory
+    cold: str  # how long a cold build takes, for the log line
+    error: type[Exception]
+
+    def bin_dir(self) -> Path:
+        override = os.environ.get(self.override_env)
+        if override:
+            return Path(override)
+        out = subprocess.run(
+            ["bash", str(self.script), "--print-dir"], check=True, capture_output=True, text=True
+        ).stdout
+        return Path(out.strip().splitlines()[-1])
+
+    def ready(self) -> bool:
+        override = os.environ.get(self.override_env)
+        if override:
+            return all((Path(override) / b).exists() for b in self.binaries)
+        return subprocess.run(["bash", str(self.script), "--check"], check=False).returncode == 0
+
+    def ensure(self, log: Callable[[str], None] = print) -> Path:
+        """Run the script unless the cached binaries are complete; return the bin dir."""
+        if not self.ready():
+            log(f"building the binaries with {self.script} (cold: {self.cold}, then cached) ...")
+            proc = subprocess.run(["bash", str(self.script)], check=False)
+            if proc.returncode != 0:
+                raise self.error(f"{self.script} failed with exit code {proc.returncode}")
+        return self.bin_dir()
 
 
-def binaries_ready() -> bool:
-    if os.environ.get("PODGRACE_BIN_DIR"):
-        d = Path(os.environ["PODGRACE_BIN_DIR"])
-        return all((d / b).exists() for b in ("etcd", "kube-apiserver", "kwok"))
-    return subprocess.run(["bash", str(BUILD_SH), "--check"], check=False).returncode == 0
-
-
-def ensure_binaries(log: Callable[[str], None] = print) -> Path:
-    """Run build.sh unless the cached binaries are complete; return the bin dir."""
-    if not binaries_ready():
-        log(f"building the cluster binaries with {BUILD_SH} (cold: ~20 min, then cached) ...")
-        proc = subprocess.run(["bash", str(BUILD_SH)], check=False)
-        if proc.returncode != 0:
-            raise ClusterError(f"{BUILD_SH} failed with exit code {proc.returncode}")
-    return bin_dir()
+CLUSTER_BUILD = CachedBuild(
+    BUILD_SH, "PODGRACE_BIN_DIR", ("etcd", "kube-apiserver", "kwok"), "~20 min", ClusterError
+)
+bin_dir = CLUSTER_BUILD.bin_dir
+binaries_ready = CLUSTER_BUILD.ready
+ensure_binaries = CLUSTER_BUILD.ensure
 
 
 # --------------------------------------------------------------------------------------------
@@ -336,14 +353,17 @@ def die_with_parent(sig: int = signal.SIGKILL) -> Callable[[], None] | None:
 
 
 @dataclasses.dataclass
-class _Proc:
+class LoggedProcess:
+    """A component process of a test cluster or node: its own session, its output appended to ``log``,
+    stopped by its PID (SIGTERM, then SIGKILL after a grace)."""
+
     name: str
     argv: list[str]
     log: Path
     popen: subprocess.Popen[bytes] | None = None
     _logfh: IO[bytes] | None = None
 
-    def start(self, env: Mapping[str, str]) -> None:
+    def start(self, env: Mapping[str, str] | None = None) -> None:
         self._logfh = self.log.open("ab")
         self._logfh.write(f"\n=== {time.strftime('%H:%M:%S')} {' '.join(self.argv)}\n".encode())
         self._logfh.flush()
@@ -352,14 +372,15 @@ class _Proc:
             stdin=subprocess.DEVNULL,
             stdout=self._logfh,
             stderr=subprocess.STDOUT,
-            env=dict(env),
+            env=dict(env if env is not None else os.environ),
             start_new_session=True,
             preexec_fn=die_with_parent(),
         )
 
     @property
-    def pid(self) -> int | None:
-        return self.popen.pid if self.popen else None
+    def pid(self) -> int:
+        """The process's PID, 0 before it started."""
+        return self.popen.pid if self.popen else 0
 
     def alive(self) -> bool:
         return self.popen is not None and self.popen.poll() is None
@@ -378,19 +399,23 @@ class _Proc:
         except subprocess.TimeoutExpired:
             return False
 
+    def stop(self, grace: float) -> None:
+        stop_processes([self], grace)
+
     def close(self) -> None:
         if self._logfh is not None:
             self._logfh.close()
             self._logfh = None
 
-    def tail(self, lines: int = 25) -> str:
+    def tail(self, lines: int = 30) -> str:
         try:
             return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return ""
 
 
-def _stop_procs(procs: Iterable[_Proc], grace: float = 10.0) -> None:
+def stop_processes(procs: Iterable[LoggedProcess], grace: float = 10.0) -> None:
+    """SIGTERM to all at once, then SIGKILL to any still running after ``grace`` seconds."""
     procs = [p for p in procs if p.popen is not None]
     for p in procs:
         p.signal(signal.SIGTERM)
@@ -456,7 +481,7 @@ class LocalCluster:
         self.server = ""
         self.nodes: list[str] = [f"kwok-node-{i}" for i in range(nodes)]
         self.start_seconds = 0.0
-        self._procs: dict[str, _Proc] = {}
+        self._procs: dict[str, LoggedProcess] = {}
         self._ssl: ssl.SSLContext | None = None
         self._started = False
         self._lock = threading.RLock()
@@ -694,7 +719,7 @@ class LocalCluster:
         # Clients first: kube-apiserver's graceful shutdown waits while they hold connections open.
         stages = [["kwok", "kube-scheduler", "kube-controller-manager"], ["kube-apiserver"], ["etcd"]]
         for names in stages:
-            _stop_procs([self._procs[n] for n in names if n in self._procs])
+            stop_processes([self._procs[n] for n in names if n in self._procs])
         self._procs.clear()
         self._started = False
 
@@ -717,7 +742,7 @@ class LocalCluster:
             proc = self._procs[name]
             if kill:
                 proc.signal(signal.SIGKILL)
-            _stop_procs([proc])
+            stop_processes([proc])
             if down_seconds:
                 time.sleep(down_seconds)
             self._start_proc(name, proc.argv)
@@ -728,7 +753,7 @@ class LocalCluster:
         return {name: p.log for name, p in self._procs.items()} | {"audit": self.audit_log}
 
     def pids(self) -> dict[str, int]:
-        return {name: p.pid for name, p in self._procs.items() if p.pid is not None and p.alive()}
+        return {name: p.pid for name, p in self._procs.items() if p.alive()}
 
     def print_logs_hint(self, stream: IO[str]) -> None:
         if not self.log_dir.exists():
@@ -751,8 +776,8 @@ class LocalCluster:
             self._ssl = ssl.create_default_context(cafile=str(self.pki / "ca.crt"))
         return self._ssl
 
-    def _start_proc(self, name: str, argv: list[str]) -> _Proc:
-        proc = _Proc(name, argv, self.log_dir / f"{name}.log")
+    def _start_proc(self, name: str, argv: list[str]) -> LoggedProcess:
+        proc = LoggedProcess(name, argv, self.log_dir / f"{name}.log")
         self._procs[name] = proc
         env = {k: v for k, v in os.environ.items() if not k.startswith(("KUBECONFIG", "ETCD"))}
         proc.start(env)

@@ -62,7 +62,7 @@ from types import TracebackType
 from typing import IO, Any, Protocol
 
 from tests.cluster import images as _images
-from tests.cluster.localcluster import die_with_parent
+from tests.cluster.localcluster import CachedBuild, LoggedProcess
 
 HERE = Path(__file__).resolve().parent
 BUILD_NODE_SH = HERE / "build-node.sh"
@@ -107,29 +107,10 @@ class ClusterLike(Protocol):
 # binaries
 
 
-def node_bin_dir() -> Path:
-    override = os.environ.get("PODGRACE_NODE_BIN_DIR")
-    if override:
-        return Path(override)
-    out = subprocess.run(
-        ["bash", str(BUILD_NODE_SH), "--print-dir"], check=True, capture_output=True, text=True
-    ).stdout
-    return Path(out.strip().splitlines()[-1])
-
-
-def node_binaries_ready() -> bool:
-    if os.environ.get("PODGRACE_NODE_BIN_DIR"):
-        return (Path(os.environ["PODGRACE_NODE_BIN_DIR"]) / "kubelet").exists()
-    return subprocess.run(["bash", str(BUILD_NODE_SH), "--check"], check=False).returncode == 0
-
-
-def ensure_node_binaries(log: Callable[[str], None] = print) -> Path:
-    if not node_binaries_ready():
-        log(f"building the node binaries with {BUILD_NODE_SH} (cold: a few minutes, then cached) ...")
-        proc = subprocess.run(["bash", str(BUILD_NODE_SH)], check=False)
-        if proc.returncode != 0:
-            raise NodeError(f"{BUILD_NODE_SH} failed with exit code {proc.returncode}")
-    return node_bin_dir()
+NODE_BUILD = CachedBuild(BUILD_NODE_SH, "PODGRACE_NODE_BIN_DIR", ("kubelet",), "a few minutes", NodeError)
+node_bin_dir = NODE_BUILD.bin_dir
+node_binaries_ready = NODE_BUILD.ready
+ensure_node_binaries = NODE_BUILD.ensure
 
 
 def missing_prerequisites() -> list[str]:
@@ -304,58 +285,6 @@ def pids_in_mount_ns(inode: int) -> set[int]:
     return out
 
 
-@dataclasses.dataclass
-class _Proc:
-    name: str
-    argv: list[str]
-    log: Path
-    popen: subprocess.Popen[bytes] | None = None
-    _fh: IO[bytes] | None = None
-
-    def start(self, env: Mapping[str, str] | None = None) -> None:
-        self._fh = self.log.open("ab")
-        self._fh.write(f"\n=== {time.strftime('%H:%M:%S')} {' '.join(self.argv)}\n".encode())
-        self._fh.flush()
-        self.popen = subprocess.Popen(
-            self.argv,
-            stdin=subprocess.DEVNULL,
-            stdout=self._fh,
-            stderr=subprocess.STDOUT,
-            env=dict(env if env is not None else os.environ),
-            start_new_session=True,
-            preexec_fn=die_with_parent(),
-        )
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid if self.popen else 0
-
-    def alive(self) -> bool:
-        return self.popen is not None and self.popen.poll() is None
-
-    def stop(self, grace: float) -> None:
-        if self.popen is None:
-            return
-        if self.alive():
-            with contextlib.suppress(ProcessLookupError):
-                self.popen.send_signal(signal.SIGTERM)
-            try:
-                self.popen.wait(timeout=grace)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    self.popen.kill()
-                self.popen.wait(timeout=10)
-        if self._fh is not None:
-            self._fh.close()
-            self._fh = None
-
-    def tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
-
-
 # --------------------------------------------------------------------------------------------
 # network
 
@@ -522,7 +451,7 @@ class RealNode:
         self.last_cleanup: CleanupReport | None = None
         self._hierarchies: list[Hierarchy] = []
         self._created_cgroups: list[Path] = []
-        self._procs: dict[str, _Proc] = {}
+        self._procs: dict[str, LoggedProcess] = {}
         self._seen_pids: set[int] = set()
         self._started = False
         self._stopped = False
@@ -796,10 +725,12 @@ class RealNode:
         if proc.returncode != 0:
             raise NodeError(f"setting up the mount namespace failed: {proc.stderr.strip()}\n{script}")
 
-    def _spawn(self, name: str, argv: list[str], *, in_ns: bool = False, path: str | None = None) -> _Proc:
+    def _spawn(
+        self, name: str, argv: list[str], *, in_ns: bool = False, path: str | None = None
+    ) -> LoggedProcess:
         if in_ns:
             argv = ["nsenter", f"--target={self._procs['mount-ns'].pid}", "--mount", "--", *argv]
-        proc = _Proc(name, argv, self.log_dir / f"{self.name}-{name}.log")
+        proc = LoggedProcess(name, argv, self.log_dir / f"{self.name}-{name}.log")
         self._procs[name] = proc
         env = {k: v for k, v in os.environ.items() if not k.startswith(("KUBECONFIG", "CONTAINERD"))}
         if path is not None:

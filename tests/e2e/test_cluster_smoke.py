@@ -5,24 +5,11 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from tests.cluster.localcluster import ADMIN_USER, LocalCluster
-
-T = TypeVar("T")
-
-
-def wait_for(what: str, fn: Callable[[], T | None], timeout: float = 60.0, interval: float = 0.5) -> T:
-    deadline = time.monotonic() + timeout
-    last: T | None = None
-    while time.monotonic() < deadline:
-        last = fn()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
+from tests.support.podgrace_env import wait_until
 
 
 def new_namespace(cluster: LocalCluster) -> str:
@@ -52,7 +39,7 @@ def test_deployment_pods_run_on_kwok_nodes_and_the_create_is_audited(cluster: Lo
     t0 = time.time()
     cluster.kubectl("create", "-f", "-", input=json.dumps(deployment("web", ns, replicas=2)))
 
-    rs = wait_for(
+    rs = wait_until(
         "a ReplicaSet owned by the Deployment",
         lambda: [
             r
@@ -68,7 +55,7 @@ def test_deployment_pods_run_on_kwok_nodes_and_the_create_is_audited(cluster: Lo
             return list(pods)
         return None
 
-    pods = wait_for("2 Running pods", running_pods)
+    pods = wait_until("2 Running pods", running_pods)
     assert {p["spec"]["nodeName"] for p in pods} <= set(cluster.nodes)
     for pod in pods:
         ready = [c for c in pod["status"]["conditions"] if c["type"] == "Ready"]

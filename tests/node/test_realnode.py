@@ -12,9 +12,8 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from tests.cluster.localcluster import LocalCluster
 from tests.cluster.node import (
@@ -29,20 +28,8 @@ from tests.cluster.node import (
     node_cgroup_parent,
     pids_in_mount_ns,
 )
+from tests.support.podgrace_env import wait_until
 from tests.support.realnode_env import NodeCluster
-
-T = TypeVar("T")
-
-
-def wait_until(what: str, fn: Callable[[], T | None], timeout: float = 60.0, interval: float = 0.3) -> T:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = fn()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
 
 
 def nginx_pod(
