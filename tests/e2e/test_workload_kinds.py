@@ -149,10 +149,12 @@ def test_opt_in_writes_once_what_render_writes_with_events_and_metrics_of_its_ki
     # The profile's WORKLOADS count includes it (every kind counts).
     wait_until(
         "nginx-php-fpm's status to count every workload naming it",
-        lambda: (cluster.kubectl_json("get", "shutdownprofile", "nginx-php-fpm").get("status") or {}).get(
-            "workloads"
-        )
-        == profile_users(cluster, "nginx-php-fpm"),
+        lambda: (
+            (cluster.kubectl_json("get", "shutdownprofile", "nginx-php-fpm").get("status") or {}).get(
+                "workloads"
+            )
+            == profile_users(cluster, "nginx-php-fpm")
+        ),
     )
     label = kind.lower()
     managed = operator.metric("podgrace_managed_workloads", profile="nginx-php-fpm", kind=label)
@@ -165,9 +167,7 @@ def test_opt_in_writes_once_what_render_writes_with_events_and_metrics_of_its_ki
 
 
 def test_restart_makes_zero_writes(cluster: Any, operator: OperatorProcess) -> None:
-    counts = {
-        kind: len(cluster.kubectl_json("get", plural, "-A")["items"]) for kind, plural in KINDS.items()
-    }
+    counts = {kind: len(cluster.kubectl_json("get", plural, "-A")["items"]) for kind, plural in KINDS.items()}
     t0 = time.time()
     operator.restart()
     for kind, count in counts.items():
@@ -282,18 +282,22 @@ def test_a_profile_change_reaches_its_users_of_every_kind_and_only_them(
     cluster.kubectl("apply", "-f", "-", input=json.dumps(nginx_profile("kinds-nginx", 4)))
     users = {"Deployment": "fan-deploy", "StatefulSet": "fan-sts", "DaemonSet": "fan-ds"}
     for kind, name in users.items():
-        obj = workload(kind, name, {"podgrace.dev/profile": "kinds-nginx"}) if kind in KINDS else deployment(
-            name, APP_NS, {"podgrace.dev/profile": "kinds-nginx"}
+        obj = (
+            workload(kind, name, {"podgrace.dev/profile": "kinds-nginx"})
+            if kind in KINDS
+            else deployment(name, APP_NS, {"podgrace.dev/profile": "kinds-nginx"})
         )
         cluster.kubectl("apply", "-f", "-", input=json.dumps(obj))
     for kind, name in users.items():
         wait_until(f"{kind} {name} injected", lambda k=kind, n=name: injected(cluster, k, n), timeout=60)
     wait_until(
         "kinds-nginx's status to count its 3 workloads",
-        lambda: (cluster.kubectl_json("get", "shutdownprofile", "kinds-nginx").get("status") or {}).get(
-            "workloads"
-        )
-        == 3,
+        lambda: (
+            (cluster.kubectl_json("get", "shutdownprofile", "kinds-nginx").get("status") or {}).get(
+                "workloads"
+            )
+            == 3
+        ),
     )
     time.sleep(2)
     t0 = time.time()

@@ -82,8 +82,15 @@ def _emulated_pod(cluster: Any, app: str, image: str) -> None:
             "phase": "Running",
             "conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": now}],
             "containerStatuses": [
-                {"name": "nginx", "image": image, "imageID": "", "ready": True, "restartCount": 0,
-                 "started": True, "state": {"running": {"startedAt": now}}}
+                {
+                    "name": "nginx",
+                    "image": image,
+                    "imageID": "",
+                    "ready": True,
+                    "restartCount": 0,
+                    "started": True,
+                    "state": {"running": {"startedAt": now}},
+                }
             ],
         }
     }

@@ -62,9 +62,9 @@ def test_render_example(run_cli: Any, example: str) -> None:
     nginx_script = nginx["lifecycle"]["preStop"]["exec"]["command"][2]
     php_script = php["lifecycle"]["preStop"]["exec"]["command"][2]
     assert nginx_script.startswith(f"{HOOK_MARKER}\nsleep 5\nm=1\n")
-    assert "case $c in nginx)" in nginx_script and '\nkill -QUIT $w\n' in nginx_script
+    assert "case $c in nginx)" in nginx_script and "\nkill -QUIT $w\n" in nginx_script
     assert php_script.startswith(f"{HOOK_MARKER}\nsleep 35\nm=1\n")
-    assert "case $c in php-fpm*)" in php_script and '\nkill -QUIT $w\n' in php_script
+    assert "case $c in php-fpm*)" in php_script and "\nkill -QUIT $w\n" in php_script
     assert "stopSignal" not in nginx["lifecycle"]
     # multi-line scripts are printed as YAML block scalars
     assert "- |-\n" in result.out
