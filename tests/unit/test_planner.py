@@ -1147,17 +1147,60 @@ GENERIC_SIGTERM = {
 }
 
 
+GENERIC_SIGQUIT = {
+    **GENERIC_SIGTERM,
+    "metadata": {"name": "quit"},
+    "spec": {"containers": [{**GENERIC_SIGTERM["spec"]["containers"][0], "stopSignal": "SIGQUIT"}]},  # type: ignore[index]
+}
+
+
 @pytest.mark.parametrize("caps", ["1.29", "1.34"])
 def test_shared_pid_namespace_generic_signal_hook_is_refused(
     builtin_profiles: dict[str, ShutdownProfile], workload: Any, container: Any, caps: str
 ) -> None:
-    profiles = {**builtin_profiles, "term": parse_profile(GENERIC_SIGTERM)}
-    w = workload(container("app", "example/app:1"), profile="term")
+    profiles = {**builtin_profiles, "quit": parse_profile(GENERIC_SIGQUIT)}
+    w = workload(container("app", "example/app:1"), profile="quit")
     assert planner.plan(w, profiles, CAPS[caps]).outcome is Outcome.MANAGED  # its own PID namespace: fine
     result = planner.plan(_shared_pid(w), profiles, CAPS[caps])
     assert result.outcome is Outcome.INVALID
     assert [(e.code, e.container) for e in result.errors] == [(Code.SIGNAL_UNREACHABLE, "app")]
     assert result.containers == () and not result.owns_anything  # the Deployment is left unchanged
+
+
+@pytest.mark.parametrize(
+    ("caps", "hook"),
+    [
+        ("1.29", exec_sleep(5)),
+        ("1.34", native(5)),
+    ],
+)
+def test_generic_sigterm_is_a_sleep_before_the_kubelets_own_signal(
+    handler: Any,
+    builtin_profiles: dict[str, ShutdownProfile],
+    workload: Any,
+    container: Any,
+    caps: str,
+    hook: Any,
+) -> None:
+    # SIGTERM is what the kubelet sends after the hook: no hook signals it (it would end with PID 1, a
+    # FailedPreStopHook Warning, and beside pause it could not reach the server), also in a shared PID
+    # namespace
+    profiles = {**builtin_profiles, "term": parse_profile(GENERIC_SIGTERM)}
+    for w in (
+        workload(container("app", "x:1"), profile="term"),
+        _shared_pid(workload(container("app", "x:1"), profile="term")),
+    ):
+        result = planner.plan(w, profiles, CAPS[caps])
+        assert result.outcome is Outcome.MANAGED and result.errors == ()
+        (app,) = result.containers
+        assert (handler(app), app.stop_signal) == (hook, None)
+        assert Code.HOOK_ENDS_WITH_SERVER not in {n.code for n in result.notices}
+    # a container that names another stop signal does not get the kubelet's SIGTERM: the hook sends it
+    result = planner.plan(
+        workload(container("app", "x:1", stop_signal="SIGQUIT"), profile="term"), profiles, CAPS[caps]
+    )
+    assert isinstance(result.containers[0].pre_stop, SignalAndWait)
+    assert result.containers[0].pre_stop.signal.value == "SIGTERM"
 
 
 def test_shared_pid_namespace_generic_with_stop_signal_needs_no_hook(
@@ -1171,19 +1214,12 @@ def test_shared_pid_namespace_generic_with_stop_signal_needs_no_hook(
     assert result.containers[0].stop_signal == "SIGTERM"
 
 
-GENERIC_SIGQUIT = {
-    **GENERIC_SIGTERM,
-    "metadata": {"name": "quit"},
-    "spec": {"containers": [{**GENERIC_SIGTERM["spec"]["containers"][0], "stopSignal": "SIGQUIT"}]},  # type: ignore[index]
-}
-
-
 @pytest.mark.parametrize(
     ("profile", "image", "caps", "noticed"),
     [
         ("quit", "example/app:1", "1.29", ["app"]),  # exec sleep + kill -QUIT 1 + wait: ends with PID 1
         ("quit", "example/app:1", "1.34", ["app"]),
-        ("term", "example/app:1", "1.34", ["app"]),  # an explicit SIGTERM is signalled by the hook too
+        ("term", "example/app:1", "1.34", []),  # an explicit SIGTERM: a sleep, the kubelet sends it
         ("quit", "example/app:1", "1.35+gate", []),  # lifecycle.stopSignal: no signal from the hook
         ("web", "example/app:1", "1.34", []),  # the built-in generic rule: a sleep, no signal
         ("nginx", "nginx:1.27", "1.34", []),  # nginx's hook returns while its master lives

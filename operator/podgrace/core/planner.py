@@ -351,7 +351,11 @@ def _match(
                     f"lifecycle.stopSignal {container.stop_signal} is set by its owner and kept",
                 )
             )
-    hook_signal = e.signal if stop_signal is None else None
+    # A graceful SIGTERM is the kubelet's own stop signal (unless the container names another): a sleep gets
+    # it to the server as well, where a hook that sent it would end with PID 1 (FailedPreStopHook) and could
+    # not reach the server beside pause.
+    kubelet_sends_it = e.signal is Signal.SIGTERM and container.stop_signal in (None, Signal.SIGTERM.value)
+    hook_signal = e.signal if stop_signal is None and not kubelet_sends_it else None
     no_shell = no_shell_reason(container, workload.overrides)
     if no_shell is not None and hook_signal is not None:
         decisions.append(_signal_lost(workload, container, e, capabilities, no_shell))
