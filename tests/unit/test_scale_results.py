@@ -28,6 +28,7 @@ def rendered(day: str) -> str:
         ("bench/scale/README.md", "2026-11-22"),
         ("bench/scale/README.md", "2026-11-30"),
         ("bench/scale/README.md", "2026-11-30/no-admission-policy"),
+        ("bench/scale/README.md", "2026-11-30/patch-writes"),
     ],
 )
 def test_documented_table_is_the_committed_results(document: str, day: str) -> None:
