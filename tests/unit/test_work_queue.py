@@ -119,3 +119,60 @@ async def test_a_fan_out_and_the_queue_never_reconcile_one_workload_at_once() ->
         assert handled == ["MODIFIED", "RETRY"]  # once more, afresh (RETRY reads the workload again)
     finally:
         await queue.stop()
+
+
+def test_the_slim_body_plans_as_the_whole_one() -> None:
+    """A queued workload is kept slimmed (work_queue.slim); the reconciler plans on it, so every pod-spec
+    field the parser reads must survive. Found missing: shareProcessNamespace (then planned as unset)."""
+    from podgrace.controller.work_queue import slim
+    from podgrace.core.workload_parser import from_object
+
+    hook = {"exec": {"command": ["/bin/sh", "-c", "sleep 5"]}}
+    body: dict[str, Any] = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": "web",
+            "namespace": "shop",
+            "uid": "u1",
+            "resourceVersion": "7",
+            "generation": 3,
+            "labels": {"app": "web"},
+            "annotations": {"podgrace.dev/profile": "web", "podgrace.dev/drain-seconds": "20"},
+            "managedFields": [
+                {
+                    "manager": "gitops",
+                    "operation": "Apply",
+                    "apiVersion": "apps/v1",
+                    "fieldsType": "FieldsV1",
+                    "fieldsV1": {"f:spec": {"f:template": {"f:spec": {"f:shareProcessNamespace": {}}}}},
+                },
+            ],
+        },
+        "spec": {
+            "replicas": 2,
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {
+                "metadata": {"labels": {"app": "web"}},
+                "spec": {
+                    "shareProcessNamespace": True,
+                    "terminationGracePeriodSeconds": 45,
+                    "os": {"name": "linux"},
+                    "volumes": [{"name": "v", "emptyDir": {}}],
+                    "containers": [
+                        {
+                            "name": "app",
+                            "image": "example/app:1",
+                            "ports": [{"containerPort": 8080}],
+                            "lifecycle": {"preStop": hook, "stopSignal": "SIGQUIT"},
+                        }
+                    ],
+                },
+            },
+        },
+        "status": {"observedGeneration": 3},
+    }
+    for ownership in (False, True):
+        assert from_object(slim(body), with_ownership=ownership) == from_object(
+            body, with_ownership=ownership
+        )

@@ -69,9 +69,15 @@ def signature(body: Mapping[str, Any]) -> bytes:
     return hashlib.blake2b(text, digest_size=16).digest()
 
 
+# The pod spec's fields the reconciler reads besides the containers (core/workload_parser.py): a field left
+# out here is planned as unset. shareProcessNamespace was (found 2026-11-30): a pod that turned it on after
+# podgrace's write was planned as before, and the hook that signals PID 1 (pause there) was kept unsaid.
+SLIM_POD_FIELDS = ("terminationGracePeriodSeconds", "os", "shareProcessNamespace")
+
+
 def slim(body: Mapping[str, Any]) -> dict[str, Any]:
     """The parts of a workload the reconciler reads: identity, annotations, the spec managedFields, and
-    the pod template's containers (name, image, lifecycle), grace period and os, and the selector (which
+    the pod template's containers (name, image, lifecycle), SLIM_POD_FIELDS, and the selector (which
     pods are its own: stop_signal_check.py). A workload waiting for a
     reconcile slot is kept like this (about a third of the whole object: no status, no status-subresource
     managedFields, no other spec), so a cold start over thousands of them holds no whole objects."""
@@ -83,7 +89,7 @@ def slim(body: Mapping[str, Any]) -> dict[str, Any]:
             for c in spec.get("containers") or []
         ]
     }
-    for name in ("terminationGracePeriodSeconds", "os"):
+    for name in SLIM_POD_FIELDS:
         if name in spec:
             pod[name] = spec[name]
     meta = {
