@@ -115,6 +115,7 @@ class FakeApi:
         self.workloads: dict[Key, dict[str, Any]] = {}  # Deployments, StatefulSets, DaemonSets
         self.events: list[dict[str, Any]] = []
         self.event_reads = 0
+        self.workload_reads = 0  # get_workload calls
         self.statuses: dict[str, dict[str, Any]] = {}
         self.applies: list[tuple[str, str, dict[str, Any], bool, bool]] = []
         self.written_kinds: list[str] = []  # the kind each write (not a dry run) was sent to, in order
@@ -150,6 +151,7 @@ class FakeApi:
     # --- the Api protocol ------------------------------------------------------------------------------
 
     async def get_workload(self, key: Key) -> dict[str, Any] | None:
+        self.workload_reads += 1
         obj = self.workloads.get(key)
         return copy.deepcopy(obj) if obj is not None else None
 

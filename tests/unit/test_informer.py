@@ -109,9 +109,9 @@ async def test_lists_in_pages_then_watches_from_the_lists_version() -> None:
     )
     seen, informer = await run_until(source, lambda seen, s: s.watch_calls)
     assert seen == [
-        ("ADDED", "web", "Deployment"),
-        ("ADDED", "api", "Deployment"),
-        ("ADDED", "x", "Deployment"),
+        ("LISTED", "web", "Deployment"),
+        ("LISTED", "api", "Deployment"),
+        ("LISTED", "x", "Deployment"),
     ]
     assert informer.listed.is_set()
     assert source.list_calls == [{"path": ALL, "limit": "2"}, {"path": ALL, "limit": "2", "continue": "next"}]
@@ -179,9 +179,9 @@ async def test_410_gone_relists_and_reports_what_vanished_meanwhile() -> None:
     )
     seen, _ = await run_until(source, lambda seen, s: len(s.watch_calls) == 2)
     assert seen == [
-        ("ADDED", "web", "Deployment"),
-        ("ADDED", "old", "Deployment"),
-        ("ADDED", "web", "Deployment"),
+        ("LISTED", "web", "Deployment"),
+        ("LISTED", "old", "Deployment"),
+        ("LISTED", "web", "Deployment"),
         ("DELETED", "old", "Deployment"),  # a stub with namespace, name and uid
     ]
     assert source.watch_calls[-1]["resourceVersion"] == "20"
@@ -201,8 +201,8 @@ async def test_errors_are_retried_and_a_failing_handler_does_not_stop_the_watch(
     )
     seen, informer = await run_until(source, lambda seen, s: len(seen) == 3, fail_on={"bad"})
     assert seen == [
-        ("ADDED", "bad", "Deployment"),
-        ("ADDED", "good", "Deployment"),
+        ("LISTED", "bad", "Deployment"),
+        ("LISTED", "good", "Deployment"),
         ("MODIFIED", "good", "Deployment"),
     ]
     assert informer.listed.is_set()
@@ -223,7 +223,7 @@ async def test_namespaced_scopes_are_listed_before_listed_is_set() -> None:
     seen, informer = await run_until(
         source, lambda seen, s: len(s.list_calls) >= 3, namespaces=["shop", "blog"]
     )
-    assert seen == [("ADDED", "web", "Deployment")]
+    assert seen == [("LISTED", "web", "Deployment")]
     assert not informer.listed.is_set()
     assert informer.failing == {"/apis/apps/v1/namespaces/blog/deployments"}
 
@@ -254,7 +254,7 @@ async def test_a_watch_refused_with_http_410_relists() -> None:
     seen, _ = await run_until(source, lambda seen, s: len(s.watch_calls) == 2)
     assert [c["resourceVersion"] for c in source.watch_calls] == ["5", "30"]
     assert len(source.list_calls) == 2
-    assert seen == [("ADDED", "web", "Deployment")] * 2  # listed twice, nothing vanished
+    assert seen == [("LISTED", "web", "Deployment")] * 2  # listed twice, nothing vanished
 
 
 async def test_a_periodic_resync_lists_everything_again_as_resync_events() -> None:
@@ -289,14 +289,14 @@ async def test_a_periodic_resync_lists_everything_again_as_resync_events() -> No
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-    assert seen[:3] == ["ADDED", "RESYNC", "RESYNC"]
+    assert seen[:3] == ["LISTED", "RESYNC", "RESYNC"]
     assert set(watches) == {"1"}  # each watch ends by the next resync (at least 1 s: the API's unit)
 
 
 async def test_no_resync_by_default() -> None:
     source = ScriptedSource([[page([dep("shop", "web", "1")], "1")]], [[]])
     seen, _ = await run_until(source, lambda seen, s: len(s.watch_calls) >= 2)
-    assert [kind for kind, _, _ in seen] == ["ADDED"]
+    assert [kind for kind, _, _ in seen] == ["LISTED"]
     assert source.watch_calls[-1]["timeoutSeconds"] == "600"
 
 
@@ -318,10 +318,10 @@ async def test_each_kind_lists_and_watches_its_own_resource_and_stamps_its_kind(
     # Listed, watched, relisted after 410: every delivery carries the informer's kind, also the DELETED
     # stub of the object that vanished between the two lists.
     assert seen == [
-        ("ADDED", "web", kind.name),
-        ("ADDED", "old", kind.name),
+        ("LISTED", "web", kind.name),
+        ("LISTED", "old", kind.name),
         ("MODIFIED", "web", kind.name),
-        ("ADDED", "web", kind.name),
+        ("LISTED", "web", kind.name),
         ("DELETED", "old", kind.name),
     ]
     assert {c["path"] for c in source.list_calls + source.watch_calls} == {f"/apis/apps/v1/{kind.plural}"}

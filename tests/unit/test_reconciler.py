@@ -23,7 +23,7 @@ from podgrace.controller.profile_index import ProfileIndex
 from podgrace.controller.reconciler import Reconciler, Result, summary
 from podgrace.controller.skip_record import SkipRecord
 from podgrace.controller.status_flusher import StatusFlusher
-from podgrace.controller.work_queue import WorkQueue
+from podgrace.controller.work_queue import WorkQueue, slim
 from podgrace.controller.workload_events import WorkloadEvents
 from podgrace.controller.workload_gauges import WorkloadGauges
 from podgrace.controller.workload_key import Key
@@ -142,6 +142,31 @@ async def test_first_reconcile_writes_once_then_nothing() -> None:
     assert (await reconciler.reconcile_workload(after)).result is Result.UNCHANGED
     assert len(api.writes()) == 1
     assert reasons(api) == ["Applied"]
+
+
+async def test_a_listed_body_is_written_at_once_a_watched_one_after_a_read() -> None:
+    """A watch event's body may be older than the object: podgrace reads it before writing. A listed body is
+    as current as that read (a cold start over thousands of Deployments read each one again), and when it is
+    not, the write's resourceVersion gets a 409 and the read follows."""
+    api = FakeApi()
+    reconciler = make(api)
+    listed = slim(api.create(deployment("listed")))
+    assert (await reconciler.reconcile_workload(listed, listed=True)).result is Result.APPLIED
+    assert (api.workload_reads, len(api.writes())) == (0, 1)
+    watched = slim(api.create(deployment("watched")))
+    assert (await reconciler.reconcile_workload(watched)).result is Result.APPLIED
+    assert (api.workload_reads, len(api.writes())) == (1, 2)
+    stale = slim(api.create(deployment("stale")))
+    api.workloads[Key("Deployment", "web", "stale")]["metadata"]["resourceVersion"] = "2"  # changed since
+    assert (await reconciler.reconcile_workload(stale, listed=True)).result is Result.APPLIED
+    # the write refused with 409 (it names resourceVersion 1), the read, the write planned on it
+    assert api.workload_reads == 2
+    assert [p["metadata"]["resourceVersion"] for _, n, p, _, _ in api.writes() if n == "stale"] == ["1", "2"]
+    assert pod_spec(api.get("web", "stale"))["terminationGracePeriodSeconds"] == 70
+    # a revert is made from the whole object (it may give up claims by writing managedFields): read first
+    api.workloads[Key("Deployment", "web", "listed")]["metadata"]["annotations"] = {}
+    reverted = await reconciler.reconcile_workload(slim(api.get("web", "listed")), listed=True)
+    assert (reverted.result, api.workload_reads) == (Result.REVERTED, 3)
 
 
 async def test_restart_makes_no_write_and_repeats_no_event() -> None:

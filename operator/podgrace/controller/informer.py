@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 OnEvent = Callable[[str, Mapping[str, Any]], Awaitable[None]]
 
-LISTED = "ADDED"  # the event type a listed workload is delivered with
+LISTED = "LISTED"  # the event type a listed workload is delivered with (not a watch's ADDED)
 RESYNC = "RESYNC"  # ... and with, when the list is a periodic resync (reconciled even if nothing changed)
 RETRY_DELAYS = (1.0, 2.0, 5.0, 10.0, 30.0)  # seconds before the n-th consecutive retry (then the last)
 

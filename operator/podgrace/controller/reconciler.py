@@ -110,18 +110,21 @@ class Reconciler:
 
     # --- Workloads ---------------------------------------------------------------------------------
 
-    async def reconcile_workload(self, body: Mapping[str, Any], *, fresh: bool = False) -> ReconcileOutcome:
-        """Reconcile a workload as `body` shows it (`fresh`: just read from the API server)."""
+    async def reconcile_workload(
+        self, body: Mapping[str, Any], *, fresh: bool = False, listed: bool = False
+    ) -> ReconcileOutcome:
+        """Reconcile a workload as `body` shows it (`fresh`: just read from the API server; `listed`: from
+        an informer's list, as current as a read when nothing changed it since)."""
         if self._slots is None:
-            return await self._timed_reconcile(body, fresh)
+            return await self._timed_reconcile(body, fresh, listed)
         async with self._slots:
-            return await self._timed_reconcile(body, fresh)
+            return await self._timed_reconcile(body, fresh, listed)
 
-    async def _timed_reconcile(self, body: Mapping[str, Any], fresh: bool) -> ReconcileOutcome:
+    async def _timed_reconcile(self, body: Mapping[str, Any], fresh: bool, listed: bool) -> ReconcileOutcome:
         started = time.monotonic()
         result = Result.FAILED
         try:
-            outcome = await self._reconcile_workload(body, fresh)
+            outcome = await self._reconcile_workload(body, fresh, listed=listed)
             result = outcome.result
             return outcome
         finally:
@@ -152,7 +155,7 @@ class Reconciler:
         return await self.reconcile_workload(body, fresh=True)
 
     async def _reconcile_workload(
-        self, body: Mapping[str, Any], fresh: bool, conflicts: int = 0
+        self, body: Mapping[str, Any], fresh: bool, conflicts: int = 0, *, listed: bool = False
     ) -> ReconcileOutcome:
         metadata = body.get("metadata") or {}
         key = key_of(body)
@@ -198,10 +201,13 @@ class Reconciler:
         if patch is None:
             await self._report(body, result)
             return ReconcileOutcome(Result.UNCHANGED, result)
-        if not fresh:
+        if not fresh and not (listed and desired and "managedFields" not in patch["metadata"]):
             # A watch event's body is often older than the object (the rollout's status updates): the patch
             # names the resourceVersion it was planned on, so plan it on a fresh read (one GET per write,
-            # rather than a 409 and a retry).
+            # rather than a 409 and a retry). A listed body is as current as such a read unless something
+            # changed it since, which the 409 says: its settings are written at once (a cold start over
+            # 5,000 Deployments read each one again before). Not a revert, and not a write of managedFields:
+            # those are made from the whole object, and the queue keeps listed bodies slimmed.
             try:
                 latest = await self.api.get_workload(key)
             except (ApiError, aiohttp.ClientError, TimeoutError) as error:

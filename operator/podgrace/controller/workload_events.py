@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from podgrace.controller.event_recorder import WARNING
-from podgrace.controller.informer import RESYNC
+from podgrace.controller.informer import LISTED, RESYNC
 from podgrace.controller.profile_index import ProfileIndex, profile_annotation
 from podgrace.controller.reconciler import RETRY_RESULTS, ReconcileOutcome, Reconciler, Result
 from podgrace.controller.work_queue import RETRY, Item, RetryAfter, WorkQueue, signature, slim
@@ -87,7 +87,8 @@ class WorkloadEvents:
         else:
             if item.signature and item.event_type != RESYNC and self._record.is_settled(key, item.signature):
                 return True  # settled while it waited: the echo of podgrace's own write, queued during it
-            outcome = await self._reconciler.reconcile_workload(item.body)
+            listed = item.event_type in (LISTED, RESYNC)
+            outcome = await self._reconciler.reconcile_workload(item.body, listed=listed)
         quiet = outcome.plan is None or not outcome.plan.decisions
         if item.signature and quiet and outcome.result in SETTLED:
             # After a write, the object is what the apply returned: its watch event (podgrace's own write
