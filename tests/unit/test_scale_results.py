@@ -29,6 +29,7 @@ def rendered(day: str) -> str:
         ("bench/scale/README.md", "2026-11-30"),
         ("bench/scale/README.md", "2026-11-30/no-admission-policy"),
         ("bench/scale/README.md", "2026-11-30/patch-writes"),
+        ("bench/scale/README.md", "2026-11-30/listed-writes"),
     ],
 )
 def test_documented_table_is_the_committed_results(document: str, day: str) -> None:
