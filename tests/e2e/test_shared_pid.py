@@ -18,28 +18,13 @@ from tests.support.podgrace_env import (
     OperatorProcess,
     deployment,
     ensure_chart,
+    generic_profile,
     running_operator,
     wait_until,
 )
 
 NS = "shared-pid-e2e"
-PROFILE = {
-    "apiVersion": "podgrace.dev/v1alpha1",
-    "kind": "ShutdownProfile",
-    "metadata": {"name": "shared-pid-quit"},
-    "spec": {
-        "containers": [
-            {
-                "name": "app",
-                "match": {"images": ["*"]},
-                "role": "generic",
-                "stopSignal": "SIGQUIT",
-                "preStopSleepSeconds": 5,
-                "drainSeconds": 10,
-            }
-        ]
-    },
-}
+PROFILE = generic_profile("shared-pid-quit", "SIGQUIT", {"images": ["*"]})
 ANNOTATIONS = {"podgrace.dev/profile": "shared-pid-quit"}
 REASON = "SignalHookCannotReachServer"
 

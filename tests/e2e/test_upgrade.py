@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 from tests.support.accepted_writes import accepted_writes
-from tests.support.podgrace_env import deployment, running_operator, wait_until
+from tests.support.podgrace_env import deployment, generic_profile, running_operator, wait_until
 
 from podgrace.core.hook_intent import SignalAndWait, render
 from podgrace.core.signals import Role, Signal
@@ -43,23 +43,7 @@ WINCH_HOOK = (
 # and 10 s of drain (grace 30: it waited up to 30 - 5 - 2 = 23 s). That template is unchanged (a generic rule
 # with another signal still gets it), so it is rendered here rather than spelled out.
 TERM_HOOK = render(SignalAndWait(5, Signal.SIGTERM, 23, Role.GENERIC))["exec"]["command"][2]
-TERM_PROFILE = {
-    "apiVersion": "podgrace.dev/v1alpha1",
-    "kind": "ShutdownProfile",
-    "metadata": {"name": "upgrade-term"},
-    "spec": {
-        "containers": [
-            {
-                "name": "app",
-                "match": {"images": ["*"]},
-                "role": "generic",
-                "stopSignal": "SIGTERM",
-                "preStopSleepSeconds": 5,
-                "drainSeconds": 10,
-            }
-        ]
-    },
-}
+TERM_PROFILE = generic_profile("upgrade-term", "SIGTERM", {"images": ["*"]})
 
 
 @dataclasses.dataclass(frozen=True)

@@ -36,7 +36,7 @@ import yaml
 from bench.termination.load import LoadGenerator, Result
 from bench.termination.plan import OK, make_body
 from tests.cluster.images import Image, build_image, web_servers_image
-from tests.support.podgrace_env import wait_until
+from tests.support.podgrace_env import generic_profile, wait_until
 from tests.support.realnode_env import NodeCluster
 
 REPO = Path(__file__).resolve().parents[2]
@@ -331,23 +331,7 @@ def test_fallback_hook_drains_without_failed_prestop_hook(
 GENERIC_QUIT = Case(
     "generic-quit", "generic-quit", (("app", ("nginx", "-c", "/lab/nginx-static.conf", "-g", "daemon off;")),)
 )
-GENERIC_QUIT_PROFILE = {
-    "apiVersion": "podgrace.dev/v1alpha1",
-    "kind": "ShutdownProfile",
-    "metadata": {"name": "generic-quit"},
-    "spec": {
-        "containers": [
-            {
-                "name": "app",
-                "match": {"containerNames": ["app"]},
-                "role": "generic",
-                "stopSignal": "SIGQUIT",
-                "preStopSleepSeconds": 5,
-                "drainSeconds": 10,
-            }
-        ]
-    },
-}
+GENERIC_QUIT_PROFILE = generic_profile("generic-quit", "SIGQUIT", {"containerNames": ["app"]})
 
 
 @pytest.mark.slow

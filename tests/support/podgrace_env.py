@@ -224,6 +224,18 @@ def nginx_profile(name: str, pre_stop_sleep: int) -> dict[str, Any]:
     }
 
 
+def generic_profile(name: str, stop_signal: str, match: dict[str, list[str]]) -> dict[str, Any]:
+    """A ShutdownProfile with one generic rule `app` whose graceful signal is `stop_signal`: 5 s of preStop
+    sleep, 10 s of drain."""
+    rule = {"name": "app", "match": match, "role": "generic", "stopSignal": stop_signal}
+    return {
+        "apiVersion": "podgrace.dev/v1alpha1",
+        "kind": "ShutdownProfile",
+        "metadata": {"name": name},
+        "spec": {"containers": [{**rule, "preStopSleepSeconds": 5, "drainSeconds": 10}]},
+    }
+
+
 def deployment(
     name: str,
     namespace: str,

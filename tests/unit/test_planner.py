@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from tests.support.podgrace_env import generic_profile
 from tests.unit.hook_texts import signal_wait
 
 from podgrace.core import apply_body, assess, planner, timing, workload_parser
@@ -1128,30 +1129,10 @@ def test_shared_pid_namespace_known_servers_get_the_hook_that_finds_them(
     assert result.findings_after == ()
 
 
-GENERIC_SIGTERM = {
-    "apiVersion": "podgrace.dev/v1alpha1",
-    "kind": "ShutdownProfile",
-    "metadata": {"name": "term"},
-    "spec": {
-        "containers": [
-            {
-                "name": "app",
-                "match": {"images": ["*"]},
-                "role": "generic",
-                "stopSignal": "SIGTERM",
-                "preStopSleepSeconds": 5,
-                "drainSeconds": 10,
-            }
-        ]
-    },
-}
+GENERIC_SIGTERM = generic_profile("term", "SIGTERM", {"images": ["*"]})
 
 
-GENERIC_SIGQUIT = {
-    **GENERIC_SIGTERM,
-    "metadata": {"name": "quit"},
-    "spec": {"containers": [{**GENERIC_SIGTERM["spec"]["containers"][0], "stopSignal": "SIGQUIT"}]},  # type: ignore[index]
-}
+GENERIC_SIGQUIT = generic_profile("quit", "SIGQUIT", {"images": ["*"]})
 
 
 @pytest.mark.parametrize("caps", ["1.29", "1.34"])
