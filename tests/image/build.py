@@ -415,11 +415,12 @@ def build_operator_image(*, force: bool = False, repo: Path = REPO, log: Path | 
     out_dir = cache_root() / "images"
     out_dir.mkdir(parents=True, exist_ok=True)
     with _images_lock(out_dir):
-        return _build_operator_image(force=force, repo=repo, log=log or out_dir / "podgrace-build.log")
+        return _build_operator_image(
+            out_dir, force=force, repo=repo, log=log or out_dir / "podgrace-build.log"
+        )
 
 
-def _build_operator_image(*, force: bool, repo: Path, log: Path) -> BuiltImage:
-    out_dir = cache_root() / "images"
+def _build_operator_image(out_dir: Path, *, force: bool, repo: Path, log: Path) -> BuiltImage:
     base_ref, base_seconds = build_base(log=log, force=force)
     key = image_key(base_ref, repo)
     tag = key[:12]
